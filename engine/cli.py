@@ -1,0 +1,181 @@
+"""``int-engine``: the command-line front door.
+
+    int-engine segment IMAGE... --out DIR [--task T | --preset P] [--config F] [--models DIR] [--set k=v]
+    int-engine models tiny --out DIR            build the tiny random-weight zoo
+    int-engine models verify DIR                check a zoo against its manifest
+    int-engine sample --out FILE                write a synthetic camouflage scene to try things on
+
+Exit codes: 0 success; N (1..100) = number of images that failed (capped at 100);
+101 = the run could not start (bad config, models that cannot be loaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+FATAL = 101
+
+
+def _config(args: argparse.Namespace):
+    from .config import EngineConfig, apply_overrides, preset_config
+
+    cfg = EngineConfig.from_file(args.config) if args.config else EngineConfig()
+    if args.preset:
+        cfg = preset_config(args.preset, cfg)
+    overrides = list(args.set or [])
+    if args.task:
+        overrides.append(f"task={args.task}")
+    if args.iterations is not None:
+        overrides.append(f"iterations={args.iterations}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    if args.device:
+        overrides.append(f"models.device={args.device}")
+    return apply_overrides(cfg, overrides) if overrides else cfg
+
+
+def _models_dir(args: argparse.Namespace, cfg) -> Path | None:
+    from .models.cache import TINY_WARNING, ensure_tiny_zoo
+
+    if args.models:
+        return Path(args.models)
+    if all(cfg.models.role(r).path for r in ("vlm", "inpaint", "detector", "segmenter", "clip")):
+        return None
+    zoo = ensure_tiny_zoo()
+    print(TINY_WARNING.format(path=zoo), file=sys.stderr)
+    return zoo
+
+
+def _output_dirs(images: list[str], out: Path) -> list[Path]:
+    """One output folder per image, named after its file; repeated names get -2, -3, ..."""
+    seen: dict[str, int] = {}
+    dirs = []
+    for image in images:
+        stem = Path(image).stem or "image"
+        seen[stem] = seen.get(stem, 0) + 1
+        dirs.append(out / (stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"))
+    return dirs
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .api import IntEngine
+    from .errors import IntEngineError
+    from .io import mask_to_uint8, overlay, read_image, write_json, write_png
+
+    try:
+        cfg = _config(args)
+        engine = IntEngine(cfg, models_dir=_models_dir(args, cfg))
+    except IntEngineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return FATAL
+    out = Path(args.out)
+    failed: list[tuple[str, str]] = []
+    bar = tqdm(list(zip(args.images, _output_dirs(args.images, out))), unit="img", disable=args.quiet)
+    for image_path, folder in bar:
+        bar.set_postfix_str(Path(image_path).name[-30:])
+        try:
+            image = read_image(image_path, cfg.max_side, cfg.min_side, keep_original=True)
+            result = engine.segment(image)
+        except IntEngineError as err:
+            failed.append((image_path, str(err)))
+            tqdm.write(f"error: {err}", file=sys.stderr)
+            continue
+        write_png(folder / "soft.png", mask_to_uint8(result.soft))
+        write_png(folder / "binary.png", result.binary.astype(np.uint8) * 255)
+        write_png(folder / "overlay.png", overlay(image.original, result.binary))
+        write_json(folder / "trace.json", result.trace.to_dict())
+    done = len(args.images) - len(failed)
+    write_json(out / "summary.json", {"images": len(args.images), "succeeded": done,
+                                      "failed": [{"image": p, "error": e} for p, e in failed]})
+    print(f"{done} of {len(args.images)} images segmented into {out}" + (f"; {len(failed)} failed" if failed else ""),
+          file=sys.stderr)
+    return min(len(failed), 100)
+
+
+def cmd_models_tiny(args: argparse.Namespace) -> int:
+    from .models.zoo import build_tiny_zoo
+
+    manifest = build_tiny_zoo(args.out, seed=args.seed)
+    for role, m in manifest["models"].items():
+        print(f"{role:10s} {m['format']:28s} {m['params']:>10,d} params  {m['build_seconds']:.1f}s")
+    print(f"tiny zoo written to {args.out}")
+    return 0
+
+
+def cmd_models_verify(args: argparse.Namespace) -> int:
+    from .errors import IntEngineError
+    from .models.zoo import verify_zoo
+
+    try:
+        bad = verify_zoo(args.dir)
+    except IntEngineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return FATAL
+    for role in bad:
+        print(f"{role}: files differ from the manifest checksum", file=sys.stderr)
+    print("zoo intact" if not bad else f"{len(bad)} role(s) changed")
+    return 0 if not bad else 1
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .bench.synthetic import make_scene
+    from .io import write_png
+
+    image, gt = make_scene(args.seed, args.height, args.width)
+    write_png(args.out, image)
+    if args.gt:
+        write_png(args.gt, gt)
+    print(f"wrote {args.out}" + (f" and {args.gt}" if args.gt else ""))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="int-engine", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    seg = sub.add_parser("segment", help="segment images with INT")
+    seg.add_argument("images", nargs="+", help="image files")
+    seg.add_argument("--out", required=True, help="output folder: one sub-folder per image")
+    seg.add_argument("--task", help='task-generic prompt, e.g. "camouflaged animal"')
+    seg.add_argument("--preset", help="cod | polyp | skin | gensam | promac")
+    seg.add_argument("--config", help="YAML or JSON EngineConfig")
+    seg.add_argument("--models", help="folder with vlm/ inpaint/ detector/ segmenter/ clip/ (default: the tiny zoo)")
+    seg.add_argument("--iterations", type=int)
+    seg.add_argument("--seed", type=int)
+    seg.add_argument("--device", help="cpu, cuda, cuda:1, ...")
+    seg.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field (repeatable)")
+    seg.add_argument("--quiet", action="store_true", help="no progress bar")
+    seg.set_defaults(func=cmd_segment)
+
+    models = sub.add_parser("models", help="model zoo tools").add_subparsers(dest="models_command", required=True)
+    tiny = models.add_parser("tiny", help="build the tiny random-weight zoo")
+    tiny.add_argument("--out", required=True)
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=cmd_models_tiny)
+    verify = models.add_parser("verify", help="check a zoo against its manifest")
+    verify.add_argument("dir")
+    verify.set_defaults(func=cmd_models_verify)
+
+    sample = sub.add_parser("sample", help="write a synthetic camouflage scene")
+    sample.add_argument("--out", required=True)
+    sample.add_argument("--gt", help="also write its ground-truth mask here")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--height", type=int, default=256)
+    sample.add_argument("--width", type=int, default=320)
+    sample.set_defaults(func=cmd_sample)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""EngineConfig: everything a run depends on, in one typed object.
+
+Loaded from YAML/JSON (``EngineConfig.from_file``), overridden from the command line
+(``apply_overrides(cfg, ["iterations=6", "models.inpaint.options.steps=10"])``) and
+passed down explicitly; no step reads globals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+ROLES = ("vlm", "inpaint", "detector", "segmenter", "clip")
+SPLITS = ("whole", "halves_h", "halves_v", "quarters")
+
+
+@dataclass
+class RoleConfig:
+    """Which backend plays a role, from which local path, with which backend options."""
+
+    backend: str
+    path: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelsConfig:
+    """One RoleConfig per role. A role without a path is looked up as ``<models_dir>/<role>``."""
+
+    vlm: RoleConfig = field(default_factory=lambda: RoleConfig("hf"))
+    inpaint: RoleConfig = field(default_factory=lambda: RoleConfig("sd"))
+    detector: RoleConfig = field(default_factory=lambda: RoleConfig("gdino"))
+    segmenter: RoleConfig = field(default_factory=lambda: RoleConfig("sam"))
+    clip: RoleConfig = field(default_factory=lambda: RoleConfig("open_clip"))
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def role(self, name: str) -> RoleConfig:
+        if name not in ROLES:
+            raise ConfigError(f"unknown model role {name!r}; roles are {', '.join(ROLES)}")
+        return getattr(self, name)
+
+
+@dataclass
+class EngineConfig:
+    """The INT algorithm's settings (SPEC.md), with the paper's values as defaults.
+
+    Choices where the paper is silent, each a field so a user can take the other one:
+    - ``inpaint_mask_threshold``: the previous mask M_{i-1} is binarised at this fraction
+      of its maximum before dilation (eq 4), because M_i is a weighted sum (eq 11) whose
+      scale depends on how many views found the object.
+    - ``points_grid``: CLIP point prompts are picked on a grid x grid pooling of the
+      similarity map so that the top points are spread over distinct cells, not adjacent pixels.
+    - ``view_box_overlap``: a merged detection box is given to a view's SAM call when at
+      least this fraction of its area lies inside the view (clipped to the view).
+    - ``max_side`` / ``min_side``: images are resized for processing so their long side is
+      at most ``max_side`` and their short side at least ``min_side``; masks are written
+      at the original size.
+    """
+
+    task: str = "camouflaged animal"
+    iterations: int = 4
+    splits: tuple[str, ...] = SPLITS
+    # ablation switches (paper Table 3c), each changes only its step
+    hcg: bool = True
+    psnm: bool = True
+    pnm: bool = True
+    smg: bool = True
+    eps: float = 1e-3
+    max_new_tokens: int = 48
+    inpaint_mask_threshold: float = 0.5
+    inpaint_dilate_px: int = 11
+    box_threshold: float = 0.35
+    text_threshold: float = 0.25
+    nms_iou: float = 0.5
+    view_box_overlap: float = 0.5
+    positive_points: int = 3
+    negative_points: int = 1
+    points_grid: int = 16
+    mask_weighting: str = "softmax"
+    mask_temperature: float = 0.01
+    reweight_w: float = 0.3
+    binary_threshold: float = 0.5
+    early_stop_tol: float | None = None
+    max_side: int = 1536
+    min_side: int = 32
+    seed: int = 0
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+
+    def __post_init__(self) -> None:
+        self.splits = tuple(self.splits)
+        self.validate()
+
+    def validate(self) -> None:
+        if self.iterations < 1:
+            raise ConfigError(f"iterations must be >= 1, got {self.iterations}")
+        unknown = [s for s in self.splits if s not in SPLITS]
+        if unknown or not self.splits:
+            raise ConfigError(f"splits must be a non-empty subset of {SPLITS}, got {self.splits}")
+        if self.mask_weighting not in ("softmax", "minmax"):
+            raise ConfigError(f"mask_weighting must be 'softmax' or 'minmax', got {self.mask_weighting!r}")
+        if not 0.0 <= self.reweight_w <= 1.0:
+            raise ConfigError(f"reweight_w must be in [0, 1], got {self.reweight_w}")
+        if self.eps <= 0:
+            raise ConfigError(f"eps must be > 0, got {self.eps}")
+        if self.min_side < 2 or self.max_side < self.min_side:
+            raise ConfigError(f"need 2 <= min_side <= max_side, got {self.min_side}, {self.max_side}")
+        if not self.task.strip():
+            raise ConfigError("task must be a non-empty task-generic prompt such as 'camouflaged animal'")
+
+    @property
+    def active_splits(self) -> tuple[str, ...]:
+        """The views actually used: ``hcg=False`` keeps only the whole image (Table 3c)."""
+        return self.splits if self.hcg else ("whole",)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EngineConfig":
+        return _build(cls, data, "config")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "EngineConfig":
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as err:
+            raise ConfigError(f"{p}: cannot read config: {err.strerror or err}") from None
+        try:
+            data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as err:
+            raise ConfigError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {err}") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: a config file must hold a mapping, got {type(data).__name__}")
+        preset = data.pop("preset", None)
+        base = preset_config(preset) if preset else cls()
+        try:
+            return _merge(base, data)
+        except ConfigError as err:
+            raise ConfigError(f"{p}: {err}") from None
+
+
+# Task presets (paper §4.1) and baselines expressed as configurations of the same engine.
+PRESETS: dict[str, dict[str, Any]] = {
+    "cod": {"task": "camouflaged animal", "iterations": 4},
+    "polyp": {"task": "polyp", "iterations": 6},
+    "skin": {"task": "skin lesion", "iterations": 4},
+    "gensam": {"hcg": False, "psnm": False, "pnm": False},
+    "promac": {"pnm": False},
+}
+
+
+def preset_config(name: str, base: EngineConfig | None = None) -> EngineConfig:
+    """``base`` (default: the defaults) with the preset's fields applied."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; presets are {', '.join(PRESETS)}")
+    return _merge(base or EngineConfig(), PRESETS[name])
+
+
+def apply_overrides(cfg: EngineConfig, overrides: list[str]) -> EngineConfig:
+    """Apply ``key=value`` strings (dotted keys reach nested fields; values parsed as YAML)."""
+    data: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return _merge(cfg, data)
+
+
+def _merge(cfg: Any, data: dict[str, Any]) -> Any:
+    current = dataclasses.asdict(cfg)
+    _deep_update(current, data, type(cfg), "")
+    return _build(type(cfg), current, "config")
+
+
+def _deep_update(target: dict[str, Any], data: dict[str, Any], cls: type, where: str) -> None:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"unknown config key {where + key!r}; known: {', '.join(names)}")
+        sub = _dataclass_type(names[key])
+        if sub is not None and isinstance(value, dict):
+            _deep_update(target[key], value, sub, f"{where}{key}.")
+        elif key == "options" and isinstance(value, dict):
+            target[key] = {**target[key], **value}
+        else:
+            target[key] = value
+
+
+def _dataclass_type(f: dataclasses.Field) -> type | None:
+    return {"ModelsConfig": ModelsConfig, "RoleConfig": RoleConfig}.get(str(f.type))
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        sub = _dataclass_type(f)
+        if sub is not None:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{f.name} must be a mapping, got {value!r}")
+            value = _build(sub, value, f"{where}.{f.name}")
+        kwargs[f.name] = value
+    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ConfigError(f"unknown config key(s) in {where}: {', '.join(sorted(unknown))}")
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"{where}: {err}") from None

@@ -1,0 +1,37 @@
+"""Steps 10-11 (eq 12, 13): reweight the image for the next iteration, choose the final mask."""
+
+from __future__ import annotations
+
+import torch
+
+
+def reweight(image: torch.Tensor, mask: torch.Tensor, w: float) -> torch.Tensor:
+    """X_{i+1} = w·(X_i ⊙ M_i) + (1 − w)·X_i (eq 12).
+
+    image: float [H, W, 3]; mask: float [H, W] in [0, 1]. Returns float [H, W, 3].
+    """
+    return w * image * mask.unsqueeze(-1) + (1.0 - w) * image
+
+
+def final_mask(masks: list[torch.Tensor]) -> tuple[int, torch.Tensor]:
+    """i* = argmin_i ‖M_i − M̄‖₁ with M̄ the mean of the iterations' masks (eq 13).
+
+    masks: I tensors float [H, W]. Returns (i*, M_{i*}); ties go to the earliest iteration.
+    """
+    if not masks:
+        raise ValueError("final_mask needs at least one iteration's mask")
+    stack = torch.stack([m.to(torch.float64) for m in masks])
+    mean = stack.mean(dim=0)
+    distances = (stack - mean).abs().flatten(1).sum(dim=1)
+    best = int(distances.argmin())
+    return best, masks[best]
+
+
+def binarise(mask: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The binary output mask: bool [H, W], True where ``mask`` >= ``threshold``."""
+    return mask >= threshold
+
+
+def mask_change(previous: torch.Tensor, current: torch.Tensor) -> float:
+    """Mean absolute change between two iterations' masks (used by the early stop)."""
+    return float((previous.to(torch.float64) - current.to(torch.float64)).abs().mean())

@@ -1,0 +1,87 @@
+"""The tiny zoo: every model the engine runs, tiny and randomly initialised, on disk in the
+format of its real checkpoint, with a manifest. Tests, CI and the demo run on it."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+from ..config import ROLES
+from ..errors import ModelLoadError
+
+MANIFEST = "manifest.json"
+ZOO_VERSION = 1
+BUILDERS = {
+    "vlm": "tiny_vlm",
+    "inpaint": "tiny_inpaint",
+    "detector": "tiny_detector",
+    "segmenter": "tiny_segmenter",
+    "clip": "tiny_clip",
+}
+
+
+def checksum(directory: Path) -> str:
+    """sha256 over every file's relative path and bytes, in sorted order."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in directory.rglob("*") if p.is_file()):
+        h.update(f.relative_to(directory).as_posix().encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def build_tiny_zoo(out: str | Path, seed: int = 0) -> dict:
+    """Write the five tiny models under ``out/<role>`` and ``out/manifest.json``; returns the manifest.
+
+    The manifest is written last, so a directory with a manifest is a complete zoo.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+    models = {}
+    for role in ROLES:
+        target = out / role
+        if target.exists():
+            shutil.rmtree(target)
+        start = time.perf_counter()
+        info = importlib.import_module(f"int_engine.models.{BUILDERS[role]}").build(target, seed=seed)
+        models[role] = {
+            "path": role,
+            "format": info["format"],
+            "params": int(info["params"]),
+            "sha256": checksum(target),
+            "build_seconds": round(time.perf_counter() - start, 3),
+        }
+    manifest = {"zoo": "tiny", "version": ZOO_VERSION, "seed": seed, "models": models}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def read_manifest(directory: str | Path) -> dict:
+    p = Path(directory) / MANIFEST
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelLoadError(f"zoo: {p} not found (build it with `int-engine models tiny --out {directory}`)") from None
+    except json.JSONDecodeError as err:
+        raise ModelLoadError(f"zoo: {p} is not valid JSON: {err}") from None
+
+
+def verify_zoo(directory: str | Path) -> list[str]:
+    """The roles whose files no longer match the manifest's checksum (empty = intact)."""
+    manifest = read_manifest(directory)
+    return [role for role, m in manifest["models"].items() if checksum(Path(directory) / m["path"]) != m["sha256"]]
+
+
+def is_complete_zoo(directory: str | Path, seed: int = 0) -> bool:
+    """True when ``directory`` holds a tiny zoo of this version and seed with all roles."""
+    try:
+        manifest = read_manifest(directory)
+    except ModelLoadError:
+        return False
+    return manifest.get("version") == ZOO_VERSION and manifest.get("seed") == seed and set(manifest.get("models", {})) == set(ROLES)

@@ -1,0 +1,127 @@
+"""Step 2 (eq 2) and the inpainting prompts of eq 4: prompt texts and robust answer parsing.
+
+Parsing never raises: any text, a random model's included, yields a candidate or None.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_WORD = re.compile(r"[a-z]+(?:-[a-z]+)*")
+
+# Words that frame an answer rather than name a thing ("The name of the camouflaged
+# animal is a frog and its environment is a tree" -> frog, tree).
+_FRAME_WORDS = frozenset(
+    """
+    a an the this that these those it its is are was were be been being of in on at to for from with and or
+    but as by into onto over under near inside within among between there here which who what where
+    name names named environment environments background foreground object objects one word words output
+    image picture photo patch detection task bounding box answer called looks look like appears seems
+    i you we they he she not no none nothing sorry cannot can see visible any some very
+    """.split()
+)
+_MIN_NAME, _MAX_NAME = 2, 24
+_IRREGULAR = {"leaves": "leaf", "wolves": "wolf", "mice": "mouse", "geese": "goose", "octopi": "octopus", "calves": "calf"}
+
+
+def box_prompt(task: str) -> str:
+    """P_B of eq 2: asks for the task object's bounding box."""
+    return f"This image pertains to the {task} detection task, output the bounding box of the {task}."
+
+
+def name_prompt(task: str) -> str:
+    """P_A of eq 2: asks for the object's name and its environment."""
+    return f"Output the name of the {task} and its environment in one word."
+
+
+def inpaint_prompts(foreground: str, background: str, task: str) -> tuple[str, str]:
+    """(P_p, P_n) of eq 4: fill with the background; the foreground is not the task object."""
+    positive = f"{background}, high quality, detailed, and well-integrated with the original image."
+    negative = f"{foreground} is not a {task}."
+    return positive, negative
+
+
+def parse_box(text: str, width: int | None = None, height: int | None = None) -> tuple[float, float, float, float] | None:
+    """The first four numbers of ``text`` as a box normalised to [0, 1] (x0, y0, x1, y1), or None.
+
+    LLaVA-1.5 answers in normalised coordinates; numbers above 1 are read as pixels of a
+    ``width`` x ``height`` view when those are given. Corners are reordered; a box with no
+    area, or outside the view, is None.
+    """
+    nums = [float(n) for n in _NUMBER.findall(text or "")]
+    if len(nums) < 4:
+        return None
+    x0, y0, x1, y1 = nums[:4]
+    if max(x0, y0, x1, y1) > 1.0:
+        if not width or not height:
+            return None
+        x0, x1, y0, y1 = x0 / width, x1 / width, y0 / height, y1 / height
+    x0, x1 = sorted((min(max(x0, 0.0), 1.0), min(max(x1, 0.0), 1.0)))
+    y0, y1 = sorted((min(max(y0, 0.0), 1.0), min(max(y1, 0.0), 1.0)))
+    if (x1 - x0) * (y1 - y0) < 1e-4:
+        return None
+    return (x0, y0, x1, y1)
+
+
+def normalise_name(word: str) -> str | None:
+    """Lower-case, singular where trivial (frogs -> frog, flies -> fly, foxes -> fox); None if
+    it is not a plausible one-word name (letters and hyphens, 2-24 characters)."""
+    w = (word or "").strip().lower()
+    if not _WORD.fullmatch(w) or not _MIN_NAME <= len(w) <= _MAX_NAME or w in _FRAME_WORDS:
+        return None
+    if w in _IRREGULAR:
+        return _IRREGULAR[w]
+    if len(w) > 4 and w.endswith("ies"):
+        return w[:-3] + "y"
+    if len(w) > 4 and w.endswith(("ches", "shes", "xes", "sses")):
+        return w[:-2]
+    if len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is")):
+        return w[:-1]
+    return w
+
+
+def parse_names(text: str, task: str) -> tuple[str | None, str | None]:
+    """(A_fore, A_back) from the answer to P_A: the first two content words that are not the
+    task's own words, or None for each that is missing."""
+    task_words = set(_WORD.findall(task.lower()))
+    names: list[str] = []
+    for raw in _WORD.findall((text or "").lower()):
+        if raw in task_words:
+            continue
+        name = normalise_name(raw)
+        if name and name not in names:
+            names.append(name)
+        if len(names) == 2:
+            break
+    return (names[0] if names else None, names[1] if len(names) > 1 else None)
+
+
+@dataclass(frozen=True)
+class ViewProposal:
+    """What the VLM said about one view: the P_B box (normalised view coordinates) and the
+    P_A names, each possibly None, plus the raw answers for the trace."""
+
+    box: tuple[float, float, float, float] | None
+    foreground: str | None
+    background: str | None
+    box_text: str
+    name_text: str
+
+
+def parse_proposal(box_text: str, name_text: str, task: str, width: int, height: int) -> ViewProposal:
+    fore, back = parse_names(name_text, task)
+    return ViewProposal(parse_box(box_text, width, height), fore, back, box_text, name_text)
+
+
+def candidate_list(proposals: list[ViewProposal]) -> list[str]:
+    """𝒜_i: the distinct foreground names, most-proposed first, ties in order of first
+    appearance (SPEC step 5: so that the tie rule falls back to the most frequent name)."""
+    counts = Counter(p.foreground for p in proposals if p.foreground)
+    first = {}
+    for i, p in enumerate(proposals):
+        if p.foreground and p.foreground not in first:
+            first[p.foreground] = i
+    return sorted(counts, key=lambda name: (-counts[name], first[name]))

@@ -1,0 +1,126 @@
+"""The five model roles, as small protocols that take batches and return batches.
+
+Images cross these boundaries as ``np.ndarray`` uint8 ``[H, W, 3]`` RGB; masks as
+``np.ndarray`` float32 ``[H, W]`` in [0, 1]. Every call takes a list so that the
+scheduler can put the work of many images into one call; the reference pipeline
+simply sends one image's views at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Boxes found in one image, in that image's pixel coordinates.
+
+    boxes: float32 [N, 4] as (x0, y0, x1, y1); scores: float32 [N].
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+
+    @staticmethod
+    def empty() -> "Detections":
+        return Detections(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32))
+
+
+@dataclass(frozen=True)
+class SegmentRequest:
+    """One SAM call: an image with box and point prompts in its pixel coordinates.
+
+    boxes: float32 [N, 4] (x0, y0, x1, y1), N may be 0;
+    points: float32 [P, 2] (x, y), P may be 0; labels: int64 [P], 1 = foreground, 0 = background.
+    """
+
+    image: np.ndarray
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+
+
+@runtime_checkable
+class VLM(Protocol):
+    """A vision-language model (LLaVA-1.5): free text out, and teacher-forced scores."""
+
+    def generate(self, images: Sequence[np.ndarray], prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+        """Greedy answer to ``prompts[j]`` about ``images[j]``, one string per request (eq 1-2).
+
+        The backend wraps each prompt in its model's chat template.
+        """
+        ...
+
+    def score(self, images: Sequence[np.ndarray], prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+        """Length-normalised log-probability of ``answers[j]`` as the reply to ``prompts[j]``
+        about ``images[j]``, teacher forced (SPEC step 4). Returns float32 [len(answers)]."""
+        ...
+
+
+@runtime_checkable
+class Inpainter(Protocol):
+    """Removes the masked region of each image and fills it with background (eq 4)."""
+
+    def inpaint(
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        prompts: Sequence[str],
+        negative_prompts: Sequence[str],
+        seeds: Sequence[int],
+    ) -> list[np.ndarray]:
+        """One output per input, same size as its input; pixels outside the mask unchanged.
+
+        Each job's noise comes from its own seed, so a job's output does not depend on
+        which other jobs share its batch.
+        """
+        ...
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """Open-vocabulary detector (GroundingDINO, eq 8)."""
+
+    def detect(
+        self, images: Sequence[np.ndarray], texts: Sequence[str], box_threshold: float, text_threshold: float
+    ) -> list[Detections]:
+        ...
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    """Promptable segmenter (SAM, eq 9)."""
+
+    def segment(self, requests: Sequence[SegmentRequest]) -> list[np.ndarray]:
+        """One float32 [H, W] mask in {0, 1} per request: the union over its boxes
+        (each box with all the points), or the points-only mask when it has no box;
+        all zeros when it has neither."""
+        ...
+
+
+@runtime_checkable
+class Clip(Protocol):
+    """CLIP: global image-text similarity (eq 10) and a spatial similarity map (eq 9)."""
+
+    def image_text_similarity(self, images: Sequence[np.ndarray], texts: Sequence[str]) -> np.ndarray:
+        """Cosine similarity of ``images[j]`` and ``texts[j]``: float32 [len(images)] in [-1, 1]."""
+        ...
+
+    def similarity_maps(self, images: Sequence[np.ndarray], texts: Sequence[str]) -> list[np.ndarray]:
+        """CLIP-Surgery-style map of ``texts[j]`` over ``images[j]``: float32 [H, W] per image
+        at the image's size; higher means more of the text's object there."""
+        ...
+
+
+@dataclass
+class Models:
+    """The five roles, loaded. The pipeline and the scheduler receive this; they never load."""
+
+    vlm: VLM
+    inpainter: Inpainter
+    detector: Detector
+    segmenter: Segmenter
+    clip: Clip
