@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from int_engine.backends.detect_gdino import GroundingDinoDetector, caption
-from int_engine.backends.protocols import Detector
+from int_engine.protocols import Detector
 from int_engine.errors import ModelLoadError
 from int_engine.models import tiny_detector
 

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import ConfigError, ModelLoadError
 from ..models.checks import require_files
-from .protocols import Detections
+from ..protocols import Detections
 
 ROLE = "detector"
 FORMAT = "hf-grounding-dino"

@@ -1,0 +1,271 @@
+"""Stable Diffusion 2 inpainting (diffusers ``StableDiffusionInpaintPipeline``) as an ``Inpainter``.
+
+Loads a local diffusers directory laid out like ``stabilityai/stable-diffusion-2-inpainting``
+(or the tiny zoo's copy of it), offline, without safety checker.
+
+Geometry: every job is fitted into one ``size x size`` working square so that all jobs
+of a call share one batch. With ``fit="pad"`` (default) a view keeps its aspect ratio:
+it is resized so that its longer side is ``size`` and the rest of the square is filled
+by reflecting the view (the model sees plausible context there and is never asked to
+paint it: the mask is 0 in the padding). With ``fit="stretch"`` the view is resized to
+the square, distorting elongated views but using every working pixel. Either way the
+result is cropped, resized back to the input size and composited, so that pixels
+outside the (binarised, optionally dilated) mask are exactly the input's.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from ..errors import ConfigError, ModelLoadError
+from ..models.checks import require_files
+
+ROLE = "inpaint"
+FORMAT = "diffusers StableDiffusionInpaintPipeline"
+_WEIGHTS = "diffusion_pytorch_model.safetensors|diffusion_pytorch_model.bin|diffusion_pytorch_model.fp16.safetensors"
+EXPECTED = (
+    "model_index.json",
+    "unet/config.json",
+    f"unet/{_WEIGHTS.replace('|', '|unet/')}",
+    "vae/config.json",
+    f"vae/{_WEIGHTS.replace('|', '|vae/')}",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors|text_encoder/pytorch_model.bin|text_encoder/model.fp16.safetensors",
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+    "scheduler/scheduler_config.json",
+)
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Alternatives to the checkpoint's own scheduler (PNDM for SD2-inpainting), by short name.
+_SCHEDULERS = {
+    "pndm": "PNDMScheduler",
+    "ddim": "DDIMScheduler",
+    "dpmsolver++": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+}
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """Where a job's view sits in the working square: resized to (h, w) at offset (top, left)."""
+
+    h: int
+    w: int
+    top: int
+    left: int
+
+
+class SDInpainter:
+    """Batched SD-inpainting. Build with :meth:`load`; call :meth:`inpaint`."""
+
+    def __init__(
+        self, pipe, device: str, size: int, steps: int, guidance_scale: float, dilate: int, fit: str, max_batch: int
+    ) -> None:
+        self.pipe = pipe
+        self.device = device
+        self.size = size
+        self.steps = steps
+        self.guidance_scale = guidance_scale
+        self.dilate = dilate
+        self.fit = fit
+        self.max_batch = max_batch
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        device: str = "cpu",
+        dtype: str = "float32",
+        *,
+        size: int | None = None,
+        steps: int = 20,
+        guidance_scale: float = 7.5,
+        dilate: int = 0,
+        fit: str = "pad",
+        max_batch: int = 0,
+        scheduler: str | None = None,
+        variant: str | None = None,
+        enable_xformers: bool = False,
+    ) -> Self:
+        """Load a diffusers SD-inpainting directory, offline.
+
+        size: side of the working square in pixels, a multiple of the VAE's scale factor;
+        None takes the checkpoint's native size, UNet sample_size x VAE scale (512 for SD2). steps: denoising steps.
+        guidance_scale: classifier-free guidance (<= 1 turns it and the negative prompt off).
+        dilate: grow each mask by this many input pixels before inpainting (0 = the caller's
+        mask as is). fit: "pad" or "stretch" (module docstring). max_batch: at most this
+        many jobs per pipeline call (0 = all jobs of a call in one batch; results do not
+        depend on it). scheduler: None keeps the checkpoint's, else one of
+        pndm / ddim / dpmsolver++ / euler. variant: e.g. "fp16" for a directory holding only
+        ``*.fp16.safetensors``. enable_xformers: use xformers attention instead of SDPA.
+        """
+        p = require_files(ROLE, path, EXPECTED, FORMAT)
+        if dtype not in _DTYPES:
+            raise ConfigError(f"{ROLE}: dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        if fit not in ("pad", "stretch"):
+            raise ConfigError(f"{ROLE}: fit must be 'pad' or 'stretch', got {fit!r}")
+        if steps < 1 or dilate < 0 or max_batch < 0:
+            raise ConfigError(
+                f"{ROLE}: need steps >= 1, dilate >= 0, max_batch >= 0, got {steps}, {dilate}, {max_batch}"
+            )
+        if scheduler is not None and scheduler not in _SCHEDULERS:
+            raise ConfigError(f"{ROLE}: scheduler must be one of {sorted(_SCHEDULERS)} or None, got {scheduler!r}")
+        if enable_xformers and importlib.util.find_spec("xformers") is None:
+            raise ConfigError(f"{ROLE}: enable_xformers=True but the xformers package is not installed")
+        try:
+            import diffusers
+            from diffusers import StableDiffusionInpaintPipeline
+
+            pipe = StableDiffusionInpaintPipeline.from_pretrained(
+                p,
+                dtype=_DTYPES[dtype],
+                variant=variant,
+                local_files_only=True,
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+            )
+            if scheduler is not None:
+                pipe.scheduler = getattr(diffusers, _SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
+            pipe = pipe.to(device)
+        except Exception as err:  # any library failure is a load failure of this path
+            raise ModelLoadError(f"{ROLE}: cannot load {FORMAT} from {p}: {err}") from err
+        if pipe.unet.config.in_channels != 9:
+            raise ModelLoadError(
+                f"{ROLE}: cannot load {FORMAT} from {p}: unet has {pipe.unet.config.in_channels} input channels, "
+                "expected 9 (an inpainting UNet)"
+            )
+        # The pipeline needs whole latents; the UNet itself copes with odd latent sizes.
+        multiple = pipe.vae_scale_factor
+        if size is None:
+            size = int(pipe.unet.config.sample_size) * multiple
+        if size < multiple or size % multiple:
+            raise ConfigError(f"{ROLE}: size must be a positive multiple of {multiple} for {p}, got {size}")
+        if enable_xformers:
+            pipe.enable_xformers_memory_efficient_attention()
+        # diffusers' default processors already use torch SDPA (AttnProcessor2_0).
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe, device, size, steps, guidance_scale, dilate, fit, max_batch)
+
+    # -- geometry ---------------------------------------------------------------------------
+
+    def _placement(self, height: int, width: int) -> _Fit:
+        s = self.size
+        if self.fit == "stretch":
+            return _Fit(s, s, 0, 0)
+        scale = s / max(height, width)
+        h, w = max(1, round(height * scale)), max(1, round(width * scale))
+        return _Fit(h, w, (s - h) // 2, (s - w) // 2)
+
+    def _to_square(self, image: np.ndarray, mask: np.ndarray, f: _Fit) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 [H, W, 3] + bool [H, W] -> float32 [S, S, 3] in [0, 1] + float32 [S, S] in {0, 1}."""
+        s = self.size
+        shrink = f.h < image.shape[0]
+        img = cv2.resize(image, (f.w, f.h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+        # Any working pixel touched by the mask is masked, so a thin mask never vanishes.
+        m = cv2.resize(mask.astype(np.float32), (f.w, f.h), interpolation=cv2.INTER_AREA) > 0
+        if (f.h, f.w) != (s, s):
+            pads = (f.top, s - f.h - f.top, f.left, s - f.w - f.left)
+            img = cv2.copyMakeBorder(img, *pads, borderType=cv2.BORDER_REFLECT_101)
+            m = np.pad(m, ((pads[0], pads[1]), (pads[2], pads[3])))
+        return img.astype(np.float32) / 255.0, m.astype(np.float32)
+
+    @staticmethod
+    def _from_square(out: np.ndarray, f: _Fit, height: int, width: int) -> np.ndarray:
+        """float [S, S, 3] in [0, 1] -> uint8 [H, W, 3]: crop the view, resize it back."""
+        crop = out[f.top : f.top + f.h, f.left : f.left + f.w]
+        crop = cv2.resize(crop, (width, height), interpolation=cv2.INTER_CUBIC)
+        return np.clip(np.rint(crop * 255.0), 0, 255).astype(np.uint8)
+
+    def _binary_mask(self, mask: np.ndarray) -> np.ndarray:
+        """float [H, W] -> bool [H, W]: > 0.5, then grown by ``dilate`` pixels."""
+        m = mask > 0.5
+        if self.dilate and m.any():
+            k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * self.dilate + 1, 2 * self.dilate + 1))
+            m = cv2.dilate(m.astype(np.uint8), k) > 0
+        return m
+
+    # -- inference ----------------------------------------------------------------------------
+
+    def inpaint(
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        prompts: Sequence[str],
+        negative_prompts: Sequence[str],
+        seeds: Sequence[int],
+    ) -> list[np.ndarray]:
+        """Fill ``masks[j]`` (float32 [H, W], > 0.5 = fill) of ``images[j]`` (uint8 [H, W, 3])
+        guided by ``prompts[j]`` / ``negative_prompts[j]``, noise from ``seeds[j]``.
+
+        Returns one uint8 [H, W, 3] per job. Jobs with an empty mask come back unchanged
+        and cost nothing; all others run in one batched pipeline call (or ``max_batch``-sized
+        calls), each with its own ``torch.Generator`` so that batch-mates do not matter.
+        """
+        n = len(images)
+        if not (len(masks) == len(prompts) == len(negative_prompts) == len(seeds) == n):
+            raise ValueError(
+                f"{ROLE}: images, masks, prompts, negative_prompts, seeds must have one entry per job, got lengths "
+                f"{n}, {len(masks)}, {len(prompts)}, {len(negative_prompts)}, {len(seeds)}"
+            )
+        outputs = [np.array(im, copy=True) for im in images]
+        bins, jobs = [], []
+        for j, (im, mk) in enumerate(zip(images, masks)):
+            if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8 or mk.shape != im.shape[:2]:
+                raise ValueError(
+                    f"{ROLE}: job {j}: need a uint8 [H, W, 3] image and an [H, W] mask, "
+                    f"got {im.shape} {im.dtype} and {mk.shape}"
+                )
+            bins.append(self._binary_mask(mk))
+            if bins[j].any():
+                jobs.append(j)
+        chunk = self.max_batch or max(1, len(jobs))
+        for start in range(0, len(jobs), chunk):
+            part = jobs[start : start + chunk]
+            filled = self._run(
+                [images[j] for j in part],
+                [bins[j] for j in part],
+                [prompts[j] for j in part],
+                [negative_prompts[j] for j in part],
+                [seeds[j] for j in part],
+            )
+            for j, f in zip(part, filled):
+                outputs[j] = np.where(bins[j][..., None], f, images[j])
+        return outputs
+
+    def _run(
+        self,
+        images: list[np.ndarray],
+        bins: list[np.ndarray],
+        prompts: list[str],
+        negative_prompts: list[str],
+        seeds: list[int],
+    ) -> list[np.ndarray]:
+        """One pipeline call over B jobs -> B uint8 [H, W, 3] model outputs (not yet composited)."""
+        fits = [self._placement(*im.shape[:2]) for im in images]
+        squares = [self._to_square(im, m, f) for im, m, f in zip(images, bins, fits)]
+        image_t = torch.from_numpy(np.stack([sq[0] for sq in squares])).permute(0, 3, 1, 2)  # [B, 3, S, S]
+        mask_t = torch.from_numpy(np.stack([sq[1] for sq in squares]))[:, None]  # [B, 1, S, S]
+        # CPU generators: the same seed gives the same noise on every device.
+        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        with torch.inference_mode():
+            result = self.pipe(
+                prompt=list(prompts),
+                negative_prompt=list(negative_prompts) if self.guidance_scale > 1 else None,
+                image=image_t,
+                mask_image=mask_t,
+                height=self.size,
+                width=self.size,
+                num_inference_steps=self.steps,
+                guidance_scale=self.guidance_scale,
+                generator=generators,
+                output_type="np",
+            ).images  # float32 [B, S, S, 3] in [0, 1]
+        return [self._from_square(out, f, *im.shape[:2]) for out, f, im in zip(result, fits, images)]

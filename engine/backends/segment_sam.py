@@ -1,0 +1,293 @@
+"""SAM (segment-anything) as the engine's ``Segmenter`` (eq 9).
+
+On disk a SAM model is a directory holding the segment-anything state dict (``sam.pth``
+or any single ``*.pth``, e.g. the published ``sam_vit_h_4b8939.pth``) and a
+``sam_arch.json`` naming its architecture, either in full (the fields of ``SamArch``)
+or as ``{"model_type": "vit_h"}`` (or ``vit_l`` / ``vit_b``), which takes the published
+parameters (further keys override them). With no ``sam_arch.json`` the model type is
+read from the file name (``sam_vit_h_*.pth`` -> vit_h), so a directory holding only the
+file downloaded from the segment-anything release loads as it is. The tiny zoo and
+vit_h go through the same builder, ``build_sam``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from segment_anything import SamPredictor
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+from ..errors import ModelLoadError
+from ..models.checks import require_files
+from ..protocols import SegmentRequest
+
+ROLE = "segmenter"
+FORMAT = "segment-anything (state dict *.pth + sam_arch.json)"
+ARCH_FILE = "sam_arch.json"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class SamArch:
+    """Everything ``build_sam`` needs; the defaults are those shared by the published models."""
+
+    encoder_embed_dim: int
+    encoder_depth: int
+    encoder_num_heads: int
+    encoder_global_attn_indexes: tuple[int, ...]
+    image_size: int = 1024
+    patch_size: int = 16
+    encoder_window_size: int = 14
+    encoder_mlp_ratio: float = 4.0
+    prompt_embed_dim: int = 256
+    mask_in_chans: int = 16
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_num_heads: int = 8
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+    pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# The parameters of segment_anything.build_sam's three published models.
+PUBLISHED: dict[str, SamArch] = {
+    "vit_h": SamArch(1280, 32, 16, (7, 15, 23, 31)),
+    "vit_l": SamArch(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_b": SamArch(768, 12, 12, (2, 5, 8, 11)),
+}
+
+
+def arch_from_json(data: dict[str, Any]) -> SamArch:
+    """A ``SamArch`` from ``sam_arch.json``'s content: full fields, or ``model_type`` plus
+    optional overrides. Raises ValueError on an unknown model type, unknown or missing keys."""
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    data = dict(data)
+    known = {f.name for f in fields(SamArch)}
+    model_type = data.pop("model_type", None)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown keys {unknown}")
+    # JSON has no tuples; the dataclass is frozen and compared, so normalise lists.
+    data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    if model_type is None:
+        return SamArch(**data)
+    if model_type not in PUBLISHED:
+        raise ValueError(f"unknown model_type {model_type!r} (expected one of {sorted(PUBLISHED)})")
+    return replace(PUBLISHED[model_type], **data)
+
+
+def build_sam(arch: SamArch) -> Sam:
+    """A randomly initialised ``Sam`` of architecture ``arch``, in eval mode, on the current
+    default device (wrap in ``torch.device("meta")`` to get the structure for free)."""
+    grid = arch.image_size // arch.patch_size
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=arch.image_size,
+            patch_size=arch.patch_size,
+            embed_dim=arch.encoder_embed_dim,
+            depth=arch.encoder_depth,
+            num_heads=arch.encoder_num_heads,
+            mlp_ratio=arch.encoder_mlp_ratio,
+            out_chans=arch.prompt_embed_dim,
+            qkv_bias=True,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            window_size=arch.encoder_window_size,
+            global_attn_indexes=tuple(arch.encoder_global_attn_indexes),
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=arch.prompt_embed_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(arch.image_size, arch.image_size),
+            mask_in_chans=arch.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=arch.num_multimask_outputs,
+            transformer=TwoWayTransformer(
+                depth=arch.decoder_depth,
+                embedding_dim=arch.prompt_embed_dim,
+                mlp_dim=arch.decoder_mlp_dim,
+                num_heads=arch.decoder_num_heads,
+            ),
+            transformer_dim=arch.prompt_embed_dim,
+            iou_head_depth=arch.iou_head_depth,
+            iou_head_hidden_dim=arch.iou_head_hidden_dim,
+        ),
+        pixel_mean=list(arch.pixel_mean),
+        pixel_std=list(arch.pixel_std),
+    )
+    return sam.eval()
+
+
+def resolve_checkpoint(path: str | Path, checkpoint: str | None = None) -> tuple[Path, SamArch]:
+    """The state-dict file and architecture of the SAM directory ``path``.
+
+    The file is ``checkpoint`` if given, else ``sam.pth``, else the directory's only
+    ``*.pth``. The architecture comes from ``sam_arch.json``, else from the file name
+    (``sam_vit_h_*.pth`` / ``sam_vit_l_*`` / ``sam_vit_b_*``). Raises ModelLoadError.
+    """
+    raw = Path(path).expanduser()
+    found = sorted(p.name for p in raw.glob("*.pth")) if raw.is_dir() else []
+    wanted = checkpoint or ("sam.pth" if not found or "sam.pth" in found else "|".join(found))
+    root = require_files(ROLE, path, [wanted], FORMAT)
+    if checkpoint is None and "sam.pth" not in found and len(found) > 1:
+        raise ModelLoadError(f"{ROLE}: {root} holds several state dicts {found}; pass checkpoint=<name>")
+    pth = root / (checkpoint or ("sam.pth" if "sam.pth" in found else found[0]))
+
+    arch_path = root / ARCH_FILE
+    if arch_path.exists():
+        try:
+            arch = arch_from_json(json.loads(arch_path.read_text()))
+        except (ValueError, TypeError) as err:
+            raise ModelLoadError(f"{ROLE}: cannot load {FORMAT} from {root}: bad {arch_path}: {err}") from err
+        return pth, arch
+    match = re.match(r"sam_(vit_[hlb])(_|\.)", pth.name)
+    if match is None:
+        raise ModelLoadError(
+            f"{ROLE}: {root} is not a {FORMAT} directory: missing {ARCH_FILE} "
+            f"(and the model type cannot be read from {pth.name!r}; expected sam_vit_h_*.pth / vit_l / vit_b)"
+        )
+    return pth, PUBLISHED[match.group(1)]
+
+
+def load_sam(pth: Path, arch: SamArch, device: str, dtype: torch.dtype) -> Sam:
+    """Build ``arch`` and fill it with the state dict ``pth``; the image encoder in ``dtype``,
+    the prompt encoder and mask decoder in float32 (the predictor feeds them float32 prompts)."""
+    state = torch.load(pth, map_location="cpu", weights_only=True)
+    # Building on meta and assigning the loaded tensors skips vit_h's random init (seconds,
+    # and a second copy of 2.5 GB); strict=True still proves every weight was in the file.
+    with torch.device("meta"):
+        sam = build_sam(arch)
+    sam.load_state_dict(state, strict=True, assign=True)
+    # pixel_mean / pixel_std are non-persistent buffers: not in the file, so set them here.
+    sam.pixel_mean = torch.tensor(arch.pixel_mean, dtype=torch.float32).view(-1, 1, 1)
+    sam.pixel_std = torch.tensor(arch.pixel_std, dtype=torch.float32).view(-1, 1, 1)
+    left = [n for n, t in [*sam.named_parameters(), *sam.named_buffers()] if t.is_meta]
+    if left:
+        raise ValueError(f"tensors not filled by the state dict: {left[:5]}")
+    sam.to(device=device, dtype=torch.float32)
+    sam.image_encoder.to(dtype=dtype)
+    return sam.eval()
+
+
+class SamSegmenter:
+    """``Segmenter`` on ``segment_anything.SamPredictor``.
+
+    The image encoder runs on up to ``batch_size`` request images at once (each resized
+    and padded exactly as ``SamPredictor.set_image`` does); the predictor is then given
+    each image's embedding and decodes all of that request's boxes in one
+    ``predict_torch`` call, every box with the same points.
+    """
+
+    def __init__(self, sam: Sam, multimask_output: bool = False, batch_size: int = 4) -> None:
+        self.sam = sam
+        self.predictor = SamPredictor(sam)
+        self.multimask_output = multimask_output
+        self.batch_size = max(1, int(batch_size))
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        device: str = "cpu",
+        dtype: str = "float32",
+        *,
+        multimask_output: bool = False,
+        batch_size: int = 4,
+        checkpoint: str | None = None,
+    ) -> "SamSegmenter":
+        """Load the SAM directory ``path`` (see the module docstring) offline.
+
+        multimask_output: ask SAM for its 3 masks per prompt and keep the highest-scoring
+        one (better for a lone point); False takes SAM's single mask.
+        batch_size: images per image-encoder call. checkpoint: which ``*.pth`` to load.
+        """
+        pth, arch = resolve_checkpoint(path, checkpoint)
+        if dtype not in DTYPES:
+            raise ModelLoadError(f"{ROLE}: unknown dtype {dtype!r} for {path} (expected one of {sorted(DTYPES)})")
+        try:
+            sam = load_sam(pth, arch, device, DTYPES[dtype])
+        except Exception as err:  # torch/segment-anything raise many types; one message for the CLI
+            raise ModelLoadError(f"{ROLE}: cannot load {FORMAT} from {path}: {err}") from err
+        return cls(sam, multimask_output=multimask_output, batch_size=batch_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.sam.device
+
+    def segment(self, requests: Sequence[SegmentRequest]) -> list[np.ndarray]:
+        """One float32 [H, W] mask in {0, 1} per request, at its image's size: the union over
+        its boxes, the points-only mask when it has no box, zeros when it has neither."""
+        out: list[np.ndarray | None] = [None] * len(requests)
+        todo = []
+        for i, req in enumerate(requests):
+            _check(req)
+            if len(req.boxes) or len(req.points):
+                todo.append(i)
+            else:
+                out[i] = np.zeros(req.image.shape[:2], np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(todo), self.batch_size):
+                chunk = todo[start : start + self.batch_size]
+                features, input_sizes = self._encode([requests[i].image for i in chunk])
+                for j, i in enumerate(chunk):
+                    out[i] = self._decode(features[j : j + 1], input_sizes[j], requests[i])
+        return out  # type: ignore[return-value]
+
+    def _encode(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Image embeddings float32 [B, C, h, w] and each image's resized (unpadded) size."""
+        batch, sizes = [], []
+        for image in images:
+            resized = self.predictor.transform.apply_image(image)  # uint8 [h, w, 3], long side = img_size
+            x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
+            sizes.append(tuple(x.shape[-2:]))
+            batch.append(self.sam.preprocess(x))  # normalised, padded to a square
+        enc = self.sam.image_encoder
+        features = enc(torch.cat(batch).to(enc.patch_embed.proj.weight.dtype))
+        return features.float(), sizes
+
+    def _decode(self, features: torch.Tensor, input_size: tuple[int, int], req: SegmentRequest) -> np.ndarray:
+        """The union mask of one request, given its image embedding [1, C, h, w]."""
+        p, original = self.predictor, tuple(req.image.shape[:2])
+        # What set_image leaves behind, so that predict_torch decodes against this image.
+        p.features, p.input_size, p.original_size, p.is_image_set = features, input_size, original, True
+        boxes = coords = labels = None
+        if len(req.boxes):
+            raw = torch.as_tensor(np.asarray(req.boxes, np.float32), device=self.device)
+            boxes = p.transform.apply_boxes_torch(raw, original)  # [B, 4]
+        if len(req.points):
+            raw = torch.as_tensor(np.asarray(req.points, np.float32), device=self.device)
+            coords = p.transform.apply_coords_torch(raw, original)[None]  # [1, P, 2]
+            labels = torch.as_tensor(np.asarray(req.labels), dtype=torch.int, device=self.device)[None]
+            if boxes is not None:
+                coords, labels = coords.repeat(len(boxes), 1, 1), labels.repeat(len(boxes), 1)
+        masks, scores, _ = p.predict_torch(coords, labels, boxes, multimask_output=self.multimask_output)
+        # masks: bool [B, M, H, W]; scores: [B, M]. Keep each prompt's best of its M masks.
+        best = masks[torch.arange(len(masks), device=masks.device), scores.argmax(dim=1)]
+        p.reset_image()
+        return best.any(dim=0).to(torch.float32).cpu().numpy()
+
+
+def _check(req: SegmentRequest) -> None:
+    image = req.image
+    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+        got = getattr(image, "shape", type(image).__name__), getattr(image, "dtype", None)
+        raise ValueError(f"{ROLE}: expected a uint8 [H, W, 3] RGB image, got {got}")
+    boxes = np.asarray(req.boxes)
+    if len(boxes) and (boxes.ndim != 2 or boxes.shape[1] != 4):
+        raise ValueError(f"{ROLE}: boxes must be [N, 4], got {np.shape(req.boxes)}")
+    if len(req.points) != len(req.labels):
+        raise ValueError(f"{ROLE}: {len(req.points)} points but {len(req.labels)} labels")

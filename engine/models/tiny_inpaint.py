@@ -1,0 +1,195 @@
+"""Tiny Stable-Diffusion-2-inpainting: the real diffusers classes, tiny configs, random weights.
+
+The directory written here has the layout of ``stabilityai/stable-diffusion-2-inpainting``::
+
+    model_index.json                      StableDiffusionInpaintPipeline, no safety checker
+    unet/config.json + diffusion_pytorch_model.safetensors   UNet2DConditionModel, 9 input channels
+    vae/config.json + diffusion_pytorch_model.safetensors    AutoencoderKL
+    text_encoder/config.json + model.safetensors             CLIPTextModel
+    tokenizer/vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json
+    scheduler/scheduler_config.json       PNDMScheduler (skip_prk_steps), as the real one
+
+so ``SDInpainter.load`` reads both with one code path. What differs from the real
+checkpoint is only the sizes: UNet blocks (32, 64) with one layer each, a 2-block VAE
+(latent scale 2 instead of 8), a 2-layer CLIP text encoder of width 32, and a CLIP BPE
+vocabulary of a few hundred merges trained here on ``tokenizer_corpus()``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from .corpus import tokenizer_corpus
+
+# CLIP's pre-tokeniser: special tokens, contractions, letter runs, single digits, punctuation runs.
+_CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+_BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
+_MAX_LEN = 77  # CLIP's context length; the text encoder's position table has this many rows
+
+
+def _byte_alphabet() -> list[str]:
+    """CLIP's byte-to-unicode table, in CLIP's vocabulary order: the printable ASCII and
+    Latin-1 bytes stand for themselves, the other 68 byte values map to chr(256 + n)."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("\u00a1"), ord("\u00ac") + 1),
+        *range(ord("\u00ae"), ord("\u00ff") + 1),
+    ]
+    n_other = 256 - len(printable)
+    return [chr(b) for b in printable] + [chr(256 + n) for n in range(n_other)]
+
+
+def _train_clip_bpe(n_merges: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Train up to ``n_merges`` CLIP-style BPE merges on the engine's corpus and lay the
+    vocabulary out as CLIP does: 256 byte symbols, the same 256 with ``</w>``, one token per
+    merge in merge order, then the two special tokens. Every byte is in the vocabulary, so
+    no text is ever unknown."""
+    from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
+    from tokenizers.models import BPE
+    from tokenizers.trainers import BpeTrainer
+
+    alphabet = _byte_alphabet()
+    tok = Tokenizer(BPE(continuing_subword_prefix="", end_of_word_suffix="</w>"))
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_CLIP_SPLIT), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+    # vocab_size counts the alphabet too, so leave room for n_merges; on the engine's small
+    # corpus training stops earlier (~260 merges), once every corpus word is one token.
+    trainer = BpeTrainer(
+        vocab_size=2 * len(alphabet) + n_merges,
+        initial_alphabet=alphabet,
+        end_of_word_suffix="</w>",
+        show_progress=False,
+    )
+    tok.train_from_iterator(tokenizer_corpus(), trainer=trainer)
+    # tokenizers serialises merges as [a, b] pairs (older versions: "a b" strings).
+    raw = json.loads(tok.to_str())["model"]["merges"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in raw]
+
+    vocab_list = alphabet + [c + "</w>" for c in alphabet]
+    seen = set(vocab_list)
+    for a, b in merges:
+        if a + b not in seen:  # two merges may spell the same token; it gets one id
+            seen.add(a + b)
+            vocab_list.append(a + b)
+    vocab_list += [_BOS, _EOS]
+    return {t: i for i, t in enumerate(vocab_list)}, merges
+
+
+def _write_tokenizer(out: Path, vocab: dict[str, int], merges: list[tuple[str, str]]) -> None:
+    """The four files of a real CLIP tokenizer folder (no tokenizer.json, as in SD2's repo)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (out / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
+    )
+    specials = {"bos_token": _BOS, "eos_token": _EOS, "unk_token": _EOS, "pad_token": "!"}
+    (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": _MAX_LEN,
+        "do_lower_case": True,
+        "errors": "replace",
+        "add_prefix_space": False,
+        **specials,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+
+
+def build(out_dir: Path, seed: int = 0) -> dict:
+    """Write a randomly initialised tiny SD2-inpainting pipeline to ``out_dir``.
+
+    Deterministic in ``seed``. Returns ``{"format": "diffusers-sd-inpaint", "params": N}``
+    with N the parameter count of UNet + VAE + text encoder.
+    """
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+
+    vocab, merges = _train_clip_bpe(n_merges=600)
+    tok_dir = out_dir / "tokenizer"
+    _write_tokenizer(tok_dir, vocab, merges)
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir, local_files_only=True)
+
+    # SD2 conventions at tiny width: linear projections in the transformer blocks, the
+    # first block(s) with cross-attention and the last without, GELU CLIP text encoder.
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=9,  # 4 noisy latents + 1 mask + 4 masked-image latents
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        attention_head_dim=(2, 4),
+        cross_attention_dim=32,
+        use_linear_projection=True,
+        norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=32,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=_MAX_LEN,
+            hidden_act="gelu",
+            projection_dim=32,
+            bos_token_id=vocab[_BOS],
+            eos_token_id=vocab[_EOS],
+            pad_token_id=vocab["!"],
+        )
+    )
+    # The real checkpoint's scheduler (scheduler/scheduler_config.json of SD2-inpainting).
+    scheduler = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        set_alpha_to_one=False,
+        skip_prk_steps=True,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+    pipe = StableDiffusionInpaintPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    # save_pretrained rewrites the tokenizer (adding tokenizer.json); put back the real layout.
+    shutil.rmtree(tok_dir)
+    _write_tokenizer(tok_dir, vocab, merges)
+
+    params = sum(p.numel() for m in (unet, vae, text_encoder) for p in m.parameters())
+    return {"format": "diffusers-sd-inpaint", "params": int(params)}

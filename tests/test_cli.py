@@ -1,0 +1,97 @@
+"""`int-engine segment` as a user runs it: outputs, hostile inputs, exit codes, determinism."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from int_engine.bench.synthetic import make_scene
+from int_engine.cli import FATAL, main
+
+FAST = ["--iterations", "2", "--set", "max_new_tokens=8", "--set", "models.inpaint.options.steps=2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    d = tmp_path_factory.mktemp("images")
+    scene, _ = make_scene(0, 72, 90)
+    Image.fromarray(scene).save(d / "scene.png")
+    Image.fromarray(scene).convert("RGBA").save(d / "rgba.png")
+    Image.fromarray(scene).convert("CMYK").save(d / "cmyk.jpg")
+    Image.fromarray(scene).convert("L").save(d / "grey.png")
+    Image.fromarray((np.asarray(Image.fromarray(scene).convert("L")).astype(np.uint16) * 257)).save(d / "grey16.png")
+    Image.new("RGB", (1, 1), (40, 80, 120)).save(d / "one.png")
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "notes.png").write_text("not an image")
+    (d / "cut.png").write_bytes((d / "scene.png").read_bytes()[:100])
+    return d
+
+
+def test_segment_writes_four_outputs_and_survives_bad_files(tiny_zoo, images, tmp_path, capsys):
+    good = ["scene.png", "rgba.png", "cmyk.jpg", "grey.png", "grey16.png", "one.png"]
+    bad = ["empty.jpg", "notes.png", "cut.png", "missing.png"]
+    args = [str(images / n) for n in good[:3] + bad[:2] + good[3:] + bad[2:]]
+    code = main(["segment", *args, "--out", str(tmp_path / "out"), "--models", str(tiny_zoo), *FAST])
+    err = capsys.readouterr().err
+    assert code == len(bad)
+    for n in bad:
+        assert any(line.startswith("error: ") and str(images / n) in line for line in err.splitlines())
+    for n in good:
+        folder = tmp_path / "out" / n.rsplit(".", 1)[0]
+        with Image.open(images / n) as src:
+            size = src.size
+        for f in ("soft.png", "binary.png", "overlay.png"):
+            with Image.open(folder / f) as im:
+                assert im.size == size, (n, f)
+        with Image.open(folder / "binary.png") as im:
+            assert set(np.unique(np.asarray(im))) <= {0, 255}
+        trace = json.loads((folder / "trace.json").read_text())
+        assert len(trace["iterations"]) == 2 and trace["source"].endswith(n)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["succeeded"] == len(good) and {f["image"] for f in summary["failed"]} == {str(images / n) for n in bad}
+
+
+def test_same_image_config_seed_give_byte_identical_pngs(tiny_zoo, images, tmp_path):
+    for run in ("a", "b"):
+        assert main(["segment", str(images / "scene.png"), "--out", str(tmp_path / run), "--models", str(tiny_zoo), *FAST]) == 0
+    for f in ("soft.png", "binary.png", "overlay.png"):
+        assert (tmp_path / "a" / "scene" / f).read_bytes() == (tmp_path / "b" / "scene" / f).read_bytes()
+
+
+def test_default_models_build_the_tiny_zoo_once_with_a_warning(tiny_zoo, images, tmp_path, monkeypatch, capsys):
+    from int_engine.models.cache import default_zoo_dir
+
+    monkeypatch.setenv("INT_ENGINE_CACHE", str(tmp_path / "cache"))
+    shutil.copytree(tiny_zoo, default_zoo_dir())  # as if built by an earlier run
+    assert main(["segment", str(images / "scene.png"), "--out", str(tmp_path / "o"), *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "tiny random-weight model zoo" in err and "meaningless" in err and "--models" in err
+
+
+def test_bad_config_is_one_line_and_fatal(images, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("iterations: -1\n")
+    assert main(["segment", str(images / "scene.png"), "--out", str(tmp_path / "o"), "--config", str(cfg)]) == FATAL
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(cfg) in err[0] and "iterations" in err[0]
+
+
+def test_missing_models_dir_is_fatal_and_names_role_and_path(images, tmp_path, capsys):
+    code = main(["segment", str(images / "scene.png"), "--out", str(tmp_path / "o"), "--models", str(tmp_path / "none")])
+    assert code == FATAL
+    assert str(tmp_path / "none") in capsys.readouterr().err
+
+
+def test_console_script_is_installed(tmp_path):
+    exe = shutil.which("int-engine") or str((__import__("pathlib").Path(sys.executable).parent / "int-engine"))
+    out = subprocess.run([exe, "sample", "--out", str(tmp_path / "s.png"), "--gt", str(tmp_path / "g.png")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    with Image.open(tmp_path / "s.png") as im:
+        assert im.size == (320, 256) and im.mode == "RGB"
+    with Image.open(tmp_path / "g.png") as gt:
+        assert set(np.unique(np.asarray(gt))) == {0, 255}

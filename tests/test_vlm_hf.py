@@ -1,0 +1,252 @@
+"""The tiny LLaVA-1.5 (engine/models/tiny_vlm.py) and its transformers backend (vlm_hf.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from int_engine.protocols import VLM
+from int_engine.backends.vlm_hf import HFLlavaVLM
+from int_engine.errors import ConfigError, ModelLoadError
+from int_engine.models import tiny_vlm
+
+PROMPT_A = "Output the name of the camouflaged animal and its environment in one word."
+PROMPT_B = (
+    "This image pertains to the camouflaged animal detection task, "
+    "output the bounding box of the camouflaged animal."
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def offline():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, offline) -> Path:
+    out = tmp_path_factory.mktemp("tiny_vlm")
+    info = tiny_vlm.build(out, seed=0)
+    assert info["format"] == "llava-hf"
+    assert 10_000 < info["params"] < 2_000_000
+    return out
+
+
+@pytest.fixture(scope="module")
+def vlm(tiny_dir) -> HFLlavaVLM:
+    return HFLlavaVLM.load(tiny_dir)
+
+
+@pytest.fixture(scope="module")
+def images() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    # Square, wide and tall, so that resizing and centre-cropping are exercised.
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(56, 56), (80, 120), (200, 90)]]
+
+
+# ---- the builder: the published on-disk layout ----------------------------------------------
+
+
+def test_saved_keys_use_published_prefixes(tiny_dir):
+    with safe_open(str(tiny_dir / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+        assert f.metadata() == {"format": "pt"}
+    assert keys and all(k.startswith(tiny_vlm.PUBLISHED_PREFIXES) for k in keys)
+    assert "language_model.lm_head.weight" in keys
+    assert "language_model.model.embed_tokens.weight" in keys
+    assert "vision_tower.vision_model.encoder.layers.1.self_attn.q_proj.weight" in keys
+    assert "multi_modal_projector.linear_2.weight" in keys
+    size = sum(p.stat().st_size for p in tiny_dir.iterdir())
+    assert size < 5_000_000
+
+
+def test_config_is_llava15_shaped(tiny_dir):
+    cfg = json.loads((tiny_dir / "config.json").read_text())
+    assert cfg["model_type"] == "llava" and cfg["architectures"] == ["LlavaForConditionalGeneration"]
+    assert cfg["vision_feature_layer"] == -2 and cfg["vision_feature_select_strategy"] == "default"
+    assert cfg["projector_hidden_act"] == "gelu"
+    text, vision = cfg["text_config"], cfg["vision_config"]
+    assert text["model_type"] == "llama" and vision["model_type"] == "clip_vision_model"
+    # vLLM's CPU attention needs head size 32 or 64 in both towers.
+    assert text["hidden_size"] // text["num_attention_heads"] in (32, 64)
+    assert text["head_dim"] in (32, 64)
+    assert vision["hidden_size"] // vision["num_attention_heads"] in (32, 64)
+    assert (vision["image_size"], vision["patch_size"]) == (56, 14)
+
+
+def test_transformers_reloads_rewritten_file_exactly(tiny_dir, images):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    loaded, info = LlavaForConditionalGeneration.from_pretrained(
+        tiny_dir, local_files_only=True, output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    fresh, _ = tiny_vlm.tiny_model(seed=0)
+    processor = AutoProcessor.from_pretrained(tiny_dir, local_files_only=True)
+    batch = processor(images=images[1], text=f"USER: <image>\n{PROMPT_A} ASSISTANT:", return_tensors="pt")
+    with torch.inference_mode():
+        assert torch.equal(loaded.eval()(**batch).logits, fresh(**batch).logits)
+
+
+def test_build_is_deterministic_in_seed(tmp_path):
+    def tensors(d):
+        with safe_open(str(d / "model.safetensors"), "pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+
+    a, b, c = (tiny_vlm.build(tmp_path / n, seed=s) for n, s in [("a", 0), ("b", 0), ("c", 1)])
+    ta, tb, tc = tensors(tmp_path / "a"), tensors(tmp_path / "b"), tensors(tmp_path / "c")
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert not torch.equal(ta["language_model.lm_head.weight"], tc["language_model.lm_head.weight"])
+    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()
+
+
+def test_processor_template_and_positions(tiny_dir, images):
+    from transformers import AutoProcessor, LlavaProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_dir, local_files_only=True)
+    assert isinstance(processor, LlavaProcessor)
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT_B}]}]
+    text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    assert text == f"USER: <image>\n{PROMPT_B} ASSISTANT:"
+
+    cfg = json.loads((tiny_dir / "config.json").read_text())
+    ids = processor(images=images[2], text=text, return_tensors="pt")["input_ids"][0]
+    assert int((ids == cfg["image_token_index"]).sum()) == cfg["image_seq_length"] == 16
+    # vLLM later needs max_model_len <= max_position_embeddings: room for a long answer.
+    assert len(ids) + 256 <= cfg["text_config"]["max_position_embeddings"]
+    # The engine's prompts tokenise into words, not bytes.
+    assert len(ids) < 60
+
+
+def test_answer_after_assistant_starts_a_word(tiny_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir, local_files_only=True)
+    prompt = f"USER: <image>\n{PROMPT_A} ASSISTANT:"
+    pre, full = tok(prompt)["input_ids"], tok(prompt + " frog")["input_ids"]
+    assert pre[0] == tok.bos_token_id and full[: len(pre)] == pre
+    assert tok.convert_ids_to_tokens(full[len(pre):]) == ["▁frog"]
+    assert tok.decode(full[len(pre):]) == "frog"
+
+
+# ---- the backend ---------------------------------------------------------------------------
+
+
+def test_load_gives_a_vlm(vlm):
+    assert isinstance(vlm, VLM)
+    assert vlm.dtype == torch.float32
+
+
+def test_generate_one_string_per_request_and_batch_equals_single(vlm, images):
+    prompts = [PROMPT_A, PROMPT_B, PROMPT_A]
+    batch = vlm.generate(images, prompts, max_new_tokens=8)
+    assert len(batch) == 3 and all(isinstance(s, str) for s in batch)
+    assert any(batch)  # a random model still says something
+    assert batch == vlm.generate(images, prompts, max_new_tokens=8)
+    assert batch == [vlm.generate([im], [p], 8)[0] for im, p in zip(images, prompts)]
+    assert vlm.generate([], [], 4) == []
+
+
+def test_score_finite_negative_and_answer_dependent(vlm, images):
+    s = vlm.score(images[:2] * 2, [PROMPT_A] * 4, ["frog", "frog", "seahorse, coral reef", "tree"])
+    assert s.dtype == np.float32 and s.shape == (4,)
+    assert np.all(np.isfinite(s)) and np.all(s <= 0)
+    assert abs(s[0] - s[3]) > 1e-3  # same image and prompt, different answers
+    assert abs(s[0] - s[1]) > 1e-6  # same answer, different images
+    assert vlm.score([], [], []).shape == (0,)
+
+
+def test_score_batch_equals_one_by_one(vlm, images):
+    prompts = [PROMPT_A, PROMPT_B, PROMPT_A, PROMPT_B]
+    answers = ["frog", "[0.12, 0.30, 0.55, 0.91]", "the chameleon on a branch of the tree", "leaf"]
+    imgs = images + images[:1]
+    batch = vlm.score(imgs, prompts, answers)
+    single = np.array([vlm.score([i], [p], [a])[0] for i, p, a in zip(imgs, prompts, answers)])
+    np.testing.assert_allclose(batch, single, atol=1e-4)
+    np.testing.assert_array_equal(batch, vlm.score(imgs, prompts, answers))
+
+
+def test_score_matches_a_full_forward_by_hand(vlm, images):
+    processor, model = vlm.processor, vlm.model
+    prompt = vlm.chat_text(PROMPT_A)
+    pre = processor(images=images[1], text=prompt, return_tensors="pt")
+    full = processor(images=images[1], text=prompt + " frog, grass", return_tensors="pt")
+    n = pre["input_ids"].shape[1]
+    assert torch.equal(full["input_ids"][:, :n], pre["input_ids"])
+    with torch.inference_mode():
+        logp = torch.log_softmax(model(**full).logits[0].float(), -1)
+    targets = full["input_ids"][0, n:]
+    expected = logp[n - 1 : -1].gather(-1, targets[:, None]).mean().item()
+    assert vlm.score([images[1]], [PROMPT_A], ["frog, grass"])[0] == pytest.approx(expected, abs=1e-5)
+
+
+def test_chunked_score_equals_one_pass(tiny_dir, vlm, images):
+    chunked = HFLlavaVLM.load(tiny_dir, max_batch_size=2)
+    args = (images, [PROMPT_A, PROMPT_B, PROMPT_A], ["frog", "[0.1, 0.2, 0.3, 0.4]", "moth"])
+    np.testing.assert_allclose(chunked.score(*args), vlm.score(*args), atol=1e-4)
+
+
+def test_bfloat16_close_to_float32(tiny_dir, vlm, images):
+    low = HFLlavaVLM.load(tiny_dir, dtype="bfloat16")
+    assert low.dtype == torch.bfloat16
+    args = (images, [PROMPT_A] * 3, ["frog", "lizard", "owl"])
+    np.testing.assert_allclose(low.score(*args), vlm.score(*args), atol=0.2)
+    assert len(low.generate(images[:1], [PROMPT_A], 4)) == 1
+
+
+def test_bad_requests_raise_value_error(vlm, images):
+    with pytest.raises(ValueError, match="answer 1 is empty"):
+        vlm.score(images[:2], [PROMPT_A] * 2, ["frog", "  "])
+    with pytest.raises(ValueError, match="2 images but 1 prompts"):
+        vlm.generate(images[:2], [PROMPT_A], 4)
+    with pytest.raises(ValueError, match=r"uint8 \[H, W, 3\]"):
+        vlm.score([np.zeros((8, 8), np.uint8)], [PROMPT_A], ["frog"])
+
+
+# ---- load errors ---------------------------------------------------------------------------
+
+
+def test_missing_directory(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(ModelLoadError, match=str(missing)):
+        HFLlavaVLM.load(missing)
+
+
+def test_directory_without_weights(tiny_dir, tmp_path):
+    broken = tmp_path / "no_weights"
+    shutil.copytree(tiny_dir, broken)
+    os.remove(broken / "model.safetensors")
+    with pytest.raises(ModelLoadError, match=f"{broken}.*model.safetensors"):
+        HFLlavaVLM.load(broken)
+
+
+def test_corrupt_config(tiny_dir, tmp_path):
+    broken = tmp_path / "bad_config"
+    shutil.copytree(tiny_dir, broken)
+    (broken / "config.json").write_text("{ not json")
+    with pytest.raises(ModelLoadError, match=f"vlm: cannot load .* from {broken}"):
+        HFLlavaVLM.load(broken)
+
+
+def test_truncated_weights(tiny_dir, tmp_path):
+    broken = tmp_path / "bad_weights"
+    shutil.copytree(tiny_dir, broken)
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match=str(broken)):
+        HFLlavaVLM.load(broken)
+
+
+def test_bad_options(tiny_dir):
+    with pytest.raises(ConfigError, match="dtype"):
+        HFLlavaVLM.load(tiny_dir, dtype="int3")
+    with pytest.raises(ConfigError, match="beam_width"):
+        HFLlavaVLM.load(tiny_dir, beam_width=4)
