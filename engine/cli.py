@@ -50,6 +50,21 @@ def _models_dir(args: argparse.Namespace, cfg) -> Path | None:
     return zoo
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
+
+
+def expand_inputs(paths: list[str]) -> list[str]:
+    """Files as given; a directory becomes its image files (by suffix), sorted by name."""
+    out: list[str] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            out += sorted(str(f) for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(p)
+    return out
+
+
 def _output_dirs(images: list[str], out: Path) -> list[Path]:
     """One output folder per image, named after its file; repeated names get -2, -3, ..."""
     seen: dict[str, int] = {}
@@ -75,8 +90,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return FATAL
     out = Path(args.out)
+    images = expand_inputs(args.images)
+    if not images:
+        print(f"error: no image files in {', '.join(args.images)}", file=sys.stderr)
+        return FATAL
     failed: list[tuple[str, str]] = []
-    bar = tqdm(list(zip(args.images, _output_dirs(args.images, out))), unit="img", disable=args.quiet)
+    bar = tqdm(list(zip(images, _output_dirs(images, out))), unit="img", disable=args.quiet)
     for image_path, folder in bar:
         bar.set_postfix_str(Path(image_path).name[-30:])
         try:
@@ -90,10 +109,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
         write_png(folder / "binary.png", result.binary.astype(np.uint8) * 255)
         write_png(folder / "overlay.png", overlay(image.original, result.binary))
         write_json(folder / "trace.json", result.trace.to_dict())
-    done = len(args.images) - len(failed)
-    write_json(out / "summary.json", {"images": len(args.images), "succeeded": done,
+    done = len(images) - len(failed)
+    write_json(out / "summary.json", {"images": len(images), "succeeded": done,
                                       "failed": [{"image": p, "error": e} for p, e in failed]})
-    print(f"{done} of {len(args.images)} images segmented into {out}" + (f"; {len(failed)} failed" if failed else ""),
+    print(f"{done} of {len(images)} images segmented into {out}" + (f"; {len(failed)} failed" if failed else ""),
           file=sys.stderr)
     return min(len(failed), 100)
 
@@ -140,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     seg = sub.add_parser("segment", help="segment images with INT")
-    seg.add_argument("images", nargs="+", help="image files")
+    seg.add_argument("images", nargs="+", help="image files, or folders of them")
     seg.add_argument("--out", required=True, help="output folder: one sub-folder per image")
     seg.add_argument("--task", help='task-generic prompt, e.g. "camouflaged animal"')
     seg.add_argument("--preset", help="cod | polyp | skin | gensam | promac")

@@ -206,6 +206,31 @@ def _dataclass_type(f: dataclasses.Field) -> type | None:
     return {"ModelsConfig": ModelsConfig, "RoleConfig": RoleConfig}.get(str(f.type))
 
 
+_SCALARS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def _check_type(f: dataclasses.Field, value: Any, where: str) -> Any:
+    """Reject a value of the wrong type with a message naming the key (YAML turns a typo
+    like ``iterations: four`` into a string that would otherwise fail much later)."""
+    annotation = str(f.type)
+    optional = annotation.endswith("| None")
+    base = annotation.removesuffix("| None").strip()
+    if value is None and optional:
+        return value
+    if base in _SCALARS:
+        ok = isinstance(value, _SCALARS[base]) and not (base != "bool" and isinstance(value, bool))
+        if not ok:
+            raise ConfigError(f"{where}.{f.name} must be {base}{' or null' if optional else ''}, got {value!r}")
+        return float(value) if base == "float" else value
+    if base.startswith("dict[") and not isinstance(value, dict):
+        raise ConfigError(f"{where}.{f.name} must be a mapping, got {value!r}")
+    if base == "tuple[str, ...]":
+        if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}.{f.name} must be a list of strings, got {value!r}")
+        return tuple(value)
+    return value
+
+
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     kwargs = {}
     for f in dataclasses.fields(cls):
@@ -217,7 +242,7 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}.{f.name} must be a mapping, got {value!r}")
             value = _build(sub, value, f"{where}.{f.name}")
-        kwargs[f.name] = value
+        kwargs[f.name] = _check_type(f, value, where)
     unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
         raise ConfigError(f"unknown config key(s) in {where}: {', '.join(sorted(unknown))}")

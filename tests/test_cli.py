@@ -95,3 +95,15 @@ def test_console_script_is_installed(tmp_path):
         assert im.size == (320, 256) and im.mode == "RGB"
     with Image.open(tmp_path / "g.png") as gt:
         assert set(np.unique(np.asarray(gt))) == {0, 255}
+
+
+def test_a_folder_expands_to_its_images_sorted(images, tmp_path, capsys):
+    from int_engine.cli import expand_inputs
+
+    got = expand_inputs([str(images), str(images / "scene.png")])
+    names = [p.rsplit("/", 1)[1] for p in got]
+    assert names[:-1] == sorted(n for n in names[:-1]) and "scene.png" in names[:-1] and names[-1] == "scene.png"
+    assert "notes.png" in names  # chosen by suffix; it fails later with its own error line
+    (tmp_path / "empty").mkdir()
+    assert main(["segment", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == FATAL
+    assert "no image files" in capsys.readouterr().err

@@ -45,6 +45,11 @@ def test_file_round_trip_yaml_and_json(tmp_path):
     ("splits: [whole, thirds]", "splits"),
     ("[1, 2]", "mapping"),
     ("iterations: [", "not valid YAML"),
+    ("iterations: four", "config.iterations must be int"),
+    ("reweight_w: yes", "config.reweight_w must be float"),
+    ("models: {device: 0}", "config.models.device must be str"),
+    ("models: {sam: 1}", "unknown config key"),
+    ("models: {vlm: {options: 5}}", "options must be a mapping"),
 ])
 def test_bad_config_files_name_the_file_and_problem(tmp_path, text, message):
     p = tmp_path / "bad.yaml"

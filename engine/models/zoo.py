@@ -40,6 +40,9 @@ def build_tiny_zoo(out: str | Path, seed: int = 0) -> dict:
 
     The manifest is written last, so a directory with a manifest is a complete zoo.
     """
+    from .load import quiet_libraries
+
+    quiet_libraries()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)
