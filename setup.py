@@ -10,6 +10,7 @@ PACKAGES = {
     "int_engine": "engine",
     "int_engine.models": "engine/models",
     "int_engine.backends": "engine/backends",
+    "int_engine.testing": "engine/testing",
     "int_engine.kernels": "kernels",
     "int_engine.bench": "bench",
 }

@@ -26,7 +26,7 @@ def _config(args: argparse.Namespace):
     cfg = EngineConfig.from_file(args.config) if args.config else EngineConfig()
     if args.preset:
         cfg = preset_config(args.preset, cfg)
-    overrides = list(args.set or [])
+    overrides = list(args.set or []) + [_ablation(item) for item in args.ablation or []]
     if args.task:
         overrides.append(f"task={args.task}")
     if args.iterations is not None:
@@ -36,6 +36,20 @@ def _config(args: argparse.Namespace):
     if args.device:
         overrides.append(f"models.device={args.device}")
     return apply_overrides(cfg, overrides) if overrides else cfg
+
+
+ABLATIONS = ("hcg", "psnm", "pnm", "smg")
+
+
+def _ablation(item: str) -> str:
+    """``pnm=off`` -> the override ``pnm=false`` (switches of paper Table 3c)."""
+    from .errors import ConfigError
+
+    name, _, state = item.partition("=")
+    value = {"on": "true", "off": "false", "true": "true", "false": "false"}.get(state.strip().lower())
+    if name.strip() not in ABLATIONS or value is None:
+        raise ConfigError(f"--ablation {item!r}: expected one of {', '.join(ABLATIONS)} = on|off")
+    return f"{name.strip()}={value}"
 
 
 def _models_dir(args: argparse.Namespace, cfg) -> Path | None:
@@ -168,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--iterations", type=int)
     seg.add_argument("--seed", type=int)
     seg.add_argument("--device", help="cpu, cuda, cuda:1, ...")
+    seg.add_argument("--ablation", action="append", metavar="SWITCH=on|off",
+                     help="hcg, psnm, pnm or smg on/off (paper Table 3c; repeatable)")
     seg.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field (repeatable)")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     seg.set_defaults(func=cmd_segment)

@@ -1,0 +1,12 @@
+"""int_engine.testing: scripted models for testing INT without checkpoints.
+
+``ColourWorld`` describes what each name looks like (a colour); the scripted VLM, detector,
+segmenter and CLIP implement the engine's protocols by looking at the pixels of the images
+they are given, so inpainting an object away really lowers its name's score. Users can
+build their own worlds to test configurations of the engine.
+"""
+
+from .backends import ScriptedClip, ScriptedDetector, ScriptedSegmenter, ScriptedVLM, scripted_models
+from .world import ColourWorld, Thing
+
+__all__ = ["ColourWorld", "Thing", "ScriptedVLM", "ScriptedDetector", "ScriptedSegmenter", "ScriptedClip", "scripted_models"]
