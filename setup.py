@@ -11,6 +11,7 @@ PACKAGES = {
     "int_engine.models": "engine/models",
     "int_engine.backends": "engine/backends",
     "int_engine.testing": "engine/testing",
+    "int_engine.export": "engine/export",
     "int_engine.kernels": "kernels",
     "int_engine.bench": "bench",
 }
@@ -42,7 +43,13 @@ setup(
         "platformdirs>=4.0",
     ],
     extras_require={
-        "dev": ["pytest>=8.0"],
+        # ONNX export and the onnxruntime backends, CPU build (the GPU build is in [gpu])
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.17"],
+        # GPU machines: onnxruntime's CUDA/TensorRT providers and xformers attention for the UNet
+        "gpu": ["onnx>=1.16", "onnxruntime-gpu>=1.17", "xformers>=0.0.28"],
+        # TensorRT engines built from the ONNX graphs (int-engine export --format tensorrt)
+        "trt": ["tensorrt>=10.0"],
+        "dev": ["pytest>=8.0", "pysodmetrics>=1.4", "onnx>=1.16", "onnxruntime>=1.17"],
     },
     entry_points={"console_scripts": ["int-engine = int_engine.cli:main"]},
 )

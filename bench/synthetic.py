@@ -7,6 +7,8 @@ mask is known exactly.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 
@@ -48,3 +50,24 @@ def make_scene(seed: int, height: int = 256, width: int = 320, contrast: float =
     soft = cv2.GaussianBlur(mask.astype(np.float32), (5, 5), 0)[..., None]
     image = np.clip(soft * foreground + (1 - soft) * background, 0, 255).astype(np.uint8)
     return image, mask * 255
+
+
+def write_synthetic_dataset(root: str | Path, count: int, seed: int = 0, height: int = 256, width: int = 320) -> Path:
+    """``count`` scenes in the COD10K-v3 test layout under ``root`` (images .jpg, GT .png).
+
+    Scene i uses seed ``seed * 100_003 + i``, so a larger count extends a smaller one with
+    the same first scenes. Existing files are kept. Returns ``root``.
+    """
+    root = Path(root)
+    img_dir, gt_dir = root / "COD10K-v3" / "Test" / "Image", root / "COD10K-v3" / "Test" / "GT_Object"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    gt_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        name = f"COD10K-CAM-9-Synthetic-{seed}-Scene-{i:05d}"
+        img_path, gt_path = img_dir / f"{name}.jpg", gt_dir / f"{name}.png"
+        if img_path.exists() and gt_path.exists():
+            continue
+        image, gt = make_scene(seed * 100_003 + i, height, width)
+        cv2.imwrite(str(gt_path), gt)
+        cv2.imwrite(str(img_path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    return root

@@ -131,6 +131,97 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return min(len(failed), 100)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .api import IntEngine
+    from .bench.datasets import find_dataset, folder_dataset
+    from .bench.report import compare
+    from .bench.run import run_bench
+    from .bench.synthetic import write_synthetic_dataset
+    from .config import preset_config
+    from .errors import IntEngineError
+    from .models.cache import cache_root
+
+    if args.compare:
+        try:
+            print(compare(*args.compare))
+        except (OSError, KeyError, ValueError) as err:
+            print(f"error: cannot compare {args.compare[0]} and {args.compare[1]}: {err}", file=sys.stderr)
+            return FATAL
+        return 0
+    if not args.dataset or not args.out:
+        print("error: bench needs --dataset and --out (or --compare RUN_A RUN_B)", file=sys.stderr)
+        return FATAL
+    try:
+        if args.dataset == "synthetic":
+            root = Path(args.data_root) if args.data_root else cache_root() / "synthetic"
+            count = args.synthetic_count or args.limit or 100
+            dataset = find_dataset("cod10k", write_synthetic_dataset(root, count, seed=args.synthetic_seed))
+            dataset.name, dataset.pairs = "Synthetic", dataset.pairs[:count]
+        elif args.dataset == "folder":
+            if not args.images or not args.masks:
+                raise IntEngineError("--dataset folder needs --images DIR and --masks DIR")
+            dataset = folder_dataset(args.images, args.masks, args.task or "camouflaged animal")
+        else:
+            if not args.data_root:
+                raise IntEngineError(f"--dataset {args.dataset} needs --data-root (the folder holding the downloaded dataset)")
+            dataset = find_dataset(args.dataset, args.data_root)
+        if not args.config and not args.preset:
+            args.preset = dataset.preset
+        cfg = _config(args)
+        models_dir = _models_dir(args, cfg)
+        engine = IntEngine(cfg, models_dir=models_dir)
+    except IntEngineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return FATAL
+    if dataset.unpaired_images:
+        print(f"warning: {len(dataset.unpaired_images)} images have no GT and are skipped "
+              f"(e.g. {dataset.unpaired_images[0]})", file=sys.stderr)
+    total = min(len(dataset.pairs), args.limit) if args.limit else len(dataset.pairs)
+    bar = tqdm(total=total, unit="img", disable=args.quiet, desc=dataset.name)
+    failures = 0
+
+    def progress(row: dict) -> None:
+        nonlocal failures
+        failures += not row["ok"]
+        if not row["ok"]:
+            tqdm.write(f"error: {row['image']}: {row['error']}", file=sys.stderr)
+        bar.update(1)
+        bar.set_postfix(failed=failures)
+
+    try:
+        summary = run_bench(engine, dataset, args.out, limit=args.limit, resume=args.resume,
+                            models_label=str(models_dir) if models_dir else None, on_image=progress)
+    except IntEngineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return FATAL
+    finally:
+        bar.close()
+    print((Path(args.out) / "summary.md").read_text(encoding="utf-8"))
+    return min(len(summary["failed"]), 100)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .errors import IntEngineError
+    from .export import export_models
+    from .models.cache import ensure_tiny_zoo
+    from .models.load import quiet_libraries
+
+    quiet_libraries()
+    try:
+        models = args.models or ensure_tiny_zoo()
+        manifest = export_models(models, args.format, args.out, roles=tuple(args.roles), device=args.device,
+                                 precision=args.precision, max_batch=args.max_batch)
+    except IntEngineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return FATAL
+    for entry in manifest["artifacts"]:
+        print(f"{entry['role']}/{entry['module']:14s} {entry['format']:9s} -> {entry.get('file') or '(torch.compile at load)'}")
+    print(f"manifest: {Path(args.out) / 'manifest.json'}")
+    return 0
+
+
 def cmd_models_tiny(args: argparse.Namespace) -> int:
     from .models.zoo import build_tiny_zoo
 
@@ -187,6 +278,35 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field (repeatable)")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     seg.set_defaults(func=cmd_segment)
+
+    bench = sub.add_parser("bench", help="benchmark on a dataset: metrics, throughput, report")
+    bench.add_argument("--dataset", help="cod10k | camo | chameleon | kvasir | cvc-colondb | isic | synthetic | folder")
+    bench.add_argument("--data-root", help="folder holding the downloaded dataset (synthetic: where to generate it)")
+    bench.add_argument("--images", help="--dataset folder: the images")
+    bench.add_argument("--masks", help="--dataset folder: the GT masks (paired by file name)")
+    bench.add_argument("--out", help="run folder (results.jsonl, pred/, summary.json, summary.md, report.html)")
+    bench.add_argument("--limit", type=int, help="only the first N images")
+    bench.add_argument("--resume", action="store_true", help="continue a run in --out, skipping finished images")
+    bench.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="print two runs' tables side by side")
+    bench.add_argument("--synthetic-count", type=int, help="synthetic: number of scenes (default: --limit or 100)")
+    bench.add_argument("--synthetic-seed", type=int, default=0)
+    for flag, kw in (("--task", {}), ("--preset", {}), ("--config", {}), ("--models", {}), ("--iterations", {"type": int}),
+                     ("--seed", {"type": int}), ("--device", {})):
+        bench.add_argument(flag, **kw)
+    bench.add_argument("--ablation", action="append", metavar="SWITCH=on|off")
+    bench.add_argument("--set", action="append", metavar="KEY=VALUE")
+    bench.add_argument("--quiet", action="store_true")
+    bench.set_defaults(func=cmd_bench)
+
+    export = sub.add_parser("export", help="compile SAM and the inpainting UNet/VAE to ONNX / TensorRT / torch.compile")
+    export.add_argument("--models", help="folder with segmenter/ and inpaint/ (default: the tiny zoo)")
+    export.add_argument("--format", required=True, choices=("onnx", "tensorrt", "compile"))
+    export.add_argument("--out", default="exported_models", help="artifacts and manifest.json (default: exported_models)")
+    export.add_argument("--roles", nargs="+", default=["segmenter", "inpaint"], choices=("segmenter", "inpaint"))
+    export.add_argument("--device", default="cpu")
+    export.add_argument("--precision", default="float16", help="TensorRT engine precision: float16 | bfloat16 | float32")
+    export.add_argument("--max-batch", type=int, default=8, help="largest batch the TensorRT profiles allow")
+    export.set_defaults(func=cmd_export)
 
     models = sub.add_parser("models", help="model zoo tools").add_subparsers(dest="models_command", required=True)
     tiny = models.add_parser("tiny", help="build the tiny random-weight zoo")

@@ -66,9 +66,19 @@ class SDInpainter:
     """Batched SD-inpainting. Build with :meth:`load`; call :meth:`inpaint`."""
 
     def __init__(
-        self, pipe, device: str, size: int, steps: int, guidance_scale: float, dilate: int, fit: str, max_batch: int
+        self,
+        pipe,
+        device: str,
+        size: int,
+        steps: int,
+        guidance_scale: float,
+        dilate: int,
+        fit: str,
+        max_batch: int,
+        runtime: str = "eager",
     ) -> None:
         self.pipe = pipe
+        self.runtime = runtime  # eager | onnx | tensorrt | compile: what runs the UNet and VAE
         self.device = device
         self.size = size
         self.steps = steps
@@ -93,6 +103,8 @@ class SDInpainter:
         scheduler: str | None = None,
         variant: str | None = None,
         enable_xformers: bool = False,
+        runtime: str = "eager",
+        artifacts: str | Path | None = None,
     ) -> Self:
         """Load a diffusers SD-inpainting directory, offline.
 
@@ -105,7 +117,15 @@ class SDInpainter:
         depend on it). scheduler: None keeps the checkpoint's, else one of
         pndm / ddim / dpmsolver++ / euler. variant: e.g. "fp16" for a directory holding only
         ``*.fp16.safetensors``. enable_xformers: use xformers attention instead of SDPA.
+        runtime: "eager"; "onnx" / "tensorrt" run the UNet and the VAE from the export folder
+        ``artifacts`` (``int-engine export``), refusing artifacts exported from another
+        checkpoint, everything else unchanged; "compile" wraps them with ``torch.compile``
+        (options from ``artifacts``' manifest when given).
         """
+        if runtime != "eager":  # the export package is only needed off the eager path
+            from ..export.runtime import check_runtime
+
+            check_runtime(ROLE, runtime, artifacts)
         p = require_files(ROLE, path, EXPECTED, FORMAT)
         if dtype not in _DTYPES:
             raise ConfigError(f"{ROLE}: dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
@@ -152,7 +172,15 @@ class SDInpainter:
             pipe.enable_xformers_memory_efficient_attention()
         # diffusers' default processors already use torch SDPA (AttnProcessor2_0).
         pipe.set_progress_bar_config(disable=True)
-        return cls(pipe, device, size, steps, guidance_scale, dilate, fit, max_batch)
+        if runtime in ("onnx", "tensorrt"):
+            from ..export.sd_runtime import attach_sd_graphs
+
+            attach_sd_graphs(pipe, runtime, artifacts, p, device)
+        elif runtime == "compile":
+            from ..export.sd_runtime import compile_sd
+
+            compile_sd(pipe, artifacts, p)
+        return cls(pipe, device, size, steps, guidance_scale, dilate, fit, max_batch, runtime)
 
     # -- geometry ---------------------------------------------------------------------------
 

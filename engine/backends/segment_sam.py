@@ -17,7 +17,7 @@ import re
 from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -192,9 +192,22 @@ class SamSegmenter:
     ``predict_torch`` call, every box with the same points.
     """
 
-    def __init__(self, sam: Sam, multimask_output: bool = False, batch_size: int = 4) -> None:
+    def __init__(
+        self,
+        sam: Sam,
+        multimask_output: bool = False,
+        batch_size: int = 4,
+        *,
+        encoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        predictor: SamPredictor | None = None,
+        runtime: str = "eager",
+    ) -> None:
+        """encoder / predictor: stand-ins for ``sam.image_encoder`` and ``SamPredictor(sam)``
+        (the exported graphs, see ``int_engine.export.sam_runtime``); None = the eager modules."""
         self.sam = sam
-        self.predictor = SamPredictor(sam)
+        self.predictor = predictor or SamPredictor(sam)
+        self.encoder = encoder
+        self.runtime = runtime
         self.multimask_output = multimask_output
         self.batch_size = max(1, int(batch_size))
 
@@ -208,13 +221,23 @@ class SamSegmenter:
         multimask_output: bool = False,
         batch_size: int = 4,
         checkpoint: str | None = None,
+        runtime: str = "eager",
+        artifacts: str | Path | None = None,
     ) -> "SamSegmenter":
         """Load the SAM directory ``path`` (see the module docstring) offline.
 
         multimask_output: ask SAM for its 3 masks per prompt and keep the highest-scoring
         one (better for a lone point); False takes SAM's single mask.
         batch_size: images per image-encoder call. checkpoint: which ``*.pth`` to load.
+        runtime: "eager"; "onnx" / "tensorrt" run the image encoder and the prompt decoder
+        from the export folder ``artifacts`` (``int-engine export``), refusing artifacts
+        exported from another checkpoint; "compile" wraps them with ``torch.compile``
+        (options from ``artifacts``' manifest when given).
         """
+        if runtime != "eager":  # the export package is only needed off the eager path
+            from ..export.runtime import check_runtime
+
+            check_runtime(ROLE, runtime, artifacts)
         pth, arch = resolve_checkpoint(path, checkpoint)
         if dtype not in DTYPES:
             raise ModelLoadError(f"{ROLE}: unknown dtype {dtype!r} for {path} (expected one of {sorted(DTYPES)})")
@@ -222,7 +245,19 @@ class SamSegmenter:
             sam = load_sam(pth, arch, device, DTYPES[dtype])
         except Exception as err:  # torch/segment-anything raise many types; one message for the CLI
             raise ModelLoadError(f"{ROLE}: cannot load {FORMAT} from {path}: {err}") from err
-        return cls(sam, multimask_output=multimask_output, batch_size=batch_size)
+        encoder = predictor = None
+        if runtime in ("onnx", "tensorrt"):
+            from ..export.sam_runtime import open_sam_graphs
+
+            encoder, predictor = open_sam_graphs(sam, runtime, artifacts, pth.parent, device)
+        elif runtime == "compile":
+            from ..export.sam_runtime import compile_sam
+
+            compile_sam(sam, artifacts, pth.parent)
+        return cls(
+            sam, multimask_output=multimask_output, batch_size=batch_size,
+            encoder=encoder, predictor=predictor, runtime=runtime,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -256,7 +291,7 @@ class SamSegmenter:
             sizes.append(tuple(x.shape[-2:]))
             batch.append(self.sam.preprocess(x))  # normalised, padded to a square
         enc = self.sam.image_encoder
-        features = enc(torch.cat(batch).to(enc.patch_embed.proj.weight.dtype))
+        features = (self.encoder or enc)(torch.cat(batch).to(enc.patch_embed.proj.weight.dtype))
         return features.float(), sizes
 
     def _decode(self, features: torch.Tensor, input_size: tuple[int, int], req: SegmentRequest) -> np.ndarray:

@@ -17,10 +17,13 @@ TINY_WARNING = (
 )
 
 
+def cache_root() -> Path:
+    """``$INT_ENGINE_CACHE``, else the user cache dir: the tiny zoo and generated data live here."""
+    return Path(os.environ.get("INT_ENGINE_CACHE") or user_cache_dir("int-engine"))
+
+
 def default_zoo_dir(seed: int = 0) -> Path:
-    """``$INT_ENGINE_CACHE`` or the user cache dir, then ``tiny-zoo-v<version>-seed<seed>``."""
-    root = Path(os.environ.get("INT_ENGINE_CACHE") or user_cache_dir("int-engine"))
-    return root / f"tiny-zoo-v{ZOO_VERSION}-seed{seed}"
+    return cache_root() / f"tiny-zoo-v{ZOO_VERSION}-seed{seed}"
 
 
 def ensure_tiny_zoo(path: str | Path | None = None, seed: int = 0) -> Path:

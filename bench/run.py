@@ -1,0 +1,176 @@
+"""A benchmark run: segment every test image, save predictions, append results as they finish.
+
+The run folder is a contract other tools read:
+    RUN/run.json          what was run (dataset, folders, config) — a resume must match it
+    RUN/results.jsonl     one line per image, appended and flushed as each finishes
+    RUN/pred/<GT stem>.png 8-bit soft masks at GT size
+    RUN/summary.json      metrics (MAE, adpFm, meanEm, Sm, ...) and throughput
+    RUN/summary.md        the paper's Table 1 layout
+    RUN/report.html       one self-contained page: table and a gallery of best/worst images
+A run killed at any point (even SIGKILL) and resumed with ``resume=True`` skips the images
+already recorded and ends with the same table as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+
+from ..config import EngineConfig
+from ..errors import ConfigError, IntEngineError
+from ..io import mask_to_uint8, read_image
+from .datasets import Dataset, Pair
+from .metrics import PER_IMAGE_KEYS, DatasetMetrics, image_metrics
+
+RESULTS, SUMMARY, RUN_INFO = "results.jsonl", "summary.json", "run.json"
+
+
+def read_gray(path: Path) -> np.ndarray:
+    """An 8-bit greyscale image as PySODMetrics users read it (cv2, IMREAD_GRAYSCALE)."""
+    arr = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if arr is None:
+        raise IntEngineError(f"{path}: cannot read as a greyscale image")
+    return arr
+
+
+def load_results(out: Path) -> dict[str, dict]:
+    """The recorded line of each image (the last one wins); a torn last line is ignored."""
+    done: dict[str, dict] = {}
+    path = out / RESULTS
+    if not path.exists():
+        return done
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill mid-write; that image is simply done again
+        done[row["name"]] = row
+    return done
+
+
+def _rewrite_results(out: Path, rows: dict[str, dict]) -> None:
+    """Drop torn lines before appending again, atomically."""
+    tmp = out / (RESULTS + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows.values()), encoding="utf-8")
+    os.replace(tmp, out / RESULTS)
+
+
+def _append(out: Path, row: dict) -> None:
+    with open(out / RESULTS, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _run_info(dataset: Dataset, cfg: EngineConfig, models: str | None) -> dict[str, Any]:
+    return {"dataset": dataset.name, "images_dir": str(dataset.images_dir), "gt_dir": str(dataset.gt_dir),
+            "models": models, "config": cfg.to_dict()}
+
+
+def _check_resume(out: Path, info: dict[str, Any]) -> None:
+    path = out / RUN_INFO
+    if not path.exists():
+        return
+    old = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("dataset", "images_dir", "gt_dir", "models", "config"):
+        if old.get(key) != json.loads(json.dumps(info[key])):
+            raise ConfigError(f"{out}: cannot resume: this run was started with a different {key}; use a new --out")
+
+
+def segment_pair(engine, pair: Pair, out: Path) -> dict[str, Any]:
+    """Segment one pair, write its prediction PNG at GT size, return its results line."""
+    cfg = engine.config
+    gt = read_gray(pair.gt)
+    image = read_image(pair.image, cfg.max_side, cfg.min_side)
+    result = engine.segment(image)
+    soft = result.soft
+    if soft.shape != gt.shape:  # a GT stored at another size than its image: score at GT size
+        soft = cv2.resize(soft, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
+    pred = mask_to_uint8(soft)
+    cv2.imwrite(str(out / "pred" / f"{pair.name}.png"), pred)
+    stages: dict[str, float] = {}
+    for it in result.trace.iterations:
+        for stage, s in it.seconds.items():
+            stages[stage] = stages.get(stage, 0.0) + s
+    return {
+        "name": pair.name, "image": str(pair.image), "gt": str(pair.gt), "ok": True, "error": None,
+        "metrics": {k: v for k, v in image_metrics(pred, gt).items() if k in PER_IMAGE_KEYS},
+        "iterations": len(result.trace.iterations), "final_iteration": result.trace.final_iteration,
+        "picks": [it.pick for it in result.trace.iterations],
+        "seconds": stages, "seconds_total": result.trace.seconds_total,
+    }
+
+
+def run_bench(
+    engine,
+    dataset: Dataset,
+    out: str | Path,
+    limit: int | None = None,
+    resume: bool = False,
+    models_label: str | None = None,
+    on_image: Callable[[dict], None] | None = None,
+) -> dict[str, Any]:
+    """Benchmark ``engine`` on ``dataset`` into ``out``; returns the summary (also written).
+
+    ``on_image`` is called with each new results line (the CLI's progress bar hooks in here).
+    A failing image is recorded with its error and the run goes on.
+    """
+    out = Path(out)
+    pairs = dataset.pairs[:limit] if limit else dataset.pairs
+    info = _run_info(dataset, engine.config, models_label)
+    if out.exists() and (out / RESULTS).exists() and not resume:
+        raise ConfigError(f"{out}: holds an earlier run; pass --resume to continue it or choose a new --out")
+    if resume:
+        _check_resume(out, info)
+    (out / "pred").mkdir(parents=True, exist_ok=True)
+    (out / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    done = load_results(out)
+    _rewrite_results(out, done)
+    start = time.perf_counter()
+    processed = 0
+    for pair in pairs:
+        if pair.name in done and done[pair.name]["ok"]:
+            continue
+        try:
+            row = segment_pair(engine, pair, out)
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:  # one image's failure is recorded, never fatal to the run
+            message = str(err) if isinstance(err, IntEngineError) else f"{type(err).__name__}: {err}"
+            row = {"name": pair.name, "image": str(pair.image), "gt": str(pair.gt), "ok": False, "error": message,
+                   "traceback": None if isinstance(err, IntEngineError) else traceback.format_exc(limit=3)}
+        _append(out, row)
+        done[pair.name] = row
+        processed += 1
+        if on_image:
+            on_image(row)
+    wall = time.perf_counter() - start
+    from .report import write_reports
+
+    return write_reports(out, dataset, pairs, done, wall=wall, processed=processed)
+
+
+def dataset_metrics(out: Path, pairs: list[Pair], done: dict[str, dict]) -> tuple[dict[str, float], int]:
+    """The dataset's metrics from the saved prediction PNGs (in dataset order)."""
+    acc = DatasetMetrics()
+    n = 0
+    for pair in pairs:
+        row = done.get(pair.name)
+        if not row or not row["ok"]:
+            continue
+        acc.add(read_gray(out / "pred" / f"{pair.name}.png"), read_gray(pair.gt))
+        n += 1
+    return (acc.summary() if n else {}), n
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
