@@ -1,6 +1,10 @@
 """int_engine.kernels: fused GPU kernels and their torch fallbacks.
 
-The fused Triton negative-mining kernel (``mine_fused``, the contract of SPEC.md step 6,
-matching ``int_engine.mining.mine``) lands with the throughput engine; until then the
-scheduler-free pipeline calls ``int_engine.mining.mine`` directly.
+``mine_fused`` is negative mining (SPEC.md step 6) as one Triton kernel over a tick's padded
+[B, V, C] scores; it matches ``int_engine.mining.mine`` to 1e-6 and falls back to it on CPU
+(unless TRITON_INTERPRET=1, which runs the kernel through Triton's interpreter).
 """
+
+from .mine_fused import MAX_CANDIDATES, MAX_VIEWS, mine_fused, uses_triton
+
+__all__ = ["MAX_CANDIDATES", "MAX_VIEWS", "mine_fused", "uses_triton"]
