@@ -38,6 +38,7 @@ setup(
         "opencv-python-headless>=4.8",
         "numpy>=1.26",
         "pillow>=10.0",
+        "scipy>=1.10",
         "pyyaml>=6.0",
         "tqdm>=4.66",
         "platformdirs>=4.0",

@@ -1,7 +1,7 @@
 """Steps 7-9 (eq 8-11): detection, CLIP points, SAM masks and their CLIP weighting.
 
-The functions take protocol objects (Detector, Segmenter, Clip) and arrays; they never
-load or choose a model.
+Pure functions around the model calls: they build a call's inputs or read its outputs
+(arrays and the protocols' dataclasses); the pipeline makes the calls.
 """
 
 from __future__ import annotations
@@ -13,22 +13,13 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import nms
 
-from .protocols import Clip, Detector, Segmenter, SegmentRequest
+from .protocols import Detections, SegmentRequest
 from .patches import View, image_boxes_to_view, view_boxes_to_image
 
 
-def detect(
-    detector: Detector,
-    view_images: Sequence[np.ndarray],
-    views: Sequence[View],
-    text: str,
-    box_threshold: float,
-    text_threshold: float,
-    nms_iou: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """B_i^k = GroundingDINO(X^k, A_i^u) on every view (eq 8), mapped to image pixels and
+def merge_detections(found: Sequence[Detections], views: Sequence[View], nms_iou: float) -> tuple[np.ndarray, np.ndarray]:
+    """B_i^k = GroundingDINO(X^k, A_i^u) found on every view (eq 8), mapped to image pixels and
     merged by NMS. Returns boxes float32 [N, 4] and scores float32 [N]."""
-    found = detector.detect(list(view_images), [text] * len(view_images), box_threshold, text_threshold)
     boxes = [view_boxes_to_image(d.boxes, v) for d, v in zip(found, views)]
     scores = [np.asarray(d.scores, np.float32).reshape(-1) for d in found]
     all_boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)
@@ -61,43 +52,37 @@ def clip_points(similarity: np.ndarray, n_positive: int, n_negative: int, grid: 
     return points, labels
 
 
-def segment_views(
-    segmenter: Segmenter,
-    clip: Clip,
+def sam_requests(
     view_images: Sequence[np.ndarray],
     views: Sequence[View],
+    maps: Sequence[np.ndarray],
     boxes: np.ndarray,
-    text: str,
     n_positive: int,
     n_negative: int,
     grid: int,
     min_overlap: float,
-) -> tuple[list[np.ndarray], list[SegmentRequest]]:
-    """m_i^k = SAM(Spatial CLIP(A_i^u, X_i^k), B_i^k, X_i^k) for every view (eq 9).
-
-    boxes: the merged image-pixel boxes of eq 8; each view gets those lying in it.
-    Returns one float32 [h_k, w_k] mask per view, and the SAM requests (for the trace).
-    """
-    maps = clip.similarity_maps(list(view_images), [text] * len(view_images))
+) -> list[SegmentRequest]:
+    """The prompts of m_i^k = SAM(Spatial CLIP(A_i^u, X_i^k), B_i^k, X_i^k) for every view (eq 9):
+    points from the view's CLIP map, and the merged image boxes of eq 8 that lie in the view."""
     requests = []
     for image, view, sim in zip(view_images, views, maps):
         points, labels = clip_points(sim, n_positive, n_negative, grid)
-        view_boxes = image_boxes_to_view(boxes, view, min_overlap)
-        requests.append(SegmentRequest(image=image, boxes=view_boxes, points=points, labels=labels))
-    return segmenter.segment(requests), requests
+        requests.append(SegmentRequest(image=image, boxes=image_boxes_to_view(boxes, view, min_overlap), points=points, labels=labels))
+    return requests
 
 
-def mask_similarity(clip: Clip, view_images: Sequence[np.ndarray], view_masks: Sequence[np.ndarray], text: str) -> np.ndarray:
-    """s(m_i^k) = CLIP(m_i^k ⊙ X_i, A_i^u) per view (eq 10); -inf for an empty mask.
-
-    The masked view keeps the view's pixels under the mask and zeroes the rest. Returns float64 [K].
-    """
-    out = np.full(len(view_masks), -np.inf)
+def masked_views(view_images: Sequence[np.ndarray], view_masks: Sequence[np.ndarray]) -> tuple[list[int], list[np.ndarray]]:
+    """The inputs of s(m_i^k) = CLIP(m_i^k ⊙ X_i, A_i^u) (eq 10): for every view with a non-empty
+    mask, its index and the view with the pixels outside the mask zeroed (uint8 [h, w, 3])."""
     todo = [k for k, m in enumerate(view_masks) if m.any()]
-    if todo:
-        masked = [(view_images[k] * (view_masks[k][..., None] > 0)).astype(np.uint8) for k in todo]
-        sims = clip.image_text_similarity(masked, [text] * len(todo))
-        out[todo] = np.asarray(sims, np.float64)
+    return todo, [(view_images[k] * (view_masks[k][..., None] > 0)).astype(np.uint8) for k in todo]
+
+
+def view_similarities(n_views: int, indices: Sequence[int], similarities: Sequence[float]) -> np.ndarray:
+    """S_i of eq 10-11 for all views: float64 [K], -inf for a view whose mask is empty."""
+    out = np.full(n_views, -np.inf)
+    if len(indices):
+        out[list(indices)] = np.asarray(similarities, np.float64)
     return out
 
 

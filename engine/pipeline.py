@@ -1,27 +1,33 @@
-"""One image through INT, eagerly, top to bottom like the paper: the reference.
+"""One image through INT, top to bottom like the paper.
 
-Each iteration (SPEC.md steps 1-10) is a sequence of plain step functions; the
-scheduler (a later issue) drives the same steps for many images at once.
+``image_steps`` is the algorithm (SPEC.md steps 1-11) written once, as a generator: every
+model call is *yielded* as a ``ModelCall`` and its result sent back. Drivers decide how
+calls run: ``run`` (eager, one call at a time) is the reference; the scheduler batches
+the calls of many images; the throughput benchmark's sequential reference makes one call
+per request. All three run exactly these steps.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any, Callable, Generator
 
 import cv2
 import numpy as np
 import torch
 
 from . import fuse, masks, patches, prompts
+from .calls import ModelCall, mine_call, run_model
 from .config import EngineConfig
 from .io import LoadedImage, to_original_size
-from .mining import NameWeights, mine, view_gains
+from .mining import NameWeights, view_gains
 from .protocols import Models
-from .trace import ImageTrace, IterationTrace, StageTimer
+from .trace import ImageTrace, IterationTrace, cuda_sync
 
 NO_NAME_FOREGROUND = "object"
 NO_NAME_BACKGROUND = "background"
+Steps = Generator[ModelCall, "Reply", Any]
 
 
 @dataclass
@@ -35,11 +41,28 @@ class Result:
     trace: ImageTrace
 
 
-def propose(models: Models, crops: list[np.ndarray], views: list[patches.View], task: str, max_new_tokens: int) -> list[prompts.ViewProposal]:
-    """Eq 2 on every view: one batched generate for P_B and P_A over all K views."""
-    k = len(crops)
-    answers = models.vlm.generate(crops + crops, [prompts.box_prompt(task)] * k + [prompts.name_prompt(task)] * k, max_new_tokens)
-    return [prompts.parse_proposal(answers[j], answers[k + j], task, v.width, v.height) for j, v in enumerate(views)]
+@dataclass
+class Reply:
+    """A call's result, and the seconds of model time this image is charged for it."""
+
+    result: Any
+    seconds: float
+
+
+class _Clock:
+    """Charges the steps' own compute to the stage of the call it prepares."""
+
+    def __init__(self) -> None:
+        self.mark = time.perf_counter()
+
+
+def ask(call: ModelCall, tr: IterationTrace, clock: _Clock) -> Generator[ModelCall, Reply, Any]:
+    now = time.perf_counter()
+    tr.seconds[call.stage] = tr.seconds.get(call.stage, 0.0) + now - clock.mark
+    reply = yield call
+    tr.seconds[call.stage] += reply.seconds
+    clock.mark = time.perf_counter()
+    return reply.result
 
 
 def contrast_masks(
@@ -71,50 +94,44 @@ def contrast_masks(
     return out
 
 
-def negative_mining_scores(
-    models: Models,
-    crops: list[np.ndarray],
-    contrasts: list[np.ndarray | None],
-    candidates: list[str],
-    task: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """s(c | X_k) and s(c | X'_k) for every view with a contrast image and every candidate,
-    in one batched VLM call (eq 3, SPEC step 4). Returns float64 [1, K, C] each, views
-    without a contrast image all -inf (padded views)."""
-    k, c = len(crops), len(candidates)
-    before = torch.full((1, k, c), float("-inf"), dtype=torch.float64)
-    after = before.clone()
-    active = [j for j in range(k) if contrasts[j] is not None]
-    if not active or not c:
-        return before, after
-    question = prompts.name_prompt(task)
+def score_rows(crops: list[np.ndarray], contrasts: list[np.ndarray | None], candidates: list[str]) -> tuple[list[int], list[np.ndarray], list[str]]:
+    """The rows of step 4's one scoring call: every view with a contrast image × {before,
+    after} × every candidate. Returns the active views, the row images and row answers."""
+    active = [j for j in range(len(crops)) if contrasts[j] is not None]
     images = [crops[j] for j in active for _ in candidates] + [contrasts[j] for j in active for _ in candidates]
-    answers = candidates * (2 * len(active))
-    s = torch.as_tensor(np.asarray(models.vlm.score(images, [question] * len(images), answers)), dtype=torch.float64)
-    half = len(active) * c
-    before[0, active] = s[:half].reshape(len(active), c)
-    after[0, active] = s[half:].reshape(len(active), c)
+    return active, images, candidates * (2 * len(active))
+
+
+def score_tensors(n_views: int, active: list[int], candidates: list[str], s: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """s(c | X_k) and s(c | X'_k) as float64 [1, K, C]; views without contrast all -inf (padded)."""
+    c = len(candidates)
+    before = torch.full((1, n_views, c), float("-inf"), dtype=torch.float64)
+    after = before.clone()
+    if active:
+        s = torch.as_tensor(np.asarray(s), dtype=torch.float64)
+        half = len(active) * c
+        before[0, active] = s[:half].reshape(len(active), c)
+        after[0, active] = s[half:].reshape(len(active), c)
     return before, after
 
 
-def run_iteration(
-    image: np.ndarray,
-    previous_mask: np.ndarray | None,
-    weights: NameWeights,
-    models: Models,
-    cfg: EngineConfig,
-    iteration: int,
-    timer: StageTimer,
-) -> tuple[np.ndarray, IterationTrace]:
-    """One iteration of INT on X_i (float32 [H, W, 3] in 0..255). Returns M_i float32 [H, W]."""
-    tr = IterationTrace(iteration=iteration)
-    sec = tr.seconds
+def iteration_steps(
+    image: np.ndarray, previous_mask: np.ndarray | None, weights: NameWeights, cfg: EngineConfig, iteration: int,
+    tr: IterationTrace,
+) -> Generator[ModelCall, Reply, np.ndarray]:
+    """One iteration of INT on X_i (float32 [H, W, 3] in 0..255); returns M_i float32 [H, W]."""
+    clock = _Clock()
     h, w = image.shape[:2]
-    with timer.stage(sec, "patches"):
-        views = patches.views(h, w, cfg.active_splits)
-        crops = [np.ascontiguousarray(np.clip(np.round(patches.crop(image, v)), 0, 255).astype(np.uint8)) for v in views]
-    with timer.stage(sec, "propose"):
-        proposals = propose(models, crops, views, cfg.task, cfg.max_new_tokens)
+    views = patches.views(h, w, cfg.active_splits)
+    crops = [np.ascontiguousarray(np.clip(np.round(patches.crop(image, v)), 0, 255).astype(np.uint8)) for v in views]
+    k = len(views)
+    tr.seconds["patches"] = time.perf_counter() - clock.mark
+    clock.mark = time.perf_counter()
+
+    # step 2 (eq 2): one generate for P_B and P_A over all views
+    asks = [prompts.box_prompt(cfg.task)] * k + [prompts.name_prompt(cfg.task)] * k
+    answers = yield from ask(ModelCall("propose", "vlm", "generate", (crops + crops, asks), (cfg.max_new_tokens,)), tr, clock)
+    proposals = [prompts.parse_proposal(answers[j], answers[k + j], cfg.task, v.width, v.height) for j, v in enumerate(views)]
     candidates = prompts.candidate_list(proposals)
     tr.candidates = list(candidates)
     if not candidates:
@@ -122,97 +139,121 @@ def run_iteration(
     elif not cfg.psnm or len(candidates) == 1:
         pick, tr.pick_source = candidates[0], "most frequent name" if not cfg.psnm else "only candidate"
     else:
-        with timer.stage(sec, "inpaint"):
-            to_remove = contrast_masks(views, proposals, previous_mask, cfg)
-            jobs = [j for j, m in enumerate(to_remove) if m is not None]
-            texts = [
-                prompts.inpaint_prompts(proposals[j].foreground or NO_NAME_FOREGROUND, proposals[j].background or NO_NAME_BACKGROUND, cfg.task)
-                for j in jobs
-            ]
-            filled = models.inpainter.inpaint(
-                [crops[j] for j in jobs], [to_remove[j].astype(np.float32) for j in jobs],
-                [t[0] for t in texts], [t[1] for t in texts],
-                [cfg.seed * 1_000_003 + iteration * 97 + j for j in jobs],
-            ) if jobs else []
-            contrasts: list[np.ndarray | None] = [None] * len(views)
+        # step 3 (eq 4): remove each view's candidate
+        to_remove = contrast_masks(views, proposals, previous_mask, cfg)
+        jobs = [j for j, m in enumerate(to_remove) if m is not None]
+        contrasts: list[np.ndarray | None] = [None] * k
+        if jobs:
+            texts = [prompts.inpaint_prompts(proposals[j].foreground or NO_NAME_FOREGROUND,
+                                             proposals[j].background or NO_NAME_BACKGROUND, cfg.task) for j in jobs]
+            filled = yield from ask(ModelCall("inpaint", "inpaint", "inpaint", (
+                [crops[j] for j in jobs], [to_remove[j].astype(np.float32) for j in jobs], [t[0] for t in texts],
+                [t[1] for t in texts], [cfg.seed * 1_000_003 + iteration * 97 + j for j in jobs])), tr, clock)
             for j, out in zip(jobs, filled):
                 contrasts[j] = out
-        with timer.stage(sec, "score"):
-            s_before, s_after = negative_mining_scores(models, crops, contrasts, candidates, cfg.task)
-        with timer.stage(sec, "mine"):
-            history = weights.history(candidates) if cfg.pnm else torch.ones((1, len(candidates)), dtype=torch.float64)
-            index, scores, new_history = mine(s_before, s_after, history, cfg.eps)
-            if cfg.pnm:
-                weights.update(candidates, scores, new_history)
+        # step 4 (eq 3): one scoring call for all views x {before, after} x candidates
+        active, rows, row_answers = score_rows(crops, contrasts, candidates)
+        s = (yield from ask(ModelCall("score", "vlm", "score", (rows, [prompts.name_prompt(cfg.task)] * len(rows), row_answers)),
+                            tr, clock)) if rows else np.zeros(0)
+        s_before, s_after = score_tensors(k, active, candidates, s)
+        # steps 5-6 (eq 5-7)
+        history = weights.history(candidates) if cfg.pnm else torch.ones((1, len(candidates)), dtype=torch.float64)
+        index, scores, new_history = (yield from ask(mine_call(s_before, s_after, history, cfg.eps), tr, clock))[0]
+        if cfg.pnm:
+            weights.update(candidates, scores, new_history)
         view_pick, view_gain = view_gains(s_before, s_after)
-        active = torch.isfinite(s_before[0]).any(dim=-1).tolist()
-        tr.view_picks = [candidates[int(j)] if on else None for j, on in zip(view_pick[0], active)]
+        on = torch.isfinite(s_before[0]).any(dim=-1).tolist()
+        tr.view_picks = [candidates[int(j)] if a else None for j, a in zip(view_pick[0], on)]
         tr.view_gains = view_gain[0].tolist()
-        tr.scores = dict(zip(candidates, scores[0].tolist()))
-        tr.weights_before = dict(zip(candidates, history[0].tolist()))
-        pick, tr.pick_source = candidates[int(index[0])], "negative mining"
+        tr.scores = dict(zip(candidates, scores.reshape(-1).tolist()))
+        tr.weights_before = dict(zip(candidates, history.reshape(-1).tolist()))
+        pick, tr.pick_source = candidates[int(index.reshape(-1)[0])], "negative mining"
     tr.pick = pick
     tr.views = [
         {"name": v.name, "box": list(v.box), "answer_box": p.box_text[:200], "answer_name": p.name_text[:200],
          "box_parsed": list(p.box) if p.box else None, "foreground": p.foreground, "background": p.background}
         for v, p in zip(views, proposals)
     ]
-    with timer.stage(sec, "detect"):
-        boxes, box_scores = masks.detect(models.detector, crops, views, pick, cfg.box_threshold, cfg.text_threshold, cfg.nms_iou)
+    # step 7 (eq 8)
+    found = yield from ask(ModelCall("detect", "detector", "detect", (crops, [pick] * k), (cfg.box_threshold, cfg.text_threshold)), tr, clock)
+    boxes, box_scores = masks.merge_detections(found, views, cfg.nms_iou)
     tr.boxes, tr.box_scores = boxes.tolist(), box_scores.tolist()
-    with timer.stage(sec, "segment"):
-        view_masks, _ = masks.segment_views(
-            models.segmenter, models.clip, crops, views, boxes, pick,
-            cfg.positive_points, cfg.negative_points, cfg.points_grid, cfg.view_box_overlap,
-        )
-    with timer.stage(sec, "weight"):
-        pasted = torch.stack([patches.paste(torch.from_numpy(np.asarray(m, np.float32)), v, h, w) for m, v in zip(view_masks, views)])
-        if cfg.smg:
-            sims = masks.mask_similarity(models.clip, crops, view_masks, pick)
-            weights_k = masks.normalise_weights(sims, cfg.mask_weighting, cfg.mask_temperature)
-            tr.mask_similarity = [float(s) if np.isfinite(s) else None for s in sims]
-            tr.mask_weights = weights_k.tolist()
-            mask = masks.combine(pasted, weights_k)
-        else:
-            mask = masks.combine(pasted, None)
+    # step 8 (eq 9): spatial CLIP points, then SAM with points and boxes
+    maps = yield from ask(ModelCall("segment", "clip", "similarity_maps", (crops, [pick] * k)), tr, clock)
+    requests = masks.sam_requests(crops, views, maps, boxes, cfg.positive_points, cfg.negative_points, cfg.points_grid, cfg.view_box_overlap)
+    view_masks = yield from ask(ModelCall("segment", "segmenter", "segment", (requests,)), tr, clock)
+    pasted = torch.stack([patches.paste(torch.from_numpy(np.asarray(m, np.float32)), v, h, w) for m, v in zip(view_masks, views)])
+    # step 9 (eq 10-11)
+    if cfg.smg:
+        todo, masked = masks.masked_views(crops, view_masks)
+        sims = (yield from ask(ModelCall("weight", "clip", "image_text_similarity", (masked, [pick] * len(todo))), tr, clock)) if todo else []
+        sims = masks.view_similarities(k, todo, sims)
+        weights_k = masks.normalise_weights(sims, cfg.mask_weighting, cfg.mask_temperature)
+        tr.mask_similarity = [float(s) if np.isfinite(s) else None for s in sims]
+        tr.mask_weights = weights_k.tolist()
+        mask = masks.combine(pasted, weights_k)
+    else:
+        mask = masks.combine(pasted, None)
     tr.mask_area = float(mask.mean())
-    return mask.numpy(), tr
+    tr.seconds["weight"] = tr.seconds.get("weight", 0.0) + time.perf_counter() - clock.mark
+    return mask.numpy()
 
 
-def run(image: np.ndarray, models: Models, cfg: EngineConfig, source: str = "<array>",
-        original_size: tuple[int, int] | None = None, conversions: tuple[str, ...] = ()) -> Result:
+def image_steps(image: np.ndarray, cfg: EngineConfig, source: str = "<array>",
+                original_size: tuple[int, int] | None = None, conversions: tuple[str, ...] = ()) -> Generator[ModelCall, Reply, Result]:
     """INT on one image (uint8 [H, W, 3] at working size): I iterations, then eq 13.
 
     Randomness (the inpainting noise) comes from ``cfg.seed`` only: the same image, config
-    and models give the same masks.
+    and models give the same masks, whatever drives the calls.
     """
     start = time.perf_counter()
     h, w = image.shape[:2]
     original_size = original_size or (h, w)
     trace = ImageTrace(source, original_size, (h, w), list(conversions), cfg.task)
-    timer = StageTimer(cfg.models.device)
     weights = NameWeights(cfg.eps)
     x = image.astype(np.float32)
     iteration_masks: list[np.ndarray] = []
     previous: np.ndarray | None = None
     for i in range(cfg.iterations):
-        mask, tr = run_iteration(x, previous, weights, models, cfg, i, timer)
-        with timer.stage(tr.seconds, "fuse"):
-            x = fuse.reweight(torch.from_numpy(x), torch.from_numpy(mask), cfg.reweight_w).numpy()
+        tr = IterationTrace(iteration=i)
+        mask = yield from iteration_steps(x, previous, weights, cfg, i, tr)
+        t0 = time.perf_counter()
+        x = fuse.reweight(torch.from_numpy(x), torch.from_numpy(mask), cfg.reweight_w).numpy()  # eq 12
+        tr.seconds["fuse"] = time.perf_counter() - t0
         trace.iterations.append(tr)
         iteration_masks.append(mask)
-        if cfg.early_stop_tol is not None and previous is not None and trace.iterations[-2].pick == tr.pick:
-            if fuse.mask_change(torch.from_numpy(previous), torch.from_numpy(mask)) < cfg.early_stop_tol:
-                trace.stopped_early = True
-                previous = mask
-                break
+        stop = (cfg.early_stop_tol is not None and previous is not None and trace.iterations[-2].pick == tr.pick
+                and fuse.mask_change(torch.from_numpy(previous), torch.from_numpy(mask)) < cfg.early_stop_tol)
         previous = mask
-    best, soft = fuse.final_mask([torch.from_numpy(m) for m in iteration_masks])
+        if stop:
+            trace.stopped_early = True
+            break
+    best, soft = fuse.final_mask([torch.from_numpy(m) for m in iteration_masks])  # eq 13
     trace.final_iteration = best
     soft_full = to_original_size(soft.numpy(), original_size)
     binary = fuse.binarise(torch.from_numpy(soft_full), cfg.binary_threshold).numpy()
     trace.seconds_total = time.perf_counter() - start
     return Result(soft_full, binary, iteration_masks, trace)
+
+
+def drive(steps: Steps, models: Models, execute: Callable[[Models, ModelCall], Any] = run_model, device: str = "cpu") -> Any:
+    """Run a step generator to completion, executing each call as it comes."""
+    try:
+        call = next(steps)
+        while True:
+            cuda_sync(device)
+            t0 = time.perf_counter()
+            result = execute(models, call)
+            cuda_sync(device)
+            call = steps.send(Reply(result, time.perf_counter() - t0))
+    except StopIteration as done:
+        return done.value
+
+
+def run(image: np.ndarray, models: Models, cfg: EngineConfig, source: str = "<array>",
+        original_size: tuple[int, int] | None = None, conversions: tuple[str, ...] = ()) -> Result:
+    """INT on one image, eagerly: the reference every other driver must match."""
+    return drive(image_steps(image, cfg, source, original_size, conversions), models, device=cfg.models.device)
 
 
 def segment_image(image: LoadedImage, models: Models, cfg: EngineConfig) -> Result:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -51,21 +49,7 @@ class ImageTrace:
         return asdict(self)
 
 
-class StageTimer:
-    """Times stages with ``perf_counter``, synchronising CUDA first so GPU work is counted
-    in the stage that launched it rather than the next one."""
-
-    def __init__(self, device: str = "cpu") -> None:
-        self.sync = device.startswith("cuda") and torch.cuda.is_available()
-
-    @contextmanager
-    def stage(self, record: dict[str, float], name: str) -> Iterator[None]:
-        if self.sync:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            if self.sync:
-                torch.cuda.synchronize()
-            record[name] = record.get(name, 0.0) + time.perf_counter() - start
+def cuda_sync(device: str) -> None:
+    """Wait for queued GPU work, so that a timer charges it to the stage that launched it."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.synchronize()

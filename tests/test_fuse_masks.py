@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from int_engine.fuse import binarise, final_mask, reweight
-from int_engine.masks import clip_points, combine, mask_similarity, normalise_weights
+from int_engine.masks import clip_points, combine, masked_views, normalise_weights, view_similarities
 
 
 def test_eq13_picks_the_mask_closest_to_the_mean():
@@ -76,24 +76,16 @@ def test_clip_points_on_a_map_smaller_than_the_grid():
     assert len(pts) == 4 and (pts[:, 0] < 3).all() and (pts[:, 1] < 2).all()
 
 
-class _FakeClip:
-    def __init__(self):
-        self.calls = []
-
-    def image_text_similarity(self, images, texts):
-        self.calls.append(len(images))
-        return np.array([img.mean() / 255.0 for img in images])
-
-
 def test_eq10_masks_the_view_and_skips_empty_masks():
     img = np.full((4, 4, 3), 200, np.uint8)
     full = np.ones((4, 4), np.float32)
     half = np.zeros((4, 4), np.float32); half[:2] = 1
     empty = np.zeros((4, 4), np.float32)
-    clip = _FakeClip()
-    s = mask_similarity(clip, [img, img, img], [full, half, empty], "frog")
-    assert clip.calls == [2]
-    assert s[0] == pytest.approx(200 / 255) and s[1] == pytest.approx(100 / 255) and s[2] == -np.inf
+    todo, masked = masked_views([img, img, img], [full, half, empty])
+    assert todo == [0, 1]
+    assert (masked[0] == 200).all() and (masked[1][:2] == 200).all() and (masked[1][2:] == 0).all()
+    s = view_similarities(3, todo, [0.3, 0.2])
+    assert s.tolist() == [0.3, 0.2, -np.inf]
 
 
 def test_binarise():
