@@ -27,6 +27,7 @@ import numpy as np
 from ..config import EngineConfig
 from ..errors import ConfigError, IntEngineError
 from ..io import mask_to_uint8, read_image
+from ..pipeline import image_steps
 from .datasets import Dataset, Pair
 from .metrics import PER_IMAGE_KEYS, DatasetMetrics, image_metrics
 
@@ -85,12 +86,18 @@ def _check_resume(out: Path, info: dict[str, Any]) -> None:
             raise ConfigError(f"{out}: cannot resume: this run was started with a different {key}; use a new --out")
 
 
-def segment_pair(engine, pair: Pair, out: Path) -> dict[str, Any]:
-    """Segment one pair, write its prediction PNG at GT size, return its results line."""
-    cfg = engine.config
+def _steps(engine, pair: Pair) -> Callable[[], Any]:
+    """The pair's step generator, made when the scheduler admits it (images read lazily)."""
+    def make():
+        read_gray(pair.gt)  # a broken GT fails this image before any model time is spent
+        image = read_image(pair.image, engine.config.max_side, engine.config.min_side)
+        return image_steps(image.pixels, engine.config, image.path, image.original_size, image.conversions)
+    return make
+
+
+def finish_pair(pair: Pair, result, out: Path) -> dict[str, Any]:
+    """Write a finished image's prediction PNG at GT size and return its results line."""
     gt = read_gray(pair.gt)
-    image = read_image(pair.image, cfg.max_side, cfg.min_side)
-    result = engine.segment(image)
     soft = result.soft
     if soft.shape != gt.shape:  # a GT stored at another size than its image: score at GT size
         soft = cv2.resize(soft, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
@@ -109,6 +116,12 @@ def segment_pair(engine, pair: Pair, out: Path) -> dict[str, Any]:
     }
 
 
+def _error_row(pair: Pair, err: BaseException) -> dict[str, Any]:
+    message = str(err) if isinstance(err, IntEngineError) else f"{type(err).__name__}: {err}"
+    return {"name": pair.name, "image": str(pair.image), "gt": str(pair.gt), "ok": False, "error": message,
+            "traceback": None if isinstance(err, IntEngineError) else "".join(traceback.format_exception(err, limit=3))}
+
+
 def run_bench(
     engine,
     dataset: Dataset,
@@ -121,7 +134,8 @@ def run_bench(
     """Benchmark ``engine`` on ``dataset`` into ``out``; returns the summary (also written).
 
     ``on_image`` is called with each new results line (the CLI's progress bar hooks in here).
-    A failing image is recorded with its error and the run goes on.
+    Images run through the engine's scheduler (``max_in_flight`` at once); each line is
+    appended as its image finishes. A failing image is recorded with its error and the run goes on.
     """
     out = Path(out)
     pairs = dataset.pairs[:limit] if limit else dataset.pairs
@@ -136,17 +150,14 @@ def run_bench(
     _rewrite_results(out, done)
     start = time.perf_counter()
     processed = 0
-    for pair in pairs:
-        if pair.name in done and done[pair.name]["ok"]:
-            continue
+    todo = [p for p in pairs if not (p.name in done and done[p.name]["ok"])]
+    by_name = {p.name: p for p in todo}
+    for name, outcome in engine.run_jobs((p.name, _steps(engine, p)) for p in todo):
+        pair = by_name[name]
         try:
-            row = segment_pair(engine, pair, out)
-        except KeyboardInterrupt:
-            raise
-        except Exception as err:  # one image's failure is recorded, never fatal to the run
-            message = str(err) if isinstance(err, IntEngineError) else f"{type(err).__name__}: {err}"
-            row = {"name": pair.name, "image": str(pair.image), "gt": str(pair.gt), "ok": False, "error": message,
-                   "traceback": None if isinstance(err, IntEngineError) else traceback.format_exc(limit=3)}
+            row = _error_row(pair, outcome) if isinstance(outcome, Exception) else finish_pair(pair, outcome, out)
+        except Exception as err:  # e.g. the prediction cannot be written: recorded, the run goes on
+            row = _error_row(pair, err)
         _append(out, row)
         done[pair.name] = row
         processed += 1

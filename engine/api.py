@@ -10,17 +10,17 @@ Models are loaded once, in the constructor; ``segment`` only runs them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
 from . import pipeline
 from .config import EngineConfig
-from .errors import IntEngineError
 from .io import LoadedImage, read_image
 from .models.load import load_models
 from .protocols import Models
+from .scheduler import Scheduler
 
 
 class IntEngine:
@@ -53,10 +53,26 @@ class IntEngine:
             raise ValueError(f"expected uint8 [H, W, 3] RGB pixels, got {arr.dtype} {arr.shape}")
         return pipeline.run(arr, self.models, self.config)
 
-    def segment_many(self, images: Iterable[str | Path]) -> Iterator[tuple[str, pipeline.Result | IntEngineError]]:
-        """Segment each path in turn; a bad image yields its error and the others go on."""
-        for path in images:
-            try:
-                yield str(path), self.segment(path)
-            except IntEngineError as err:
-                yield str(path), err
+    def segment_many(self, images: Iterable[str | Path | LoadedImage]) -> Iterator[tuple[str, pipeline.Result | Exception]]:
+        """Segment many images through the scheduler (``config.max_in_flight`` at once, one
+        batch per model per tick). Yields ``(path, Result)`` as images finish, in completion
+        order, or ``(path, error)`` for an image that cannot be read or fails; the others go on."""
+        def job(item: str | Path | LoadedImage):
+            if isinstance(item, LoadedImage):
+                return item.path, lambda: pipeline.image_steps(item.pixels, self.config, item.path, item.original_size, item.conversions)
+
+            def make():
+                img = self.read(item)
+                return pipeline.image_steps(img.pixels, self.config, img.path, img.original_size, img.conversions)
+
+            return str(item), make
+
+        yield from self.run_jobs(job(item) for item in images)
+
+    def run_jobs(self, jobs: Iterable[tuple[Any, Callable[[], Any]]]) -> Iterator[tuple[Any, pipeline.Result | Exception]]:
+        """The scheduler over ``(key, make_steps)`` jobs, ``make_steps`` returning
+        ``pipeline.image_steps(...)``; called only when the job is admitted."""
+        torch.manual_seed(self.config.seed)
+        scheduler = Scheduler(self.models, self.config)
+        yield from scheduler.run(jobs)
+        self.last_stats = scheduler.stats

@@ -96,6 +96,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .api import IntEngine
     from .errors import IntEngineError
     from .io import mask_to_uint8, overlay, read_image, write_json, write_png
+    from .pipeline import image_steps
 
     try:
         cfg = _config(args)
@@ -108,21 +109,32 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if not images:
         print(f"error: no image files in {', '.join(args.images)}", file=sys.stderr)
         return FATAL
+    folders = _output_dirs(images, out)
+    originals: dict[int, np.ndarray] = {}  # held only while the image is in flight
+
+    def make(i: int):
+        def steps():
+            image = read_image(images[i], cfg.max_side, cfg.min_side, keep_original=True)
+            originals[i] = image.original
+            return image_steps(image.pixels, cfg, image.path, image.original_size, image.conversions)
+        return steps
+
     failed: list[tuple[str, str]] = []
-    bar = tqdm(list(zip(images, _output_dirs(images, out))), unit="img", disable=args.quiet)
-    for image_path, folder in bar:
-        bar.set_postfix_str(Path(image_path).name[-30:])
-        try:
-            image = read_image(image_path, cfg.max_side, cfg.min_side, keep_original=True)
-            result = engine.segment(image)
-        except IntEngineError as err:
-            failed.append((image_path, str(err)))
-            tqdm.write(f"error: {err}", file=sys.stderr)
+    bar = tqdm(total=len(images), unit="img", disable=args.quiet)
+    for i, outcome in engine.run_jobs((i, make(i)) for i in range(len(images))):
+        original = originals.pop(i, None)
+        bar.update(1)
+        if isinstance(outcome, Exception):
+            message = str(outcome) if isinstance(outcome, IntEngineError) else f"{images[i]}: {type(outcome).__name__}: {outcome}"
+            failed.append((images[i], message))
+            tqdm.write(f"error: {message}", file=sys.stderr)
             continue
-        write_png(folder / "soft.png", mask_to_uint8(result.soft))
-        write_png(folder / "binary.png", result.binary.astype(np.uint8) * 255)
-        write_png(folder / "overlay.png", overlay(image.original, result.binary))
-        write_json(folder / "trace.json", result.trace.to_dict())
+        folder = folders[i]
+        write_png(folder / "soft.png", mask_to_uint8(outcome.soft))
+        write_png(folder / "binary.png", outcome.binary.astype(np.uint8) * 255)
+        write_png(folder / "overlay.png", overlay(original, outcome.binary))
+        write_json(folder / "trace.json", outcome.trace.to_dict())
+    bar.close()
     done = len(images) - len(failed)
     write_json(out / "summary.json", {"images": len(images), "succeeded": done,
                                       "failed": [{"image": p, "error": e} for p, e in failed]})

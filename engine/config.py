@@ -92,6 +92,9 @@ class EngineConfig:
     max_side: int = 1536
     min_side: int = 32
     seed: int = 0
+    # the scheduler (many images at once): images whose state is held, requests per model call
+    max_in_flight: int = 8
+    max_batch_items: int = 512
     models: ModelsConfig = field(default_factory=ModelsConfig)
 
     def __post_init__(self) -> None:
@@ -112,6 +115,8 @@ class EngineConfig:
             raise ConfigError(f"eps must be > 0, got {self.eps}")
         if self.min_side < 2 or self.max_side < self.min_side:
             raise ConfigError(f"need 2 <= min_side <= max_side, got {self.min_side}, {self.max_side}")
+        if self.max_in_flight < 1 or self.max_batch_items < 1:
+            raise ConfigError(f"max_in_flight and max_batch_items must be >= 1, got {self.max_in_flight}, {self.max_batch_items}")
         if not self.task.strip():
             raise ConfigError("task must be a non-empty task-generic prompt such as 'camouflaged animal'")
 

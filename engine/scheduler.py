@@ -1,0 +1,192 @@
+"""Many images in flight; at every tick, one batch per model.
+
+Each image is a step generator (``pipeline.image_steps``) paused at its next model call.
+A tick gathers the pending calls of all in-flight images, concatenates those for the same
+model (all views x {before, after} x candidates of every image in one VLM scoring call, all
+views' SAM requests in one segment call, all inpainting jobs in one diffusion batch, one
+mining launch for the whole padded [B, V, C] tick), runs each batch once and hands every
+image its share. The scheduler owns batching, never the algorithm: it runs the same steps
+as the eager pipeline, so it gives the same masks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+
+from .calls import ModelCall, concat, run_model, split
+from .config import EngineConfig
+from .pipeline import Reply, Result
+from .protocols import Models
+from .trace import cuda_sync
+
+STAGE_ORDER = ("propose", "inpaint", "score", "mine", "detect", "segment", "weight")
+Steps = Any  # Generator[ModelCall, Reply, Result]
+
+
+@dataclass
+class _Job:
+    key: Any
+    steps: Steps
+    call: ModelCall | None = None
+
+
+@dataclass
+class TickStats:
+    """What the loop did: model calls per (role, method) and requests per call."""
+
+    ticks: int = 0
+    calls: dict[str, int] | None = None
+    requests: dict[str, int] | None = None
+
+    def __post_init__(self) -> None:
+        self.calls, self.requests = {}, {}
+
+    def count(self, call: ModelCall, n_calls: int = 1) -> None:
+        name = f"{call.role}.{call.method}"
+        self.calls[name] = self.calls.get(name, 0) + n_calls
+        self.requests[name] = self.requests.get(name, 0) + call.size
+
+
+def mine_batch(calls: list[ModelCall]) -> list[list]:
+    """One fused negative-mining launch for the calls of many images (SPEC step 6).
+
+    Pads every image's [1, V, C] scores to the tick's [B, V_max, C_max] with -inf (padded
+    views and candidates count as nothing), its history with 1, and splits the outputs back.
+    """
+    from .kernels import mine_fused
+
+    befores = [c.items[0][0] for c in calls]
+    v = max(t.shape[1] for t in befores)
+    c = max(t.shape[2] for t in befores)
+    dtype = befores[0].dtype
+    s_before = torch.full((len(calls), v, c), float("-inf"), dtype=dtype)
+    s_after = s_before.clone()
+    history = torch.ones((len(calls), c), dtype=calls[0].items[2][0].dtype)
+    for b, call in enumerate(calls):
+        sb, sa, h = call.items[0][0], call.items[1][0], call.items[2][0]
+        s_before[b, : sb.shape[1], : sb.shape[2]] = sb[0]
+        s_after[b, : sa.shape[1], : sa.shape[2]] = sa[0]
+        history[b, : h.shape[1]] = h[0]
+    pick, scores, new_history = mine_fused(s_before, s_after, history, calls[0].params[0])
+    out = []
+    for b, call in enumerate(calls):
+        n = call.items[0][0].shape[2]
+        out.append([(pick[b : b + 1], scores[b : b + 1, :n], new_history[b : b + 1, :n])])
+    return out
+
+
+class Scheduler:
+    """Runs step generators for many images with batched model calls.
+
+    Args:
+        models: the loaded roles.
+        config: ``max_in_flight`` bounds the images whose state is held at once (memory stays
+            flat however large the dataset); ``max_batch_items`` bounds the requests of one call.
+        execute: how one (batched) call runs; ``calls.run_model`` by default.
+    """
+
+    def __init__(self, models: Models, config: EngineConfig, execute: Callable[[Models, ModelCall], Any] = run_model) -> None:
+        self.models = models
+        self.config = config
+        self.execute = execute
+        self.stats = TickStats()
+
+    def run(self, jobs: Iterable[tuple[Any, Callable[[], Steps]]]) -> Iterator[tuple[Any, Result | Exception]]:
+        """Yield ``(key, Result)`` as images finish (not in input order), or ``(key, error)`` for an
+        image whose preparation or steps raised. ``jobs`` yields ``(key, make_steps)``; ``make_steps``
+        is called only when the image is admitted, so images are read lazily."""
+        pending = iter(jobs)
+        inflight: list[_Job] = []
+        exhausted = False
+        while inflight or not exhausted:
+            while not exhausted and len(inflight) < self.config.max_in_flight:
+                try:
+                    key, make = next(pending)
+                except StopIteration:
+                    exhausted = True
+                    break
+                job = _Job(key, None)
+                try:
+                    job.steps = make()
+                    job.call = next(job.steps)
+                    inflight.append(job)
+                except StopIteration as done:
+                    yield key, done.value
+                except Exception as err:  # one image's failure is that image's result
+                    yield key, err
+            if not inflight:
+                continue
+            self.stats.ticks += 1
+            for job, outcome in self._tick(inflight):
+                inflight.remove(job)
+                yield job.key, outcome
+
+    def _tick(self, inflight: list[_Job]) -> list[tuple[_Job, Result | Exception]]:
+        groups: OrderedDict[tuple, list[_Job]] = OrderedDict()
+        for stage in STAGE_ORDER:
+            for job in inflight:
+                if job.call.stage == stage:
+                    groups.setdefault(job.call.key, []).append(job)
+        finished = []
+        for jobs in groups.values():
+            for chunk in self._chunks(jobs):
+                for job, reply in self._run_group(chunk):
+                    outcome = self._advance(job, reply)
+                    if outcome is not None:
+                        finished.append((job, outcome))
+        return finished
+
+    def _chunks(self, jobs: list[_Job]) -> list[list[_Job]]:
+        """Split a group so that no call carries more than ``max_batch_items`` requests."""
+        out, cur, n = [], [], 0
+        for job in jobs:
+            if cur and n + job.call.size > self.config.max_batch_items:
+                out.append(cur)
+                cur, n = [], 0
+            cur.append(job)
+            n += job.call.size
+        return out + [cur] if cur else out
+
+    def _run_group(self, jobs: list[_Job]) -> list[tuple[_Job, Reply | Exception]]:
+        first = jobs[0].call
+        device = self.config.models.device
+        cuda_sync(device)
+        t0 = time.perf_counter()
+        try:
+            if first.role == "mine":
+                results = mine_batch([j.call for j in jobs])
+            else:
+                merged = ModelCall(first.stage, first.role, first.method,
+                                   tuple(concat([j.call.items[i] for j in jobs]) for i in range(len(first.items))), first.params)
+                results = split(self.execute(self.models, merged), [j.call.size for j in jobs])
+                self.stats.count(merged)
+            cuda_sync(device)
+        except Exception:
+            if len(jobs) == 1:
+                raise
+            return [(job, reply) for sub in ([j] for j in jobs) for job, reply in self._run_isolated(sub[0])]
+        elapsed = time.perf_counter() - t0
+        total = sum(j.call.size for j in jobs) or 1
+        return [(j, Reply(r, elapsed * j.call.size / total)) for j, r in zip(jobs, results)]
+
+    def _run_isolated(self, job: _Job) -> list[tuple[_Job, Reply | Exception]]:
+        """After a batch failed: this image alone, so that only a failing image fails."""
+        try:
+            return self._run_group([job])
+        except Exception as err:
+            return [(job, err)]
+
+    @staticmethod
+    def _advance(job: _Job, reply: Reply | Exception) -> Result | Exception | None:
+        try:
+            job.call = job.steps.throw(reply) if isinstance(reply, Exception) else job.steps.send(reply)
+            return None
+        except StopIteration as done:
+            return done.value
+        except Exception as err:
+            return err
