@@ -38,6 +38,19 @@ class IntEngine:
         self.config = config or EngineConfig()
         self.models = models if models is not None else load_models(self.config.models, models_dir)
 
+    def close(self) -> None:
+        """Release models that hold engines or processes (the vLLM backend); idempotent."""
+        for role in ("vlm", "inpainter", "detector", "segmenter", "clip"):
+            close = getattr(getattr(self.models, role), "close", None)
+            if callable(close):
+                close()
+
+    def __enter__(self) -> "IntEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def read(self, path: str | Path) -> LoadedImage:
         return read_image(path, self.config.max_side, self.config.min_side)
 

@@ -135,6 +135,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         write_png(folder / "overlay.png", overlay(original, outcome.binary))
         write_json(folder / "trace.json", outcome.trace.to_dict())
     bar.close()
+    engine.close()
     done = len(images) - len(failed)
     write_json(out / "summary.json", {"images": len(images), "succeeded": done,
                                       "failed": [{"image": p, "error": e} for p, e in failed]})
@@ -210,6 +211,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return FATAL
     finally:
         bar.close()
+        engine.close()
     print((Path(args.out) / "summary.md").read_text(encoding="utf-8"))
     return min(len(summary["failed"]), 100)
 

@@ -1,8 +1,8 @@
 """Many images in flight; at every tick, one batch per model.
 
 Each image is a step generator (``pipeline.image_steps``) paused at its next model call.
-A tick gathers the pending calls of all in-flight images, concatenates those for the same
-model (all views x {before, after} x candidates of every image in one VLM scoring call, all
+A tick takes the earliest call (in an iteration's order) that any in-flight image is
+waiting at, concatenates that call of every image waiting at it (all views x {before, after} x candidates of every image in one VLM scoring call, all
 views' SAM requests in one segment call, all inpainting jobs in one diffusion batch, one
 mining launch for the whole padded [B, V, C] tick), runs each batch once and hands every
 image its share. The scheduler owns batching, never the algorithm: it runs the same steps
@@ -24,7 +24,12 @@ from .pipeline import Reply, Result
 from .protocols import Models
 from .trace import cuda_sync
 
-STAGE_ORDER = ("propose", "inpaint", "score", "mine", "detect", "segment", "weight")
+# An iteration's calls in the order it makes them: a tick runs the earliest of these that any
+# image is waiting at, so images that skipped a stage wait for the others at the next one and
+# every call stays one batch for all images in flight.
+CALL_ORDER = (("vlm", "generate"), ("inpaint", "inpaint"), ("vlm", "score"), ("mine", "mine"), ("detector", "detect"),
+              ("clip", "similarity_maps"), ("segmenter", "segment"), ("clip", "image_text_similarity"))
+RANK = {rm: i for i, rm in enumerate(CALL_ORDER)}
 Steps = Any  # Generator[ModelCall, Reply, Result]
 
 
@@ -127,11 +132,11 @@ class Scheduler:
                 yield job.key, outcome
 
     def _tick(self, inflight: list[_Job]) -> list[tuple[_Job, Result | Exception]]:
+        first = min(RANK[(j.call.role, j.call.method)] for j in inflight)
         groups: OrderedDict[tuple, list[_Job]] = OrderedDict()
-        for stage in STAGE_ORDER:
-            for job in inflight:
-                if job.call.stage == stage:
-                    groups.setdefault(job.call.key, []).append(job)
+        for job in inflight:
+            if RANK[(job.call.role, job.call.method)] == first:
+                groups.setdefault(job.call.key, []).append(job)
         finished = []
         for jobs in groups.values():
             for chunk in self._chunks(jobs):
@@ -160,6 +165,7 @@ class Scheduler:
         try:
             if first.role == "mine":
                 results = mine_batch([j.call for j in jobs])
+                self.stats.count(first)
             else:
                 merged = ModelCall(first.stage, first.role, first.method,
                                    tuple(concat([j.call.items[i] for j in jobs]) for i in range(len(first.items))), first.params)

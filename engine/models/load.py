@@ -18,6 +18,7 @@ from ..protocols import Models
 # (role, backend name) -> "module:Class" under int_engine.backends
 BACKENDS: dict[tuple[str, str], str] = {
     ("vlm", "hf"): "vlm_hf:HFLlavaVLM",
+    ("vlm", "vllm"): "vlm_vllm:VLLMLlavaVLM",
     ("inpaint", "sd"): "inpaint_sd:SDInpainter",
     ("inpaint", "telea"): "inpaint_telea:TeleaInpainter",
     ("detector", "gdino"): "detect_gdino:GroundingDinoDetector",

@@ -1,0 +1,309 @@
+"""LLaVA-1.5 under vLLM's offline ``LLM`` engine: the throughput VLM backend.
+
+Same contract as the transformers backend (``vlm_hf.py``), request for request: the prompt is
+wrapped in the checkpoint's chat template, an answer's tokens are those that follow the prompt
+when ``prompt + " " + answer`` is tokenised, and a score is the mean teacher-forced log-prob of
+those tokens. What changes is the batching: ``generate`` sends every request to vLLM in one
+``LLM.generate`` call, and ``score`` sends every (image, prompt + answer) in one call that asks
+for prompt log-probs, so vLLM's scheduler packs the work and its prefix cache shares the
+image and prompt of requests about the same image.
+
+The engine runs in this process by default (``multiprocessing=False``): 2 s to start instead
+of ~20 s for a spawned engine core, and no ``if __name__ == "__main__"`` guard needed. vLLM's
+CPU worker then changes process state (thread count, ``torch.set_num_threads``, RNG seeds),
+which ``load`` puts back. Use it as a context manager, or call ``close()``: otherwise vLLM
+force-kills its engine at exit.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import ConfigError, ModelLoadError
+from ..models.checks import require_files
+from .vlm_hf import EXPECTED_FILES, LLAVA15_FORMAT, _check_image, _check_lengths
+
+if TYPE_CHECKING:
+    from transformers import ProcessorMixin
+    from vllm import LLM
+
+ROLE = "vlm"
+FORMAT = "llava-hf LlavaForConditionalGeneration (vLLM)"
+DTYPES = ("float32", "bfloat16", "float16")
+# Options passed straight to vllm.LLM, with this backend's defaults (None: vLLM's default).
+ENGINE_OPTIONS: dict[str, Any] = {
+    "max_model_len": None,
+    "gpu_memory_utilization": None,
+    "kv_cache_memory_bytes": None,
+    "enable_prefix_caching": True,
+    "max_num_seqs": None,
+    "max_num_batched_tokens": None,
+    "block_size": None,
+    "enforce_eager": False,
+    "seed": 0,
+}
+# On CPU, gpu_memory_utilization is a share of the NUMA node's RAM *minus this whole process's
+# resident memory*, so with the other roles' models loaded in the same process it can leave
+# nothing for the KV cache and fail. A fixed KV cache size is predictable instead: 1 GiB holds
+# ~1000 tokens of LLaVA-1.5-7B in float32, one request; raise it for real batches.
+CPU_KV_CACHE_BYTES = 1 << 30
+SHUTDOWN_TIMEOUT_S = 30
+# In-process engines share vLLM's process-global distributed state; closing one tears it
+# down under the others. So one at a time: the id of the open one, or None.
+_open_in_process: int | None = None
+
+
+class VLLMLlavaVLM:
+    """The ``VLM`` protocol on a vLLM ``LLM``: one engine call per ``generate`` / ``score``.
+
+    ``calls`` counts the engine calls made, so a caller can check the batching.
+    """
+
+    def __init__(self, llm: "LLM", processor: "ProcessorMixin", prefix_caching: bool, in_process: bool = False) -> None:
+        self.llm = llm
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.prefix_caching = prefix_caching
+        self.in_process = in_process
+        self.calls = 0
+        self._closed = False
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu", dtype: str = "float32", **options) -> "VLLMLlavaVLM":
+        """Start a vLLM engine on a llava-hf directory (offline).
+
+        ``dtype`` defaults to float32: vLLM's own default downcasts a float32 checkpoint to
+        bfloat16, which moves scores by ~0.1. Options: ``max_model_len`` (<= the model's
+        max_position_embeddings), ``kv_cache_memory_bytes`` (default 1 GiB on CPU),
+        ``gpu_memory_utilization`` (on CPU a share of the NUMA node's RAM, less this
+        process's), ``enable_prefix_caching`` (default True), ``max_num_seqs``,
+        ``max_num_batched_tokens``, ``block_size``, ``enforce_eager`` (skip torch.compile:
+        faster start, slower steps), ``seed``, and ``multiprocessing`` (run the engine core in
+        a spawned process; default False).
+        """
+        p = require_files(ROLE, path, EXPECTED_FILES, FORMAT)
+        if dtype not in DTYPES:
+            raise ConfigError(f"{ROLE}: unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+        multiprocessing = bool(options.pop("multiprocessing", False))
+        unknown = sorted(set(options) - set(ENGINE_OPTIONS))
+        if unknown:
+            raise ConfigError(f"{ROLE}: unknown option(s) for {FORMAT}: {', '.join(unknown)}")
+        engine = {k: options.get(k, v) for k, v in ENGINE_OPTIONS.items()}
+        if device == "cpu" and engine["kv_cache_memory_bytes"] is None and engine["gpu_memory_utilization"] is None:
+            engine["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+        engine = {k: v for k, v in engine.items() if v is not None}
+
+        # Imported here: vllm is an optional extra, and importing it takes seconds.
+        try:
+            from vllm import LLM
+        except ImportError as err:
+            raise ModelLoadError(f"{ROLE}: the vllm backend needs vLLM (pip install 'int-engine[vllm]'): {err}") from None
+        from transformers import AutoProcessor
+        from vllm.platforms import current_platform
+
+        # vLLM has no device argument: each build runs on one kind of device.
+        if torch.device(device).type != current_platform.device_type:
+            raise ConfigError(
+                f"{ROLE}: device {device!r} asked for, but the installed vLLM runs on {current_platform.device_type!r}"
+            )
+        global _open_in_process
+        if not multiprocessing and _open_in_process is not None:
+            raise ConfigError(
+                f"{ROLE}: another in-process vLLM engine is open in this process; close() it first, "
+                "or load with multiprocessing=True"
+            )
+        try:
+            processor = AutoProcessor.from_pretrained(p, local_files_only=True)
+            with _process_state_kept(in_process=not multiprocessing):
+                llm = LLM(str(p), tokenizer=str(p), dtype=dtype, **engine)
+        except Exception as err:
+            raise ModelLoadError(f"{ROLE}: cannot load {FORMAT} from {p}: {err}") from err
+        vlm = cls(llm, processor, bool(engine.get("enable_prefix_caching")), in_process=not multiprocessing)
+        if vlm.in_process:
+            _open_in_process = id(vlm)
+        return vlm
+
+    # ---- lifetime ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the engine (waits up to 30 s for it to finish cleanly). Idempotent."""
+        global _open_in_process
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.llm.llm_engine.engine_core.shutdown(timeout=SHUTDOWN_TIMEOUT_S)
+        finally:
+            if _open_in_process == id(self):
+                _open_in_process = None
+
+    def __enter__(self) -> "VLLMLlavaVLM":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- text --------------------------------------------------------------------------------
+
+    def chat_text(self, prompt: str) -> str:
+        """The full model input for one user prompt about one image, up to "ASSISTANT:"
+        (the same text ``HFLlavaVLM.chat_text`` builds)."""
+        if getattr(self.processor, "chat_template", None):
+            conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+            return self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        return LLAVA15_FORMAT.format(prompt=prompt)
+
+    def _answer_ids(self, prompt_texts: list[str], full_texts: list[str]) -> list[list[int]]:
+        """Each answer's token ids: those of the full text after its shared prefix with the
+        prompt's tokenisation (the rule of ``HFLlavaVLM._answer_lengths``)."""
+        prompts = self.tokenizer(prompt_texts)["input_ids"]
+        fulls = self.tokenizer(full_texts)["input_ids"]
+        answers = []
+        for j, (pre, full) in enumerate(zip(prompts, fulls)):
+            shared = 0
+            while shared < min(len(pre), len(full)) and pre[shared] == full[shared]:
+                shared += 1
+            if shared == len(full):
+                raise ValueError(f"answer {j} has no tokens of its own after the prompt: {full_texts[j]!r}")
+            answers.append(list(full[shared:]))
+        return answers
+
+    def _requests(self, images: Sequence[np.ndarray], texts: list[str]) -> list[dict]:
+        return [
+            {"prompt": text, "multi_modal_data": {"image": Image.fromarray(_check_image(image, j))}}
+            for j, (image, text) in enumerate(zip(images, texts))
+        ]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"{ROLE}: the vLLM engine was closed")
+
+    def _run(self, requests: list[dict], params) -> list:
+        self._check_open()
+        self.calls += 1
+        return self.llm.generate(requests, params, use_tqdm=False)
+
+    # ---- the protocol ------------------------------------------------------------------------
+
+    def generate(self, images: Sequence[np.ndarray], prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+        """Greedy answers, one string per (image, prompt) pair, without special tokens and
+        surrounding spaces; all requests in one engine call."""
+        self._check_open()
+        from vllm import SamplingParams
+
+        _check_lengths(images, prompts, "prompts")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if not prompts:
+            return []
+        # Decoded here, not by vLLM: its incremental detokenizer holds back an unfinished
+        # UTF-8 byte sequence at the end, where transformers' batch_decode writes U+FFFD.
+        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, detokenize=False)
+        outputs = self._run(self._requests(images, [self.chat_text(p) for p in prompts]), params)
+        new_tokens = [list(out.outputs[0].token_ids) for out in outputs]
+        return [a.strip() for a in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def score(self, images: Sequence[np.ndarray], prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+        """Mean log-probability of ``answers[j]``'s tokens given ``images[j]`` and the
+        chat-templated ``prompts[j]``, teacher forced: float32 [len(answers)], each <= 0.
+
+        One engine call over all (image, prompt + " " + answer) requests, reading vLLM's prompt
+        log-probs at the answer's positions. With prefix caching on, requests may reuse cached
+        KV blocks of an earlier request's image and prompt. A cache hit that reaches into the
+        answer leaves no log-probs there (vLLM only scores the positions it computes), so those
+        few requests are scored again without reading the cache, in a second call.
+        """
+        self._check_open()
+        _check_lengths(images, prompts, "prompts")
+        _check_lengths(images, answers, "answers")
+        if not answers:
+            return np.zeros(0, np.float32)
+        answers = [a.strip() for a in answers]
+        for j, a in enumerate(answers):
+            if not a:
+                raise ValueError(f"answer {j} is empty: a score needs at least one answer token")
+        prompt_texts = [self.chat_text(p) for p in prompts]
+        full_texts = [f"{p} {a}" for p, a in zip(prompt_texts, answers)]
+        answer_ids = self._answer_ids(prompt_texts, full_texts)
+        requests = self._requests(images, full_texts)
+
+        scores = np.zeros(len(answers), np.float32)
+        todo = list(range(len(answers)))
+        for read_cache in (self.prefix_caching, False):
+            params = _score_params(read_cache)
+            outputs = self._run([requests[j] for j in todo], params)
+            missed = []
+            for j, out in zip(todo, outputs):
+                value = _mean_answer_logprob(out, answer_ids[j], j)
+                if value is None:
+                    missed.append(j)
+                else:
+                    scores[j] = value
+            todo = missed
+            if not todo:
+                return scores
+        raise RuntimeError(f"{ROLE}: vLLM returned no prompt log-probs for requests {todo} without its cache")
+
+
+def _score_params(read_cache: bool):
+    """One step, prompt log-probs of the prompt's own tokens (0 extra top-k), no text."""
+    from vllm import SamplingParams
+
+    # vLLM skips the prefix cache for prompt-logprob requests unless told otherwise: a hit
+    # leaves the cached positions unscored, which _mean_answer_logprob detects.
+    return SamplingParams(
+        temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False, skip_reading_prefix_cache=not read_cache
+    )
+
+
+def _mean_answer_logprob(out, answer: list[int], j: int) -> float | None:
+    """Mean log-prob of the last ``len(answer)`` prompt tokens of one vLLM output, or None
+    when a prefix-cache hit covered a position whose log-prob is needed.
+
+    ``prompt_logprobs[i]`` holds ``{token_id: Logprob}`` for prompt token i given tokens
+    < i (entry 0 is None); with prompt_logprobs=0 the only entry is the prompt's own token.
+    """
+    ids = list(out.prompt_token_ids)
+    n, total = len(answer), len(ids)
+    if ids[total - n:] != answer:
+        raise RuntimeError(
+            f"{ROLE}: vLLM tokenised answer {j} as {ids[total - n:]}, transformers as {answer}"
+        )
+    # Token i's log-prob comes from position i - 1's logits, computed only past the cache hit.
+    if (out.num_cached_tokens or 0) > total - n - 1:
+        return None
+    logprobs = [out.prompt_logprobs[i][ids[i]].logprob for i in range(total - n, total)]
+    return float(np.mean(logprobs))
+
+
+@contextmanager
+def _process_state_kept(in_process: bool) -> Iterator[None]:
+    """Start vLLM in this process (or not) and undo what its CPU worker changes here: the
+    torch thread count, ``torch.set_num_threads`` (replaced by a no-op that warns) and the
+    global RNGs (seeded with the engine's seed)."""
+    key = "VLLM_ENABLE_V1_MULTIPROCESSING"
+    before_env = os.environ.get(key)
+    os.environ[key] = "1" if not in_process else "0"
+    threads, set_threads = torch.get_num_threads(), torch.set_num_threads
+    rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    try:
+        yield
+    finally:
+        if before_env is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before_env
+        torch.set_num_threads = set_threads
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        random.setstate(rng[0])
+        np.random.set_state(rng[1])
+        torch.set_rng_state(rng[2])

