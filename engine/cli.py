@@ -236,6 +236,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .api import IntEngine
+    from .errors import IntEngineError
+    from .profile import profile
+
+    try:
+        cfg = _config(args)
+        engine = IntEngine(cfg, models_dir=_models_dir(args, cfg))
+        table, trace = profile(engine, args.image, args.out)
+    except IntEngineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return FATAL
+    finally:
+        if "engine" in locals():
+            engine.close()
+    print(f"{args.image}: {len(trace.iterations)} iterations, {trace.seconds_total:.3f} s, device {cfg.models.device}")
+    print(table)
+    print(f"chrome trace: {Path(args.out) / 'trace.json'} (open in chrome://tracing or Perfetto); chart: {Path(args.out) / 'stages.png'}")
+    return 0
+
+
 def cmd_models_tiny(args: argparse.Namespace) -> int:
     from .models.zoo import build_tiny_zoo
 
@@ -311,6 +332,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--set", action="append", metavar="KEY=VALUE")
     bench.add_argument("--quiet", action="store_true")
     bench.set_defaults(func=cmd_bench)
+
+    prof = sub.add_parser("profile", help="time every stage of every iteration of one image")
+    prof.add_argument("image")
+    prof.add_argument("--out", default="profile", help="folder for trace.json, stages.png, stages.json")
+    for flag, kw in (("--task", {}), ("--preset", {}), ("--config", {}), ("--models", {}), ("--iterations", {"type": int}),
+                     ("--seed", {"type": int}), ("--device", {})):
+        prof.add_argument(flag, **kw)
+    prof.add_argument("--ablation", action="append", metavar="SWITCH=on|off")
+    prof.add_argument("--set", action="append", metavar="KEY=VALUE")
+    prof.set_defaults(func=cmd_profile)
 
     export = sub.add_parser("export", help="compile SAM and the inpainting UNet/VAE to ONNX / TensorRT / torch.compile")
     export.add_argument("--models", help="folder with segmenter/ and inpaint/ (default: the tiny zoo)")

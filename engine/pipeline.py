@@ -23,7 +23,7 @@ from .config import EngineConfig
 from .io import LoadedImage, to_original_size
 from .mining import NameWeights, view_gains
 from .protocols import Models
-from .trace import ImageTrace, IterationTrace, cuda_sync
+from .trace import ImageTrace, IterationTrace, call_range, cuda_sync
 
 NO_NAME_FOREGROUND = "object"
 NO_NAME_BACKGROUND = "background"
@@ -243,7 +243,8 @@ def drive(steps: Steps, models: Models, execute: Callable[[Models, ModelCall], A
         while True:
             cuda_sync(device)
             t0 = time.perf_counter()
-            result = execute(models, call)
+            with call_range(call):
+                result = execute(models, call)
             cuda_sync(device)
             call = steps.send(Reply(result, time.perf_counter() - t0))
     except StopIteration as done:

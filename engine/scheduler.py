@@ -22,7 +22,7 @@ from .calls import ModelCall, concat, run_model, split
 from .config import EngineConfig
 from .pipeline import Reply, Result
 from .protocols import Models
-from .trace import cuda_sync
+from .trace import call_range, cuda_sync
 
 # An iteration's calls in the order it makes them: a tick runs the earliest of these that any
 # image is waiting at, so images that skipped a stage wait for the others at the next one and
@@ -169,7 +169,8 @@ class Scheduler:
             else:
                 merged = ModelCall(first.stage, first.role, first.method,
                                    tuple(concat([j.call.items[i] for j in jobs]) for i in range(len(first.items))), first.params)
-                results = split(self.execute(self.models, merged), [j.call.size for j in jobs])
+                with call_range(merged):
+                    results = split(self.execute(self.models, merged), [j.call.size for j in jobs])
                 self.stats.count(merged)
             cuda_sync(device)
         except Exception:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -47,6 +48,22 @@ class ImageTrace:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@contextmanager
+def call_range(call) -> Iterator[None]:
+    """A named range around a model call: ``record_function`` for torch.profiler traces, and an
+    NVTX range on GPU for Nsight (``stage:role.method[n requests]``)."""
+    name = f"{call.stage}:{call.role}.{call.method}[{call.size}]"
+    nvtx = torch.cuda.is_available()
+    if nvtx:
+        torch.cuda.nvtx.range_push(name)
+    try:
+        with torch.profiler.record_function(name):
+            yield
+    finally:
+        if nvtx:
+            torch.cuda.nvtx.range_pop()
 
 
 def cuda_sync(device: str) -> None:
