@@ -250,3 +250,23 @@ def test_bad_options(tiny_dir):
         HFLlavaVLM.load(tiny_dir, dtype="int3")
     with pytest.raises(ConfigError, match="beam_width"):
         HFLlavaVLM.load(tiny_dir, beam_width=4)
+
+
+def test_score_encodes_each_distinct_image_once(vlm, images):
+    seen = []
+    tower = vlm.model.model.vision_tower
+    original = tower.forward
+
+    def counting(pixel_values, *args, **kwargs):
+        seen.append(pixel_values.shape[0])
+        return original(pixel_values, *args, **kwargs)
+
+    tower.forward = counting
+    try:
+        rows = [images[0]] * 3 + [images[1]] * 3
+        batched = vlm.score(rows, ["Output the name."] * 6, ["frog", "snake", "moth"] * 2)
+    finally:
+        tower.forward = original
+    assert seen == [2]  # two distinct images, six rows
+    alone = np.array([vlm.score([im.copy()], ["Output the name."], [a])[0] for im, a in zip(rows, ["frog", "snake", "moth"] * 2)])
+    np.testing.assert_allclose(batched, alone, atol=1e-4)

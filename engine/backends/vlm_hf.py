@@ -174,14 +174,31 @@ class HFLlavaVLM:
             scores[rows] = self._score_rows(images[rows], full_texts[rows], lengths[rows])
         return scores
 
+    def _image_features(self, images: Sequence[np.ndarray], pixel_values: torch.Tensor):
+        """The vision tower and projector run once per distinct image (by identity): scoring
+        sends each view with every candidate, and it must not be encoded once per row."""
+        first: dict[int, int] = {}
+        inverse = [first.setdefault(id(img), len(first)) for img in images]
+        rows = sorted(first.values())
+        unique_rows = [next(j for j, u in enumerate(inverse) if u == k) for k in rows]
+        cfg = self.model.config
+        encoded = self.model.model.get_image_features(
+            pixel_values=pixel_values[unique_rows], vision_feature_layer=cfg.vision_feature_layer,
+            vision_feature_select_strategy=cfg.vision_feature_select_strategy, return_dict=True,
+        )
+        encoded.pooler_output = [encoded.pooler_output[u] for u in inverse]
+        return encoded
+
     def _score_rows(self, images: Sequence[np.ndarray], texts: list[str], lengths: list[int]) -> np.ndarray:
         batch = self._inputs(images, texts, padding_side="left")
+        features = self._image_features(images, batch.pop("pixel_values"))
         mask = batch["attention_mask"]
         position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
         longest = max(lengths)
         # Left padding puts every answer at the end: only the last longest+1 positions'
         # logits are needed, which keeps [rows, T, vocab] out of memory for the 32k vocab.
-        logits = self.model(**batch, position_ids=position_ids, logits_to_keep=longest + 1).logits
+        logits = self.model(**batch, mm_encoder_outputs={"image": features}, position_ids=position_ids,
+                            logits_to_keep=longest + 1).logits
         logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # [R, longest, V]
         targets = batch["input_ids"][:, -longest:]  # [R, longest]
         token_lp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
