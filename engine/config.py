@@ -92,9 +92,10 @@ class EngineConfig:
     max_side: int = 1536
     min_side: int = 32
     seed: int = 0
-    # the scheduler (many images at once): images whose state is held, requests per model call
+    # the scheduler (many images at once): images whose state is held, and requests per model
+    # call (backends also cut their own forward passes: e.g. vlm max_batch_size, sam batch_size)
     max_in_flight: int = 8
-    max_batch_items: int = 512
+    max_batch_items: int = 4096
     models: ModelsConfig = field(default_factory=ModelsConfig)
 
     def __post_init__(self) -> None:
