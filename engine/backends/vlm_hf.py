@@ -157,16 +157,10 @@ class HFLlavaVLM:
         it. Rows are left padded with position ids counted from each row's first real
         token, so a row's score does not depend on the other rows in its batch.
         """
-        _check_lengths(images, prompts, "prompts")
-        _check_lengths(images, answers, "answers")
         if not answers:
+            _check_lengths(images, prompts, "prompts")
             return np.zeros(0, np.float32)
-        answers = [a.strip() for a in answers]
-        for j, a in enumerate(answers):
-            if not a:
-                raise ValueError(f"answer {j} is empty: a score needs at least one answer token")
-        prompt_texts = [self.chat_text(p) for p in prompts]
-        full_texts = [f"{p} {a}" for p, a in zip(prompt_texts, answers)]
+        prompt_texts, full_texts = scoring_texts(self.chat_text, images, prompts, answers)
         lengths = self._answer_lengths(prompt_texts, full_texts)
 
         scores = np.zeros(len(answers), np.float32)
@@ -206,6 +200,19 @@ class HFLlavaVLM:
         is_answer = torch.arange(longest, device=token_lp.device)[None, :] >= (longest - n)[:, None]
         mean = (token_lp * is_answer).sum(-1) / n
         return mean.cpu().numpy().astype(np.float32)
+
+
+def scoring_texts(chat_text, images: Sequence[np.ndarray], prompts: Sequence[str], answers: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Check a scoring request and build, per row, the chat text up to "ASSISTANT:" and the same
+    text with the stripped answer joined by one space (as the model would write it)."""
+    _check_lengths(images, prompts, "prompts")
+    _check_lengths(images, answers, "answers")
+    answers = [a.strip() for a in answers]
+    for j, a in enumerate(answers):
+        if not a:
+            raise ValueError(f"answer {j} is empty: a score needs at least one answer token")
+    prompt_texts = [chat_text(p) for p in prompts]
+    return prompt_texts, [f"{p} {a}" for p, a in zip(prompt_texts, answers)]
 
 
 def _check_image(image: np.ndarray, j: int) -> np.ndarray:

@@ -29,7 +29,7 @@ from PIL import Image
 
 from ..errors import ConfigError, ModelLoadError
 from ..models.checks import require_files
-from .vlm_hf import EXPECTED_FILES, LLAVA15_FORMAT, _check_image, _check_lengths
+from .vlm_hf import EXPECTED_FILES, LLAVA15_FORMAT, _check_image, _check_lengths, scoring_texts
 
 if TYPE_CHECKING:
     from transformers import ProcessorMixin
@@ -222,16 +222,10 @@ class VLLMLlavaVLM:
         few requests are scored again without reading the cache, in a second call.
         """
         self._check_open()
-        _check_lengths(images, prompts, "prompts")
-        _check_lengths(images, answers, "answers")
         if not answers:
+            _check_lengths(images, prompts, "prompts")
             return np.zeros(0, np.float32)
-        answers = [a.strip() for a in answers]
-        for j, a in enumerate(answers):
-            if not a:
-                raise ValueError(f"answer {j} is empty: a score needs at least one answer token")
-        prompt_texts = [self.chat_text(p) for p in prompts]
-        full_texts = [f"{p} {a}" for p, a in zip(prompt_texts, answers)]
+        prompt_texts, full_texts = scoring_texts(self.chat_text, images, prompts, answers)
         answer_ids = self._answer_ids(prompt_texts, full_texts)
         requests = self._requests(images, full_texts)
 
