@@ -55,12 +55,13 @@ class HFLlavaVLM:
     def load(
         cls, path: str | Path, device: str = "cpu", dtype: str = "float32", **options
     ) -> "HFLlavaVLM":
-        """Load a llava-hf directory. Options: ``max_batch_size`` (rows per forward pass;
-        default: all rows in one pass)."""
+        """Load a llava-hf directory. Options: ``max_batch_size`` (rows per forward pass,
+        default 256: one scoring call of thousands of rows runs in passes of this size, so
+        memory does not grow with the number of candidates; None = all rows in one pass)."""
         p = require_files(ROLE, path, EXPECTED_FILES, FORMAT)
         if dtype not in DTYPES:
             raise ConfigError(f"{ROLE}: unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
-        max_batch_size = options.pop("max_batch_size", None)
+        max_batch_size = options.pop("max_batch_size", 256)
         if options:
             raise ConfigError(f"{ROLE}: unknown option(s) for {FORMAT}: {', '.join(sorted(options))}")
         if max_batch_size is not None and int(max_batch_size) < 1:
