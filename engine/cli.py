@@ -260,10 +260,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_models_tiny(args: argparse.Namespace) -> int:
     from .models.zoo import build_tiny_zoo
 
-    manifest = build_tiny_zoo(args.out, seed=args.seed)
+    manifest = build_tiny_zoo(args.out, seed=args.seed, scale=args.scale)
     for role, m in manifest["models"].items():
         print(f"{role:10s} {m['format']:28s} {m['params']:>10,d} params  {m['build_seconds']:.1f}s")
-    print(f"tiny zoo written to {args.out}")
+    print(f"{args.scale} zoo written to {args.out}")
     return 0
 
 
@@ -354,8 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=cmd_export)
 
     models = sub.add_parser("models", help="model zoo tools").add_subparsers(dest="models_command", required=True)
-    tiny = models.add_parser("tiny", help="build the tiny random-weight zoo")
+    tiny = models.add_parser("tiny", help="build the tiny random-weight zoo (or, --scale small, larger real-shaped models)")
     tiny.add_argument("--out", required=True)
+    tiny.add_argument("--scale", choices=("tiny", "small"), default="tiny",
+                      help="small: ViT-B-sized SAM/CLIP, a 256 px SD UNet, ... for throughput measurements")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_models_tiny)
     verify = models.add_parser("verify", help="check a zoo against its manifest")

@@ -8,11 +8,16 @@ The BERT vocabulary is built here from ``tokenizer_corpus()`` and laid out like
 101 ``[CLS]``, 102 ``[SEP]``, 1012 ``.`` and 1029 ``?``, so those tokens must sit at
 exactly those ids, or the per-phrase attention masks and position ids come out wrong
 without any error.
+
+Two scales: ``tiny`` (every width a few dozen, for tests) and ``small`` (the real Swin-T
+backbone, a 4-layer BERT-base-wide text encoder, d_model 256 with fewer layers and queries
+than the published model), for throughput measurements in which the model's compute dominates.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import string
 from collections import Counter
 from pathlib import Path
@@ -117,6 +122,79 @@ def tiny_config(vocab_size: int) -> GroundingDinoConfig:
     )
 
 
+def small_config(vocab_size: int) -> GroundingDinoConfig:
+    """grounding-dino-tiny's shape with fewer layers: its Swin-T backbone as published, a BERT
+    as wide as bert-base with 4 of its 12 layers, d_model 256 with 3 of the 6 encoder and
+    decoder layers and 300 of the 900 queries."""
+    backbone = SwinConfig(
+        image_size=224,
+        embed_dim=96,
+        depths=[2, 2, 6, 2],
+        num_heads=[3, 6, 12, 24],
+        window_size=7,
+        out_indices=[2, 3, 4],
+        out_features=["stage2", "stage3", "stage4"],
+    )
+    text = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=768,
+        num_hidden_layers=4,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=512,
+    )
+    return GroundingDinoConfig(
+        backbone_config=backbone,
+        text_config=text,
+        d_model=256,
+        num_queries=300,
+        encoder_layers=3,
+        encoder_ffn_dim=2048,
+        encoder_attention_heads=8,
+        decoder_layers=3,
+        decoder_ffn_dim=2048,
+        decoder_attention_heads=8,
+        encoder_n_points=4,
+        decoder_n_points=4,
+        max_text_len=256,
+        architectures=["GroundingDinoForObjectDetection"],
+    )
+
+
+CONFIGS = {"tiny": tiny_config, "small": small_config}
+# The small model's random query-token logits are set to about N(mean, std) (see
+# ``calibrate_logits``): with the published 0.35 box threshold, a few of its 300 queries per
+# image pass, as with a trained model, instead of most of them.
+SMALL_LOGIT_MEAN, SMALL_LOGIT_STD = -4.0, 1.0
+
+
+def calibrate_logits(model: GroundingDinoForObjectDetection, mean: float, std: float) -> None:
+    """Shift and narrow the random model's class logits to about N(mean, std), in place.
+
+    A logit is the dot product of two LayerNorm outputs, the decoder's final ``layer_norm``
+    (queries) and the last encoder layer's ``text_enhancer_layer.layer_norm_after`` (tokens):
+    sum_i (a n_i + c)(e m_i + b) with n, m normalised (zero mean, unit variance over the
+    d_model dimensions). With constant LayerNorm weights a, e and biases c, b, the cross terms
+    a b sum(n) and c e sum(m) vanish, leaving a e sum(n m) (spread ~ a e sqrt(d) for unrelated
+    n, m) plus d c b. Random weights leave a = e = 1 and b = c = 0: logits of spread ~ 16
+    around 0, so half the 300 queries of every image would pass any threshold below 0.5 and
+    each would become a SAM box prompt. The decoder norm only feeds the class logits and the
+    box head, whose last layer starts at zero, so boxes are unchanged.
+    """
+    d = model.config.d_model
+    queries = model.model.decoder.layer_norm
+    tokens = model.model.encoder.layers[-1].text_enhancer_layer.layer_norm_after
+    with torch.no_grad():
+        queries.weight.fill_(std / math.sqrt(d))
+        queries.bias.fill_(1.0)
+        tokens.weight.fill_(1.0)
+        tokens.bias.fill_(mean / d)
+# The image processor's resize (shortest_edge, longest_edge): 128 px keeps the tiny forward
+# pass in milliseconds; the small one is the published 800/1333 scaled to SAM's 256 px (a
+# batch is padded to its largest image, so the long side bounds every image's cost).
+IMAGE_SIDES = {"tiny": (128, 128), "small": (256, 427)}
+
+
 def _add_processor_class(path: Path, name: str) -> None:
     """Record which processor the file belongs to, as the hub checkpoints do."""
     cfg = json.loads(path.read_text(encoding="utf-8"))
@@ -124,22 +202,26 @@ def _add_processor_class(path: Path, name: str) -> None:
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def build(out_dir: Path, seed: int = 0) -> dict:
-    """Write a randomly initialised tiny GroundingDINO (seeded) to ``out_dir``.
+def build(out_dir: Path, seed: int = 0, scale: str = "tiny") -> dict:
+    """Write a randomly initialised GroundingDINO of ``scale`` ("tiny" or "small"; seeded) to ``out_dir``.
 
     Returns ``{"format": "hf-grounding-dino", "params": int}``.
     """
+    if scale not in CONFIGS:
+        raise ValueError(f"detector: unknown zoo scale {scale!r}; scales are {', '.join(CONFIGS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     vocab = _bert_layout_vocab(_corpus_wordpieces())
     tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=256)
-    # 128 px keeps the forward pass in milliseconds; the real checkpoint uses 800/1333.
-    image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 128, "longest_edge": 128})
+    shortest, longest = IMAGE_SIDES[scale]
+    image_processor = GroundingDinoImageProcessor(size={"shortest_edge": shortest, "longest_edge": longest})
     processor = GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
     torch.manual_seed(seed)
-    model = GroundingDinoForObjectDetection(tiny_config(len(vocab))).eval()
+    model = GroundingDinoForObjectDetection(CONFIGS[scale](len(vocab))).eval()
+    if scale == "small":
+        calibrate_logits(model, SMALL_LOGIT_MEAN, SMALL_LOGIT_STD)
     model.save_pretrained(out_dir, safe_serialization=True)
     # Saved part by part, not as one processor: transformers 5 would fold the image
     # settings into processor_config.json, while the published checkpoint (and older

@@ -13,6 +13,12 @@ so ``SDInpainter.load`` reads both with one code path. What differs from the rea
 checkpoint is only the sizes: UNet blocks (32, 64) with one layer each, a 2-block VAE
 (latent scale 2 instead of 8), a 2-layer CLIP text encoder of width 32, and a CLIP BPE
 vocabulary of a few hundred merges trained here on ``tokenizer_corpus()``.
+
+The ``small`` scale keeps the layout and the tokenizer and grows the networks towards the
+real ones, for throughput measurements in which the model's compute dominates: a 3-level
+UNet (128, 256, 512) with two layers per block, heads of 64 and cross-attention on a
+512-wide 4-layer text encoder, at 256 px (32 x 32 latents), and a 4-level VAE (latent
+scale 8, as the real one).
 """
 
 from __future__ import annotations
@@ -106,8 +112,58 @@ def _write_tokenizer(out: Path, vocab: dict[str, int], merges: list[tuple[str, s
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
 
 
-def build(out_dir: Path, seed: int = 0) -> dict:
-    """Write a randomly initialised tiny SD2-inpainting pipeline to ``out_dir``.
+# Per scale, the keyword arguments of UNet2DConditionModel, AutoencoderKL and CLIPTextConfig
+# that differ between scales; the shared ones (channels in/out, SD2's linear projections, ...)
+# are set in ``build``.
+SCALES: dict[str, dict[str, dict]] = {
+    # SD2 conventions at tiny width: the first block(s) with cross-attention and the last without.
+    "tiny": {
+        "unet": dict(
+            sample_size=16,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            attention_head_dim=(2, 4),
+            cross_attention_dim=32,
+        ),
+        "vae": dict(
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            sample_size=32,
+        ),
+        "text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, projection_dim=32),
+    },
+    # SD2's UNet without its 1280-wide level: cross-attention in all levels but the deepest,
+    # two layers per block; diffusers' attention_head_dim is the number of heads (SD2: 64-wide).
+    "small": {
+        "unet": dict(
+            sample_size=32,  # 256 px / VAE scale 8
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            block_out_channels=(128, 256, 512),
+            layers_per_block=2,
+            attention_head_dim=(2, 4, 8),
+            cross_attention_dim=512,
+        ),
+        # Four levels as the real VAE (scale 8), half its widths: at 256 px its full-resolution
+        # convolutions would otherwise cost more than the whole UNet.
+        "vae": dict(
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(64, 128, 256, 256),
+            layers_per_block=2,
+            sample_size=256,
+        ),
+        "text": dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=4, num_attention_heads=8, projection_dim=512),
+    },
+}
+
+
+def build(out_dir: Path, seed: int = 0, scale: str = "tiny") -> dict:
+    """Write a randomly initialised SD2-inpainting pipeline of ``scale`` ("tiny" or "small") to ``out_dir``.
 
     Deterministic in ``seed``. Returns ``{"format": "diffusers-sd-inpaint", "params": N}``
     with N the parameter count of UNet + VAE + text encoder.
@@ -115,6 +171,9 @@ def build(out_dir: Path, seed: int = 0) -> dict:
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+    if scale not in SCALES:
+        raise ValueError(f"inpaint: unknown zoo scale {scale!r}; scales are {', '.join(SCALES)}")
+    sizes = SCALES[scale]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -124,42 +183,21 @@ def build(out_dir: Path, seed: int = 0) -> dict:
     _write_tokenizer(tok_dir, vocab, merges)
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir, local_files_only=True)
 
-    # SD2 conventions at tiny width: linear projections in the transformer blocks, the
-    # first block(s) with cross-attention and the last without, GELU CLIP text encoder.
+    # SD2 conventions: linear projections in the transformer blocks, GELU CLIP text encoder.
     unet = UNet2DConditionModel(
-        sample_size=16,
         in_channels=9,  # 4 noisy latents + 1 mask + 4 masked-image latents
         out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        attention_head_dim=(2, 4),
-        cross_attention_dim=32,
         use_linear_projection=True,
         norm_num_groups=32,
+        **sizes["unet"],
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=32,
-    )
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=32, **sizes["vae"])
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(vocab),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
+            **sizes["text"],
             max_position_embeddings=_MAX_LEN,
             hidden_act="gelu",
-            projection_dim=32,
             bos_token_id=vocab[_BOS],
             eos_token_id=vocab[_EOS],
             pad_token_id=vocab["!"],

@@ -12,12 +12,18 @@ LLaVA-1.5 chat template (``USER: <image>\\n{prompt} ASSISTANT:``), and safetenso
 What is tiny: hidden size 64 with heads of size 32 in both towers (vLLM's CPU attention only
 accepts some head sizes, 32 and 64 among them), 2 layers each, 56 px images, so that one
 image becomes 4 x 4 = 16 image tokens.
+
+The ``small`` scale (for throughput measurements in which the model's compute dominates)
+keeps the layout and the tokenizer: a 4-layer Llama 1024 wide with heads of 64, and a
+ViT-B/16-shaped CLIP vision tower (768 wide, 12 heads of 64) with 4 layers at 224 px, so
+that one image becomes 14 x 14 = 196 image tokens.
 """
 
 from __future__ import annotations
 
 import json
 import string
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,10 +42,35 @@ from transformers import (
 
 from .corpus import tokenizer_corpus
 
-IMAGE_SIZE = 56
-PATCH_SIZE = 14
-HIDDEN = 64
-HEAD_DIM = 32
+
+
+@dataclass(frozen=True)
+class VlmSize:
+    """The sizes that differ between zoo scales; heads are ``head_dim`` wide in both towers."""
+
+    text_hidden: int
+    text_intermediate: int
+    text_layers: int
+    vision_hidden: int
+    vision_layers: int
+    image_size: int
+    patch_size: int
+    head_dim: int
+    # std of the random weights; see _configs
+    initializer_range: float
+
+
+SIZES = {
+    "tiny": VlmSize(
+        text_hidden=64, text_intermediate=256, text_layers=2, vision_hidden=64, vision_layers=2,
+        image_size=56, patch_size=14, head_dim=32, initializer_range=0.2,
+    ),
+    # Llama's MLP ratio (11008 / 4096 ~ 2.7, rounded to a multiple of 256) and CLIP ViT-B's widths.
+    "small": VlmSize(
+        text_hidden=1024, text_intermediate=2816, text_layers=4, vision_hidden=768, vision_layers=4,
+        image_size=224, patch_size=16, head_dim=64, initializer_range=0.05,
+    ),
+}
 # Prompt (~60 tokens) + 16 image tokens + a generated answer fit many times over; RoPE has no
 # position table, so matching the real model's 4096 costs nothing (vLLM's max_model_len <= it).
 MAX_POSITIONS = 4096
@@ -98,35 +129,36 @@ def _train_tokenizer() -> LlamaTokenizer:
     return tok
 
 
-def _configs(tok: LlamaTokenizer) -> LlavaConfig:
+def _configs(tok: LlamaTokenizer, size: VlmSize) -> LlavaConfig:
     # Real llava-hf pads the vocabulary to a multiple of 64 (32064); so do we.
     vocab_size = -(-len(tok) // 64) * 64
     text = LlamaConfig(
         vocab_size=vocab_size,
-        hidden_size=HIDDEN,
-        intermediate_size=4 * HIDDEN,
-        num_hidden_layers=2,
-        num_attention_heads=HIDDEN // HEAD_DIM,
-        num_key_value_heads=HIDDEN // HEAD_DIM,
-        head_dim=HEAD_DIM,
+        hidden_size=size.text_hidden,
+        intermediate_size=size.text_intermediate,
+        num_hidden_layers=size.text_layers,
+        num_attention_heads=size.text_hidden // size.head_dim,
+        num_key_value_heads=size.text_hidden // size.head_dim,
+        head_dim=size.head_dim,
         max_position_embeddings=MAX_POSITIONS,
         rms_norm_eps=1e-5,
         # A wider init than 0.02 so that the random model's greedy answers and scores vary
-        # with the image and the text instead of sitting at a uniform distribution.
-        initializer_range=0.2,
+        # with the image and the text instead of sitting at a uniform distribution (narrower
+        # as the model widens: the logits' spread grows with sqrt(hidden) times this).
+        initializer_range=size.initializer_range,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         tie_word_embeddings=False,
     )
     vision = CLIPVisionConfig(
-        hidden_size=HIDDEN,
-        intermediate_size=4 * HIDDEN,
-        num_hidden_layers=2,
-        num_attention_heads=HIDDEN // HEAD_DIM,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        projection_dim=HIDDEN,
+        hidden_size=size.vision_hidden,
+        intermediate_size=4 * size.vision_hidden,
+        num_hidden_layers=size.vision_layers,
+        num_attention_heads=size.vision_hidden // size.head_dim,
+        image_size=size.image_size,
+        patch_size=size.patch_size,
+        projection_dim=size.text_hidden,
         hidden_act="quick_gelu",
         layer_norm_eps=1e-5,
     )
@@ -134,7 +166,7 @@ def _configs(tok: LlamaTokenizer) -> LlavaConfig:
         vision_config=vision,
         text_config=text,
         image_token_index=tok.convert_tokens_to_ids("<image>"),
-        image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2,
+        image_seq_length=(size.image_size // size.patch_size) ** 2,
         projector_hidden_act="gelu",
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,
@@ -142,11 +174,11 @@ def _configs(tok: LlamaTokenizer) -> LlavaConfig:
     )
 
 
-def _processor(tok: LlamaTokenizer) -> LlavaProcessor:
+def _processor(tok: LlamaTokenizer, size: VlmSize) -> LlavaProcessor:
     # CLIP's own normalisation; resize the short side then centre-crop, as llava-hf does.
     images = CLIPImageProcessor(
-        size={"shortest_edge": IMAGE_SIZE},
-        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        size={"shortest_edge": size.image_size},
+        crop_size={"height": size.image_size, "width": size.image_size},
         do_center_crop=True,
         image_mean=[0.48145466, 0.4578275, 0.40821073],
         image_std=[0.26862954, 0.26130258, 0.27577711],
@@ -154,7 +186,7 @@ def _processor(tok: LlamaTokenizer) -> LlavaProcessor:
     return LlavaProcessor(
         image_processor=images,
         tokenizer=tok,
-        patch_size=PATCH_SIZE,
+        patch_size=size.patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,  # CLIP's CLS token, dropped again by "default"
         chat_template=CHAT_TEMPLATE,
@@ -199,25 +231,33 @@ def rewrite_keys(weights_file: Path) -> None:
     save_file(renamed, str(weights_file), metadata={"format": "pt"})
 
 
-def tiny_model(seed: int = 0) -> tuple[LlavaForConditionalGeneration, LlamaTokenizer]:
-    """The random tiny model and its tokenizer, in memory: the weights ``build`` writes."""
+def _size(scale: str) -> VlmSize:
+    if scale not in SIZES:
+        raise ValueError(f"vlm: unknown zoo scale {scale!r}; scales are {', '.join(SIZES)}")
+    return SIZES[scale]
+
+
+def tiny_model(seed: int = 0, scale: str = "tiny") -> tuple[LlavaForConditionalGeneration, LlamaTokenizer]:
+    """The random model of ``scale`` and its tokenizer, in memory: the weights ``build`` writes."""
+    size = _size(scale)
     tok = _train_tokenizer()
     torch.manual_seed(seed)
-    return LlavaForConditionalGeneration(_configs(tok)).eval(), tok
+    return LlavaForConditionalGeneration(_configs(tok, size)).eval(), tok
 
 
-def build(out_dir: Path, seed: int = 0) -> dict:
-    """Write a random tiny LLaVA-1.5 to ``out_dir``: config.json, generation_config.json,
+def build(out_dir: Path, seed: int = 0, scale: str = "tiny") -> dict:
+    """Write a random LLaVA-1.5 of ``scale`` ("tiny" or "small") to ``out_dir``: config.json, generation_config.json,
     model.safetensors (published key names), tokenizer.json + tokenizer_config.json,
     preprocessor_config.json, processor_config.json and chat_template.jinja.
     Deterministic in ``seed``."""
+    size = _size(scale)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, tok = tiny_model(seed)
+    model, tok = tiny_model(seed, scale)
     model.save_pretrained(out_dir, safe_serialization=True)
     rewrite_keys(out_dir / "model.safetensors")
     GenerationConfig(
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
     ).save_pretrained(out_dir)
-    _save_processor(_processor(tok), out_dir)
+    _save_processor(_processor(tok, size), out_dir)
     return {"format": "llava-hf", "params": sum(p.numel() for p in model.parameters())}

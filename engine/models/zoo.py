@@ -1,5 +1,10 @@
 """The tiny zoo: every model the engine runs, tiny and randomly initialised, on disk in the
-format of its real checkpoint, with a manifest. Tests, CI and the demo run on it."""
+format of its real checkpoint, with a manifest. Tests, CI and the demo run on it.
+
+The same builders write a second scale, ``small``: the same architectures and formats with
+configurations close to the real models' per-layer sizes (fewer layers), so that throughput
+measured on it is dominated by the models' compute rather than by Python.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from ..errors import ModelLoadError
 
 MANIFEST = "manifest.json"
 ZOO_VERSION = 1
+SCALES = ("tiny", "small")
 BUILDERS = {
     "vlm": "tiny_vlm",
     "inpaint": "tiny_inpaint",
@@ -35,13 +41,16 @@ def checksum(directory: Path) -> str:
     return h.hexdigest()
 
 
-def build_tiny_zoo(out: str | Path, seed: int = 0) -> dict:
-    """Write the five tiny models under ``out/<role>`` and ``out/manifest.json``; returns the manifest.
+def build_tiny_zoo(out: str | Path, seed: int = 0, scale: str = "tiny") -> dict:
+    """Write the five models of ``scale`` ("tiny" or "small") under ``out/<role>`` and
+    ``out/manifest.json``; returns the manifest.
 
     The manifest is written last, so a directory with a manifest is a complete zoo.
     """
     from .load import quiet_libraries
 
+    if scale not in SCALES:
+        raise ValueError(f"zoo: unknown scale {scale!r}; scales are {', '.join(SCALES)}")
     quiet_libraries()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -52,7 +61,7 @@ def build_tiny_zoo(out: str | Path, seed: int = 0) -> dict:
         if target.exists():
             shutil.rmtree(target)
         start = time.perf_counter()
-        info = importlib.import_module(f"int_engine.models.{BUILDERS[role]}").build(target, seed=seed)
+        info = importlib.import_module(f"int_engine.models.{BUILDERS[role]}").build(target, seed=seed, scale=scale)
         models[role] = {
             "path": role,
             "format": info["format"],
@@ -60,7 +69,7 @@ def build_tiny_zoo(out: str | Path, seed: int = 0) -> dict:
             "sha256": checksum(target),
             "build_seconds": round(time.perf_counter() - start, 3),
         }
-    manifest = {"zoo": "tiny", "version": ZOO_VERSION, "seed": seed, "models": models}
+    manifest = {"zoo": scale, "version": ZOO_VERSION, "seed": seed, "scale": scale, "models": models}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
 
@@ -81,10 +90,18 @@ def verify_zoo(directory: str | Path) -> list[str]:
     return [role for role, m in manifest["models"].items() if checksum(Path(directory) / m["path"]) != m["sha256"]]
 
 
-def is_complete_zoo(directory: str | Path, seed: int = 0) -> bool:
-    """True when ``directory`` holds a tiny zoo of this version and seed with all roles."""
+def is_complete_zoo(directory: str | Path, seed: int = 0, scale: str = "tiny") -> bool:
+    """True when ``directory`` holds a zoo of this version, seed and scale with all roles.
+
+    A manifest without ``scale`` (written before scales existed) is a tiny zoo.
+    """
     try:
         manifest = read_manifest(directory)
     except ModelLoadError:
         return False
-    return manifest.get("version") == ZOO_VERSION and manifest.get("seed") == seed and set(manifest.get("models", {})) == set(ROLES)
+    return (
+        manifest.get("version") == ZOO_VERSION
+        and manifest.get("seed") == seed
+        and manifest.get("scale", "tiny") == scale
+        and set(manifest.get("models", {})) == set(ROLES)
+    )
