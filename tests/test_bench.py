@@ -165,8 +165,9 @@ def test_compare_prints_both_tables_with_deltas(tiny_zoo, tmp_path, capsys):
 
 def _bench_cmd(tiny_zoo, data, out, *extra):
     exe = str(Path(sys.executable).parent / "int-engine")
+    # two images in flight: results land in waves of two, so a kill after the first wave is part-way
     return [exe, "bench", "--dataset", "synthetic", "--data-root", str(data), "--limit", "6", "--out", str(out),
-            "--models", str(tiny_zoo), *FAST, *extra]
+            "--models", str(tiny_zoo), "--set", "max_in_flight=2", *FAST, *extra]
 
 
 def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_table(tiny_zoo, tmp_path):
