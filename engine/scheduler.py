@@ -46,15 +46,15 @@ class TickStats:
 
     ticks: int = 0
     calls: dict[str, int] | None = None
-    requests: dict[str, int] | None = None
+    request_counts: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
-        self.calls, self.requests = {}, {}
+        self.calls, self.request_counts = {}, {}
 
     def count(self, call: ModelCall, n_calls: int = 1) -> None:
         name = f"{call.role}.{call.method}"
         self.calls[name] = self.calls.get(name, 0) + n_calls
-        self.requests[name] = self.requests.get(name, 0) + call.size
+        self.request_counts[name] = self.request_counts.get(name, 0) + call.size
 
 
 def mine_batch(calls: list[ModelCall]) -> list[list]:

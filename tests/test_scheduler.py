@@ -46,7 +46,7 @@ def test_scheduler_equals_eager_and_batches_every_model_call():
     assert sched.stats.calls["vlm.generate"] == cfg.iterations
     assert sched.stats.calls["vlm.score"] == cfg.iterations
     assert sched.stats.calls["segmenter.segment"] == cfg.iterations
-    assert sched.stats.requests["vlm.generate"] == 4 * cfg.iterations * 2 * 9
+    assert sched.stats.request_counts["vlm.generate"] == 4 * cfg.iterations * 2 * 9
 
 
 def test_sequential_reference_makes_one_call_per_request_and_gives_the_same_masks():

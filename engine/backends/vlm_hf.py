@@ -101,17 +101,7 @@ class HFLlavaVLM:
         The prompt's tokens are the shared prefix of the two tokenisations; images are left
         out because the image tokens sit before the answer and do not change its tokens.
         """
-        prompts = self.tokenizer(prompt_texts)["input_ids"]
-        fulls = self.tokenizer(full_texts)["input_ids"]
-        lengths = []
-        for j, (pre, full) in enumerate(zip(prompts, fulls)):
-            shared = 0
-            while shared < min(len(pre), len(full)) and pre[shared] == full[shared]:
-                shared += 1
-            if shared == len(full):
-                raise ValueError(f"answer {j} has no tokens of its own after the prompt: {full_texts[j]!r}")
-            lengths.append(len(full) - shared)
-        return lengths
+        return [len(ids) for ids in answer_token_ids(self.tokenizer, prompt_texts, full_texts)]
 
     def _inputs(self, images: Sequence[np.ndarray], texts: list[str], padding_side: str) -> dict:
         pil = [Image.fromarray(_check_image(img, j)) for j, img in enumerate(images)]
@@ -201,6 +191,22 @@ class HFLlavaVLM:
         is_answer = torch.arange(longest, device=token_lp.device)[None, :] >= (longest - n)[:, None]
         mean = (token_lp * is_answer).sum(-1) / n
         return mean.cpu().numpy().astype(np.float32)
+
+
+def answer_token_ids(tokenizer, prompt_texts: list[str], full_texts: list[str]) -> list[list[int]]:
+    """Each answer's token ids: the full text's tokens after the prefix it shares with the
+    prompt's tokenisation (so " frog" after "ASSISTANT:" is "▁frog", as generated)."""
+    prompts = tokenizer(prompt_texts)["input_ids"]
+    fulls = tokenizer(full_texts)["input_ids"]
+    answers = []
+    for j, (pre, full) in enumerate(zip(prompts, fulls)):
+        shared = 0
+        while shared < min(len(pre), len(full)) and pre[shared] == full[shared]:
+            shared += 1
+        if shared == len(full):
+            raise ValueError(f"answer {j} has no tokens of its own after the prompt: {full_texts[j]!r}")
+        answers.append(list(full[shared:]))
+    return answers
 
 
 def scoring_texts(chat_text, images: Sequence[np.ndarray], prompts: Sequence[str], answers: Sequence[str]) -> tuple[list[str], list[str]]:

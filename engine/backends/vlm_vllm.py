@@ -29,7 +29,7 @@ from PIL import Image
 
 from ..errors import ConfigError, ModelLoadError
 from ..models.checks import require_files
-from .vlm_hf import EXPECTED_FILES, LLAVA15_FORMAT, _check_image, _check_lengths, scoring_texts
+from .vlm_hf import EXPECTED_FILES, LLAVA15_FORMAT, _check_image, _check_lengths, answer_token_ids, scoring_texts
 
 if TYPE_CHECKING:
     from transformers import ProcessorMixin
@@ -164,17 +164,7 @@ class VLLMLlavaVLM:
     def _answer_ids(self, prompt_texts: list[str], full_texts: list[str]) -> list[list[int]]:
         """Each answer's token ids: those of the full text after its shared prefix with the
         prompt's tokenisation (the rule of ``HFLlavaVLM._answer_lengths``)."""
-        prompts = self.tokenizer(prompt_texts)["input_ids"]
-        fulls = self.tokenizer(full_texts)["input_ids"]
-        answers = []
-        for j, (pre, full) in enumerate(zip(prompts, fulls)):
-            shared = 0
-            while shared < min(len(pre), len(full)) and pre[shared] == full[shared]:
-                shared += 1
-            if shared == len(full):
-                raise ValueError(f"answer {j} has no tokens of its own after the prompt: {full_texts[j]!r}")
-            answers.append(list(full[shared:]))
-        return answers
+        return answer_token_ids(self.tokenizer, prompt_texts, full_texts)
 
     def _requests(self, images: Sequence[np.ndarray], texts: list[str]) -> list[dict]:
         return [
