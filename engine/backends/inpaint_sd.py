@@ -26,6 +26,7 @@ import torch
 
 from ..errors import ConfigError, ModelLoadError
 from ..models.checks import require_files
+from .inpaint_jobs import binary_mask, check_jobs
 
 ROLE = "inpaint"
 FORMAT = "diffusers StableDiffusionInpaintPipeline"
@@ -212,14 +213,6 @@ class SDInpainter:
         crop = cv2.resize(crop, (width, height), interpolation=cv2.INTER_CUBIC)
         return np.clip(np.rint(crop * 255.0), 0, 255).astype(np.uint8)
 
-    def _binary_mask(self, mask: np.ndarray) -> np.ndarray:
-        """float [H, W] -> bool [H, W]: > 0.5, then grown by ``dilate`` pixels."""
-        m = mask > 0.5
-        if self.dilate and m.any():
-            k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * self.dilate + 1, 2 * self.dilate + 1))
-            m = cv2.dilate(m.astype(np.uint8), k) > 0
-        return m
-
     # -- inference ----------------------------------------------------------------------------
 
     def inpaint(
@@ -237,21 +230,11 @@ class SDInpainter:
         and cost nothing; all others run in one batched pipeline call (or ``max_batch``-sized
         calls), each with its own ``torch.Generator`` so that batch-mates do not matter.
         """
-        n = len(images)
-        if not (len(masks) == len(prompts) == len(negative_prompts) == len(seeds) == n):
-            raise ValueError(
-                f"{ROLE}: images, masks, prompts, negative_prompts, seeds must have one entry per job, got lengths "
-                f"{n}, {len(masks)}, {len(prompts)}, {len(negative_prompts)}, {len(seeds)}"
-            )
+        check_jobs(ROLE, images, masks, prompts, negative_prompts, seeds)
         outputs = [np.array(im, copy=True) for im in images]
         bins, jobs = [], []
-        for j, (im, mk) in enumerate(zip(images, masks)):
-            if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8 or mk.shape != im.shape[:2]:
-                raise ValueError(
-                    f"{ROLE}: job {j}: need a uint8 [H, W, 3] image and an [H, W] mask, "
-                    f"got {im.shape} {im.dtype} and {mk.shape}"
-                )
-            bins.append(self._binary_mask(mk))
+        for j, mk in enumerate(masks):
+            bins.append(binary_mask(mk, self.dilate))
             if bins[j].any():
                 jobs.append(j)
         chunk = self.max_batch or max(1, len(jobs))

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from ..errors import ConfigError
+from .inpaint_jobs import binary_mask, check_jobs
 
 ROLE = "inpaint"
 
@@ -59,23 +60,10 @@ class TeleaInpainter:
         Pixels outside the (dilated) mask are exactly the input's; an empty mask returns
         a copy of the input.
         """
-        n = len(images)
-        if not (len(masks) == len(prompts) == len(negative_prompts) == len(seeds) == n):
-            raise ValueError(
-                f"{ROLE}: images, masks, prompts, negative_prompts, seeds must have one entry per job, got lengths "
-                f"{n}, {len(masks)}, {len(prompts)}, {len(negative_prompts)}, {len(seeds)}"
-            )
+        check_jobs(ROLE, images, masks, prompts, negative_prompts, seeds)
         out = []
-        for j, (im, mk) in enumerate(zip(images, masks)):
-            if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8 or mk.shape != im.shape[:2]:
-                raise ValueError(
-                    f"{ROLE}: job {j}: need a uint8 [H, W, 3] image and an [H, W] mask, "
-                    f"got {im.shape} {im.dtype} and {mk.shape}"
-                )
-            m = (mk > 0.5).astype(np.uint8)
-            if self.dilate and m.any():
-                k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * self.dilate + 1, 2 * self.dilate + 1))
-                m = cv2.dilate(m, k)
+        for im, mk in zip(images, masks):
+            m = binary_mask(mk, self.dilate).astype(np.uint8)
             if not m.any():
                 out.append(np.array(im, copy=True))
                 continue
