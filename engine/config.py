@@ -96,6 +96,9 @@ class EngineConfig:
     # call (backends also cut their own forward passes: e.g. vlm max_batch_size, sam batch_size)
     max_in_flight: int = 8
     max_batch_items: int = 4096
+    # after every tick, hand the heap pages it freed back to the OS (engine.memory): resident
+    # memory stays flat over long runs instead of keeping every tick's high-water mark
+    trim_heap: bool = True
     models: ModelsConfig = field(default_factory=ModelsConfig)
 
     def __post_init__(self) -> None:

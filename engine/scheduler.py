@@ -20,6 +20,7 @@ import torch
 
 from .calls import ModelCall, concat, run_model, split
 from .config import EngineConfig
+from .memory import trim_heap
 from .pipeline import Reply, Result
 from .protocols import Models
 from .trace import call_range, cuda_sync
@@ -127,7 +128,10 @@ class Scheduler:
             if not inflight:
                 continue
             self.stats.ticks += 1
-            for job, outcome in self._tick(inflight):
+            finished = self._tick(inflight)
+            if self.config.trim_heap:
+                trim_heap()
+            for job, outcome in finished:
                 inflight.remove(job)
                 yield job.key, outcome
 

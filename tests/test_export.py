@@ -32,7 +32,7 @@ from int_engine.export import trt_engine  # noqa: E402
 from int_engine.export.onnx_sam import decoder_example  # noqa: E402
 from int_engine.export.onnx_sd import sd_examples  # noqa: E402
 from int_engine.export.runtime import providers_for  # noqa: E402
-from int_engine.export.sam_runtime import GraphPredictor  # noqa: E402
+from int_engine.export.sam_runtime import GraphDecoder  # noqa: E402
 from int_engine.export.sd_runtime import GraphUNet, GraphVae  # noqa: E402
 from int_engine.models.zoo import checksum  # noqa: E402
 from int_engine.protocols import SegmentRequest  # noqa: E402
@@ -67,7 +67,7 @@ def sessions(sams, sds):
     sam, sd = sams[1], sds[1]
     runners = {
         "image_encoder": sam.encoder.runner,
-        "prompt_decoder": sam.predictor.decoder,
+        "prompt_decoder": sam.decoder.runner,
         "unet": sd.pipe.unet.runner,
         "vae_encoder": sd.pipe.vae.encoder_runner,
         "vae_decoder": sd.pipe.vae.decoder_runner,
@@ -102,6 +102,7 @@ def test_manifest_records_every_artifact(tiny_zoo, exported, sessions):
         assert [o.name for o in sessions[a["module"]].get_outputs()] == [s["name"] for s in a["outputs"]]
     by = {a["module"]: a for a in manifest["artifacts"]}
     assert by["image_encoder"]["inputs"][0]["shape"] == ["batch", 3, 128, 128]
+    assert by["prompt_decoder"]["inputs"][0]["shape"] == ["num_prompts", 32, 8, 8]  # one embedding per prompt
     assert by["prompt_decoder"]["inputs"][1]["shape"] == ["num_prompts", "num_points", 2]
     assert by["unet"]["inputs"][0]["shape"] == ["batch", 9, "height", "width"]
     assert by["vae_decoder"]["outputs"][0]["shape"] == ["batch", 3, "image_height", "image_width"]
@@ -114,7 +115,7 @@ def test_compile_format_writes_entries_but_no_files(tiny_zoo, exported, tmp_path
     compiled = [a for a in manifest["artifacts"] if a["format"] == "compile"]
     assert {a["module"] for a in compiled} == set(MODULES["segmenter"])
     assert all(a["file"] is None and a["compile_options"] == {"mode": "reduce-overhead"} for a in compiled)
-    assert {a["target"] for a in compiled} == {"sam.image_encoder", "sam.mask_decoder"}
+    assert {a["target"] for a in compiled} == {"sam.image_encoder", "PromptDecoder(sam): sam.prompt_encoder + sam.mask_decoder"}
     assert sum(a["format"] == "onnx" for a in manifest["artifacts"]) == 5  # other formats kept
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in exported[0].iterdir())
 
@@ -133,11 +134,12 @@ def test_sam_encoder_graph_matches_eager(sams, sessions):
 
 @pytest.mark.parametrize("case", ["points", "boxes", "boxes+points", "mask"])
 def test_sam_decoder_graph_matches_prompt_encoder_and_decoder(sams, sessions, case):
-    """The graph against SAM's own PromptEncoder + MaskDecoder, fed as SamPredictor feeds them."""
-    from int_engine.export.sam_runtime import flatten_prompts
+    """The graph against SAM's own PromptEncoder + MaskDecoder, fed as SamPredictor feeds them
+    (one image's embedding for all its prompts)."""
+    from int_engine.backends.sam_decode import flatten_prompts
 
     sam = sams[0].sam
-    emb = decoder_example(sam)[0]
+    emb = decoder_example(sam)[0][:1]
     gen = torch.Generator().manual_seed(2)
     n = 3
     points = torch.rand(1 if case == "points" else n, 2, 2, generator=gen) * 128
@@ -151,7 +153,7 @@ def test_sam_decoder_graph_matches_prompt_encoder_and_decoder(sams, sessions, ca
         want = sam.mask_decoder.predict_masks(emb, sam.prompt_encoder.get_dense_pe(), sparse, dense)
     coords, labs = flatten_prompts(*(pts or (None, None)), bxs)
     m_in, has = (mask, torch.ones(1)) if mask is not None else (torch.zeros(1, 1, 32, 32), torch.zeros(1))
-    got = _run(sessions["prompt_decoder"], emb, coords, labs, m_in, has)
+    got = _run(sessions["prompt_decoder"], emb.expand(len(coords), -1, -1, -1), coords, labs, m_in, has)
     for g, w in zip(got, want):
         assert g.shape == tuple(w.shape)
         np.testing.assert_allclose(g, w.numpy(), **TOL)
@@ -191,7 +193,7 @@ def _sam_requests() -> list[SegmentRequest]:
 @pytest.mark.parametrize("multimask", [False, True])
 def test_sam_backend_onnx_equals_eager(sams, multimask):
     eager, onnx = sams
-    assert isinstance(onnx.predictor, GraphPredictor) and onnx.runtime == "onnx"
+    assert isinstance(onnx.decoder, GraphDecoder) and onnx.runtime == "onnx"
     calls = []
     encode = onnx.encoder
     onnx.encoder = lambda x: calls.append(len(x)) or encode(x)  # prove the graph ran
@@ -258,6 +260,18 @@ def test_manifest_checksum_mismatch_is_refused(tiny_zoo, exported, tmp_path):
         SDInpainter.load(Path(tiny_zoo) / "inpaint", runtime="onnx", artifacts=out, **SD_OPTS)
 
 
+def test_decoder_graph_of_one_image_per_call_is_refused(tiny_zoo, exported, tmp_path):
+    out = tmp_path / "old"
+    shutil.copytree(exported[0], out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for a in manifest["artifacts"]:
+        if a["module"] == "prompt_decoder":
+            a["inputs"][0]["shape"][0] = 1  # as graphs exported before prompts carried their own embedding
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError, match=r"prompt_decoder/model\.onnx decodes against one image embedding.*re-export"):
+        SamSegmenter.load(Path(tiny_zoo) / "segmenter", runtime="onnx", artifacts=out)
+
+
 def test_bad_runtime_and_missing_artifacts(tiny_zoo, tmp_path):
     with pytest.raises(ConfigError, match="runtime must be one of"):
         SamSegmenter.load(Path(tiny_zoo) / "segmenter", runtime="tvm")
@@ -283,8 +297,8 @@ def test_compile_runtime_matches_eager(tiny_zoo, sams, tmp_path):
     # code generation, which takes ~110 s for the tiny SAM on this 2-core CPU (measured).
     export_models(tiny_zoo, "compile", tmp_path, roles=("segmenter",), compile_backend="eager")
     compiled = SamSegmenter.load(Path(tiny_zoo) / "segmenter", runtime="compile", artifacts=tmp_path)
-    assert isinstance(compiled.sam.image_encoder, torch._dynamo.eval_frame.OptimizedModule)
-    assert isinstance(compiled.sam.mask_decoder, torch._dynamo.eval_frame.OptimizedModule)
+    assert isinstance(compiled.encoder, torch._dynamo.eval_frame.OptimizedModule)
+    assert isinstance(compiled.decoder, torch._dynamo.eval_frame.OptimizedModule)
     reqs = _sam_requests()[:1]  # one shape: each new shape is another capture
     for w, g in zip(sams[0].segment(reqs), compiled.segment(reqs)):
         np.testing.assert_array_equal(g, w)

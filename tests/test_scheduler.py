@@ -83,6 +83,20 @@ def test_memory_is_bounded_by_max_in_flight():
     assert sorted(done) == list(range(7)) and peak[0] == 3
 
 
+@pytest.mark.parametrize("trim", [True, False])
+def test_freed_heap_is_given_back_after_every_tick(monkeypatch, trim):
+    import int_engine.scheduler as scheduler_module
+    from int_engine.memory import trim_heap
+
+    assert trim_heap() is True  # glibc Linux, as on the machines this runs on
+    ticks_done = []
+    monkeypatch.setattr(scheduler_module, "trim_heap", lambda: ticks_done.append(sched.stats.ticks))
+    cfg = EngineConfig(iterations=1, max_in_flight=2, trim_heap=trim)
+    sched = Scheduler(scripted_models(WORLD), cfg)
+    assert len(dict(sched.run(jobs(scenes(3), cfg)))) == 3
+    assert ticks_done == (list(range(1, sched.stats.ticks + 1)) if trim else [])
+
+
 class _FailingVLM:
     """Raises on one poisoned image (all black), as a model may on a bad input."""
 

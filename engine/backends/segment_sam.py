@@ -21,12 +21,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from segment_anything import SamPredictor
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything.utils.transforms import ResizeLongestSide
 
 from ..errors import ModelLoadError
 from ..models.checks import require_files
 from ..protocols import SegmentRequest
+from .sam_decode import Decoder, PromptDecoder, decode_requests, flatten_prompts, union_masks
 
 ROLE = "segmenter"
 FORMAT = "segment-anything (state dict *.pth + sam_arch.json)"
@@ -184,12 +185,12 @@ def load_sam(pth: Path, arch: SamArch, device: str, dtype: torch.dtype) -> Sam:
 
 
 class SamSegmenter:
-    """``Segmenter`` on ``segment_anything.SamPredictor``.
+    """``Segmenter`` on segment-anything's SAM.
 
-    The image encoder runs on up to ``batch_size`` request images at once (each resized
-    and padded exactly as ``SamPredictor.set_image`` does); the predictor is then given
-    each image's embedding and decodes all of that request's boxes in one
-    ``predict_torch`` call, every box with the same points.
+    A call encodes its request images in batches of up to ``batch_size`` (each resized and
+    padded exactly as ``SamPredictor.set_image`` does), then decodes the prompts of all its
+    requests together (``sam_decode``: every prompt with its own image's embedding, at most
+    ``decode_batch`` prompts per pass); each box of a request carries the request's points.
     """
 
     def __init__(
@@ -197,19 +198,22 @@ class SamSegmenter:
         sam: Sam,
         multimask_output: bool = False,
         batch_size: int = 4,
+        decode_batch: int = 64,
         *,
         encoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        predictor: SamPredictor | None = None,
+        decoder: Decoder | None = None,
         runtime: str = "eager",
     ) -> None:
-        """encoder / predictor: stand-ins for ``sam.image_encoder`` and ``SamPredictor(sam)``
-        (the exported graphs, see ``int_engine.export.sam_runtime``); None = the eager modules."""
+        """encoder / decoder: stand-ins for ``sam.image_encoder`` and ``PromptDecoder(sam)``
+        (the exported or compiled graphs, see ``int_engine.export.sam_runtime``); None = eager."""
         self.sam = sam
-        self.predictor = predictor or SamPredictor(sam)
-        self.encoder = encoder
+        self.transform = ResizeLongestSide(sam.image_encoder.img_size)
+        self.encoder = encoder if encoder is not None else sam.image_encoder
+        self.decoder = decoder if decoder is not None else PromptDecoder(sam)
         self.runtime = runtime
         self.multimask_output = multimask_output
         self.batch_size = max(1, int(batch_size))
+        self.decode_batch = max(1, int(decode_batch))
 
     @classmethod
     def load(
@@ -220,6 +224,7 @@ class SamSegmenter:
         *,
         multimask_output: bool = False,
         batch_size: int = 4,
+        decode_batch: int = 64,
         checkpoint: str | None = None,
         runtime: str = "eager",
         artifacts: str | Path | None = None,
@@ -228,7 +233,9 @@ class SamSegmenter:
 
         multimask_output: ask SAM for its 3 masks per prompt and keep the highest-scoring
         one (better for a lone point); False takes SAM's single mask.
-        batch_size: images per image-encoder call. checkpoint: which ``*.pth`` to load.
+        batch_size: images per image-encoder call. decode_batch: prompts per mask-decoder
+        pass (each holds a copy of its image embedding: 4 MB for vit_h). checkpoint: which
+        ``*.pth`` to load.
         runtime: "eager"; "onnx" / "tensorrt" run the image encoder and the prompt decoder
         from the export folder ``artifacts`` (``int-engine export``), refusing artifacts
         exported from another checkpoint; "compile" wraps them with ``torch.compile``
@@ -245,18 +252,20 @@ class SamSegmenter:
             sam = load_sam(pth, arch, device, DTYPES[dtype])
         except Exception as err:  # torch/segment-anything raise many types; one message for the CLI
             raise ModelLoadError(f"{ROLE}: cannot load {FORMAT} from {path}: {err}") from err
-        encoder = predictor = None
+        encoder = decoder = None
         if runtime in ("onnx", "tensorrt"):
             from ..export.sam_runtime import open_sam_graphs
 
-            encoder, predictor = open_sam_graphs(sam, runtime, artifacts, pth.parent, device)
+            encoder, decoder = open_sam_graphs(sam, runtime, artifacts, pth.parent, device)
+            if decoder.max_prompts is not None:  # a TensorRT profile's upper bound
+                decode_batch = min(decode_batch, decoder.max_prompts)
         elif runtime == "compile":
             from ..export.sam_runtime import compile_sam
 
-            compile_sam(sam, artifacts, pth.parent)
+            encoder, decoder = compile_sam(sam, artifacts, pth.parent)
         return cls(
-            sam, multimask_output=multimask_output, batch_size=batch_size,
-            encoder=encoder, predictor=predictor, runtime=runtime,
+            sam, multimask_output=multimask_output, batch_size=batch_size, decode_batch=decode_batch,
+            encoder=encoder, decoder=decoder, runtime=runtime,
         )
 
     @property
@@ -274,46 +283,44 @@ class SamSegmenter:
                 todo.append(i)
             else:
                 out[i] = np.zeros(req.image.shape[:2], np.float32)
+        if not todo:
+            return out  # type: ignore[return-value]
+        originals = [tuple(requests[i].image.shape[:2]) for i in todo]
         with torch.inference_mode():
+            features, input_sizes = [], []
             for start in range(0, len(todo), self.batch_size):
-                chunk = todo[start : start + self.batch_size]
-                features, input_sizes = self._encode([requests[i].image for i in chunk])
-                for j, i in enumerate(chunk):
-                    out[i] = self._decode(features[j : j + 1], input_sizes[j], requests[i])
+                f, sizes = self._encode([requests[i].image for i in todo[start : start + self.batch_size]])
+                features.append(f)
+                input_sizes += sizes
+            prompts = [self._prompts(requests[i], size) for i, size in zip(todo, originals)]
+            logits = decode_requests(self.decoder, torch.cat(features), prompts, self.multimask_output, self.decode_batch)
+            masks = union_masks(self.sam, logits, input_sizes, originals, self.decode_batch)
+        for i, mask in zip(todo, masks):
+            out[i] = mask.to(torch.float32).cpu().numpy()
         return out  # type: ignore[return-value]
 
     def _encode(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Image embeddings float32 [B, C, h, w] and each image's resized (unpadded) size."""
         batch, sizes = [], []
         for image in images:
-            resized = self.predictor.transform.apply_image(image)  # uint8 [h, w, 3], long side = img_size
+            resized = self.transform.apply_image(image)  # uint8 [h, w, 3], long side = img_size
             x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
             sizes.append(tuple(x.shape[-2:]))
             batch.append(self.sam.preprocess(x))  # normalised, padded to a square
-        enc = self.sam.image_encoder
-        features = (self.encoder or enc)(torch.cat(batch).to(enc.patch_embed.proj.weight.dtype))
+        features = self.encoder(torch.cat(batch).to(self.sam.image_encoder.patch_embed.proj.weight.dtype))
         return features.float(), sizes
 
-    def _decode(self, features: torch.Tensor, input_size: tuple[int, int], req: SegmentRequest) -> np.ndarray:
-        """The union mask of one request, given its image embedding [1, C, h, w]."""
-        p, original = self.predictor, tuple(req.image.shape[:2])
-        # What set_image leaves behind, so that predict_torch decodes against this image.
-        p.features, p.input_size, p.original_size, p.is_image_set = features, input_size, original, True
+    def _prompts(self, req: SegmentRequest, original: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A request's prompts in the encoder's frame: coords [N, P, 2], labels [N, P] (``flatten_prompts``)."""
         boxes = coords = labels = None
         if len(req.boxes):
             raw = torch.as_tensor(np.asarray(req.boxes, np.float32), device=self.device)
-            boxes = p.transform.apply_boxes_torch(raw, original)  # [B, 4]
+            boxes = self.transform.apply_boxes_torch(raw, original)  # [B, 4]
         if len(req.points):
             raw = torch.as_tensor(np.asarray(req.points, np.float32), device=self.device)
-            coords = p.transform.apply_coords_torch(raw, original)[None]  # [1, P, 2]
-            labels = torch.as_tensor(np.asarray(req.labels), dtype=torch.int, device=self.device)[None]
-            if boxes is not None:
-                coords, labels = coords.repeat(len(boxes), 1, 1), labels.repeat(len(boxes), 1)
-        masks, scores, _ = p.predict_torch(coords, labels, boxes, multimask_output=self.multimask_output)
-        # masks: bool [B, M, H, W]; scores: [B, M]. Keep each prompt's best of its M masks.
-        best = masks[torch.arange(len(masks), device=masks.device), scores.argmax(dim=1)]
-        p.reset_image()
-        return best.any(dim=0).to(torch.float32).cpu().numpy()
+            coords = self.transform.apply_coords_torch(raw, original)[None]  # [1, P, 2]
+            labels = torch.as_tensor(np.asarray(req.labels), dtype=torch.float32, device=self.device)[None]
+        return flatten_prompts(coords, labels, boxes)
 
 
 def _check(req: SegmentRequest) -> None:

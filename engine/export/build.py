@@ -24,7 +24,7 @@ MODULES = {"segmenter": ("image_encoder", "prompt_decoder"), "inpaint": ("unet",
 # What "compile" wraps, per module (the same modules the ONNX graphs hold).
 COMPILE_TARGETS = {
     "image_encoder": "sam.image_encoder",
-    "prompt_decoder": "sam.mask_decoder",
+    "prompt_decoder": "PromptDecoder(sam): sam.prompt_encoder + sam.mask_decoder",
     "unet": "pipe.unet",
     "vae_encoder": "pipe.vae.encoder",
     "vae_decoder": "pipe.vae.decoder",

@@ -1,11 +1,13 @@
 """SAM as two ONNX graphs: the image encoder and the prompt decoder (prompt encoder + mask decoder).
 
 The split is SAM's own (``segment_anything/utils/onnx.py``): the heavy encoder runs once per
-image, the light decoder once per prompt batch. The decoder graph differs from SAM's example
-in two ways the engine needs: it takes a batch of N prompts against one image (SAM's example
-takes one), and it returns the low-resolution logits of all 1 + num_multimask_outputs masks
-without upscaling, so that the backend's torch code (``Sam.postprocess_masks``, the choice of
-single vs multi-mask) stays exactly the eager path's.
+image, the light decoder once per prompt batch. The decoder graph (``sam_decode.PromptDecoder``,
+the module the eager backend runs) differs from SAM's example in two ways the engine needs: it
+takes a batch of N prompts, each with its own image embedding, so that one pass serves the
+prompts of many images (SAM's example takes one prompt against one image), and it returns the
+low-resolution logits of all 1 + num_multimask_outputs masks without upscaling, so that the
+backend's torch code (``Sam.postprocess_masks``, the choice of single vs multi-mask) stays
+exactly the eager path's.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import torch
 from segment_anything.modeling import Sam
 
+from ..backends.sam_decode import PromptDecoder
 from .manifest import artifact_entry, source_info
 from .onnx_io import DEFAULT_OPSET, export_onnx
 
@@ -26,10 +29,6 @@ DECODER_IO = (
     ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"],
     ["low_res_masks", "iou_predictions"],
 )
-# Point labels as SAM's prompt encoder reads them; a box is its two corners labelled 2 and 3.
-PAD, NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1, 0, 1, 2, 3
-
-
 class SamEncoderGraph(torch.nn.Module):
     """images float32 [B, 3, S, S] (normalised, padded: ``Sam.preprocess``) -> embeddings [B, C, g, g]."""
 
@@ -41,61 +40,14 @@ class SamEncoderGraph(torch.nn.Module):
         return self.image_encoder(images)
 
 
-class SamDecoderGraph(torch.nn.Module):
-    """SAM's prompt encoder + mask decoder over N prompts of P points each, against one image.
-
-    Inputs: image_embeddings [1, C, g, g]; point_coords [N, P, 2] in the encoder's input frame
-    (after ``ResizeLongestSide``); point_labels float [N, P] (-1 padding, 0/1 negative/positive,
-    2/3 box corners); mask_input [1 or N, 1, 4g, 4g] low-res logits; has_mask_input [1]
-    (0 = no mask: the learnt no-mask embedding is used instead).
-    Outputs: low_res_masks [N, M, 4g, 4g] logits and iou_predictions [N, M], M = 1 + multimask.
-    """
-
-    def __init__(self, sam: Sam) -> None:
-        super().__init__()
-        self.prompt_encoder = sam.prompt_encoder
-        self.mask_decoder = sam.mask_decoder
-        self.img_size = sam.image_encoder.img_size
-
-    def _embed_points(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        # PromptEncoder._embed_points/_embed_boxes, with masked sums instead of boolean indexing
-        # (which traces to data-dependent shapes).
-        pe = self.prompt_encoder
-        emb = pe.pe_layer._pe_encoding((coords + 0.5) / self.img_size)
-        labels = labels.unsqueeze(-1)
-        emb = emb * (labels != PAD) + pe.not_a_point_embed.weight * (labels == PAD)
-        for i in range(pe.num_point_embeddings):
-            emb = emb + pe.point_embeddings[i].weight * (labels == i)
-        return emb
-
-    def _embed_masks(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
-        pe = self.prompt_encoder
-        no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        return has_mask_input * pe.mask_downscaling(mask_input) + (1 - has_mask_input) * no_mask
-
-    def forward(
-        self,
-        image_embeddings: torch.Tensor,
-        point_coords: torch.Tensor,
-        point_labels: torch.Tensor,
-        mask_input: torch.Tensor,
-        has_mask_input: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.mask_decoder.predict_masks(
-            image_embeddings=image_embeddings,
-            image_pe=self.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=self._embed_points(point_coords, point_labels),
-            dense_prompt_embeddings=self._embed_masks(mask_input, has_mask_input),
-        )
-
-
 def decoder_example(sam: Sam, n: int = 2, p: int = 3) -> tuple[torch.Tensor, ...]:
-    """Example decoder inputs (n prompts of p points, no mask), for export and tests."""
+    """Example decoder inputs (n prompts of p points, each against its own image embedding, no
+    mask), for export and tests."""
     c = sam.prompt_encoder.embed_dim
     g = sam.prompt_encoder.image_embedding_size
     gen = torch.Generator().manual_seed(0)
     return (
-        torch.randn(1, c, *g, generator=gen),
+        torch.randn(n, c, *g, generator=gen),
         torch.rand(n, p, 2, generator=gen) * sam.image_encoder.img_size,
         torch.randint(-1, 4, (n, p), generator=gen).float(),
         torch.zeros(1, 1, 4 * g[0], 4 * g[1]),
@@ -120,10 +72,11 @@ def export_sam(sam: Sam, model_dir: Path, out_dir: Path, opset: int = DEFAULT_OP
         ),
         (
             DECODER,
-            SamDecoderGraph(sam),
+            PromptDecoder(sam),
             decoder_example(sam),
             DECODER_IO,
             {
+                "image_embeddings": {0: "num_prompts"},
                 "point_coords": {0: "num_prompts", 1: "num_points"},
                 "point_labels": {0: "num_prompts", 1: "num_points"},
                 "mask_input": {0: "mask_batch"},
