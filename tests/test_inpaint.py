@@ -132,6 +132,24 @@ def test_sd_job_does_not_depend_on_batch_mates(sd, monkeypatch):
         assert np.abs(x.astype(int) - y.astype(int)).max() <= 2
 
 
+def test_sd_encodes_masked_images_in_batches_with_each_jobs_own_noise(sd, monkeypatch):
+    from int_engine.backends import inpaint_sd
+
+    images, masks, prompts, negs, seeds = _jobs(4)
+    passes = []
+    encode = sd.pipe.vae.encode
+    monkeypatch.setattr(sd.pipe.vae, "encode", lambda x, *a, **k: passes.append(len(x)) or encode(x, *a, **k))
+    monkeypatch.setattr(inpaint_sd, "VAE_ENCODE_BATCH", 3)
+    batched = sd.inpaint(images, masks, prompts, negs, seeds)
+    assert passes == [3, 1]
+    passes.clear()
+    monkeypatch.delattr(sd.pipe, "_encode_vae_image")  # diffusers' own: one image per pass
+    diffusers_own = sd.inpaint(images, masks, prompts, negs, seeds)
+    assert passes == [1, 1, 1, 1]
+    for x, y in zip(batched, diffusers_own):
+        assert np.abs(x.astype(int) - y.astype(int)).max() <= 2  # batched convs round differently
+
+
 def test_sd_empty_mask_skips_the_model(sd, monkeypatch):
     images, masks, prompts, negs, seeds = _jobs(2)
     masks[0] = np.zeros_like(masks[0])
