@@ -270,3 +270,23 @@ def test_score_encodes_each_distinct_image_once(vlm, images):
     assert seen == [2]  # two distinct images, six rows
     alone = np.array([vlm.score([im.copy()], ["Output the name."], [a])[0] for im, a in zip(rows, ["frog", "snake", "moth"] * 2)])
     np.testing.assert_allclose(batched, alone, atol=1e-4)
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_inputs_equal_the_processors_with_each_image_processed_once(vlm, images, monkeypatch, padding_side):
+    rows = [images[0], images[1], images[0], images[2], images[1], images[0]]
+    texts = [vlm.chat_text(p) for p in ["Output the name.", "Name it.", "What is this?", "x", "Output the name.", "y"]]
+    processed = []
+    image_processor = vlm.processor.image_processor
+    monkeypatch.setattr(vlm.processor, "image_processor",
+                        lambda pil, **kw: processed.append(len(pil)) or image_processor(pil, **kw))
+    got = vlm._inputs(rows, texts, padding_side)
+    assert processed == [3]  # three distinct images for six rows
+    monkeypatch.undo()
+    from PIL import Image
+
+    want = vlm.processor(images=[Image.fromarray(im) for im in rows], text=texts, padding=True,
+                         padding_side=padding_side, return_tensors="pt")
+    assert sorted(got) == sorted(want)
+    for key in want:
+        assert torch.equal(got[key], want[key].to(got[key].dtype)), key

@@ -104,8 +104,25 @@ class HFLlavaVLM:
         return [len(ids) for ids in answer_token_ids(self.tokenizer, prompt_texts, full_texts)]
 
     def _inputs(self, images: Sequence[np.ndarray], texts: list[str], padding_side: str) -> dict:
-        pil = [Image.fromarray(_check_image(img, j)) for j, img in enumerate(images)]
-        batch = self.processor(images=pil, text=texts, padding=True, padding_side=padding_side, return_tensors="pt")
+        """What ``processor(images=..., text=...)`` gives for the rows, with each distinct image
+        (by identity) resized and normalised once: scoring sends every view once per candidate
+        and generation once per prompt, and the image processor was half of a scoring call."""
+        index: dict[int, int] = {}
+        firsts = [index.setdefault(id(img), j) for j, img in enumerate(images)]
+        distinct = sorted(set(firsts))
+        pil = [Image.fromarray(_check_image(images[j], j)) for j in distinct]
+        if hasattr(self.processor, "replace_image_token") and hasattr(self.processor, "image_processor"):
+            pixels = self.processor.image_processor(pil, return_tensors="pt")["pixel_values"]
+            # LLaVA-1.5 resizes every image to one size: one "<image>" expansion serves all rows.
+            expanded = self.processor.replace_image_token({"pixel_values": pixels}, image_idx=0)
+            token = self.processor.image_token
+            batch = dict(self.tokenizer([t.replace(token, expanded) for t in texts], padding=True,
+                                        padding_side=padding_side, return_tensors="pt"))
+            position = {j: k for k, j in enumerate(distinct)}
+            batch["pixel_values"] = pixels[[position[j] for j in firsts]]
+        else:  # another processor: its own call on every row
+            pil_rows = [pil[distinct.index(j)] for j in firsts]
+            batch = self.processor(images=pil_rows, text=texts, padding=True, padding_side=padding_side, return_tensors="pt")
         batch = {k: v.to(self.device) for k, v in batch.items()}
         batch["pixel_values"] = batch["pixel_values"].to(self.dtype)
         return batch
