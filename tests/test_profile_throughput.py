@@ -45,6 +45,8 @@ def test_throughput_script_reports_both_sides_and_identical_masks(tiny_zoo, tmp_
     for key in ("engine_images_per_s", "reference_images_per_s", "ratio", "peak_rss_mb", "calls_per_image_iteration"):
         assert key in figures
     assert figures["ratio"] == figures["engine_images_per_s"] / figures["reference_images_per_s"]
+    # one repeat: the paired ratio is that repeat's reference time over its engine time
+    assert figures["ratio_paired_median"] == figures["reference_seconds"][0] / figures["engine_seconds"][0]
     engine, reference = figures["calls_per_image_iteration"]["engine"], figures["calls_per_image_iteration"]["reference"]
     assert engine["vlm.generate"] == 0.5 and reference["vlm.generate"] == 18  # 2 images share 1 call; 2 x 9 views alone
     assert reference["segmenter.segment"] == 9 and engine["segmenter.segment"] == 0.5
