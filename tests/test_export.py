@@ -248,26 +248,27 @@ def test_stale_checkpoint_is_refused(tiny_zoo, exported, tmp_path):
     assert str(out / "segmenter" / "image_encoder" / "model.onnx") in msg
 
 
-def test_manifest_checksum_mismatch_is_refused(tiny_zoo, exported, tmp_path):
-    out = tmp_path / "out"
+def _copy_with_edited_manifest(exported, out: Path, module: str, edit) -> Path:
+    """A copy of the export folder whose manifest entries of ``module`` went through ``edit``."""
     shutil.copytree(exported[0], out)
     manifest = json.loads((out / "manifest.json").read_text())
     for a in manifest["artifacts"]:
-        if a["module"] == "unet":
-            a["source"]["sha256"] = "0" * 64
+        if a["module"] == module:
+            edit(a)
     (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def test_manifest_checksum_mismatch_is_refused(tiny_zoo, exported, tmp_path):
+    out = _copy_with_edited_manifest(exported, tmp_path / "out", "unet", lambda a: a["source"].update(sha256="0" * 64))
     with pytest.raises(ModelLoadError, match=r"inpaint/unet/model\.onnx is stale.*sha256 0{64}"):
         SDInpainter.load(Path(tiny_zoo) / "inpaint", runtime="onnx", artifacts=out, **SD_OPTS)
 
 
 def test_decoder_graph_of_one_image_per_call_is_refused(tiny_zoo, exported, tmp_path):
-    out = tmp_path / "old"
-    shutil.copytree(exported[0], out)
-    manifest = json.loads((out / "manifest.json").read_text())
-    for a in manifest["artifacts"]:
-        if a["module"] == "prompt_decoder":
-            a["inputs"][0]["shape"][0] = 1  # as graphs exported before prompts carried their own embedding
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    # as graphs exported before prompts carried their own embedding: one image per call
+    out = _copy_with_edited_manifest(exported, tmp_path / "old", "prompt_decoder",
+                                     lambda a: a["inputs"][0]["shape"].__setitem__(0, 1))
     with pytest.raises(ModelLoadError, match=r"prompt_decoder/model\.onnx decodes against one image embedding.*re-export"):
         SamSegmenter.load(Path(tiny_zoo) / "segmenter", runtime="onnx", artifacts=out)
 

@@ -88,10 +88,7 @@ class HFLlavaVLM:
 
     def chat_text(self, prompt: str) -> str:
         """The full model input for one user prompt about one image, up to "ASSISTANT:"."""
-        if getattr(self.processor, "chat_template", None):
-            conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-            return self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-        return LLAVA15_FORMAT.format(prompt=prompt)
+        return llava_chat_text(self.processor, prompt)
 
     def _answer_lengths(self, prompt_texts: list[str], full_texts: list[str]) -> list[int]:
         """How many tokens of each full text belong to its answer.
@@ -107,10 +104,8 @@ class HFLlavaVLM:
         """What ``processor(images=..., text=...)`` gives for the rows, with each distinct image
         (by identity) resized and normalised once: scoring sends every view once per candidate
         and generation once per prompt, and the image processor was half of a scoring call."""
-        index: dict[int, int] = {}
-        firsts = [index.setdefault(id(img), j) for j, img in enumerate(images)]
-        distinct = sorted(set(firsts))
-        pil = [Image.fromarray(_check_image(images[j], j)) for j in distinct]
+        firsts, inverse = distinct_rows(images)
+        pil = [Image.fromarray(_check_image(images[j], j)) for j in firsts]
         if hasattr(self.processor, "replace_image_token") and hasattr(self.processor, "image_processor"):
             pixels = self.processor.image_processor(pil, return_tensors="pt")["pixel_values"]
             # LLaVA-1.5 resizes every image to one size: one "<image>" expansion serves all rows.
@@ -118,11 +113,10 @@ class HFLlavaVLM:
             token = self.processor.image_token
             batch = dict(self.tokenizer([t.replace(token, expanded) for t in texts], padding=True,
                                         padding_side=padding_side, return_tensors="pt"))
-            position = {j: k for k, j in enumerate(distinct)}
-            batch["pixel_values"] = pixels[[position[j] for j in firsts]]
+            batch["pixel_values"] = pixels[inverse]
         else:  # another processor: its own call on every row
-            pil_rows = [pil[distinct.index(j)] for j in firsts]
-            batch = self.processor(images=pil_rows, text=texts, padding=True, padding_side=padding_side, return_tensors="pt")
+            batch = self.processor(images=[pil[u] for u in inverse], text=texts, padding=True,
+                                   padding_side=padding_side, return_tensors="pt")
         batch = {k: v.to(self.device) for k, v in batch.items()}
         batch["pixel_values"] = batch["pixel_values"].to(self.dtype)
         return batch
@@ -140,7 +134,7 @@ class HFLlavaVLM:
         _check_lengths(images, prompts, "prompts")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        texts = [self.chat_text(p) for p in prompts]
+        texts = chat_texts(self.chat_text, prompts)
         answers: list[str] = []
         for rows in self._chunks(len(texts)):
             batch = self._inputs(images[rows], texts[rows], padding_side="left")
@@ -179,13 +173,10 @@ class HFLlavaVLM:
     def _image_features(self, images: Sequence[np.ndarray], pixel_values: torch.Tensor):
         """The vision tower and projector run once per distinct image (by identity): scoring
         sends each view with every candidate, and it must not be encoded once per row."""
-        first: dict[int, int] = {}
-        inverse = [first.setdefault(id(img), len(first)) for img in images]
-        rows = sorted(first.values())
-        unique_rows = [next(j for j, u in enumerate(inverse) if u == k) for k in rows]
+        firsts, inverse = distinct_rows(images)
         cfg = self.model.config
         encoded = self.model.model.get_image_features(
-            pixel_values=pixel_values[unique_rows], vision_feature_layer=cfg.vision_feature_layer,
+            pixel_values=pixel_values[firsts], vision_feature_layer=cfg.vision_feature_layer,
             vision_feature_select_strategy=cfg.vision_feature_select_strategy, return_dict=True,
         )
         encoded.pooler_output = [encoded.pooler_output[u] for u in inverse]
@@ -208,6 +199,36 @@ class HFLlavaVLM:
         is_answer = torch.arange(longest, device=token_lp.device)[None, :] >= (longest - n)[:, None]
         mean = (token_lp * is_answer).sum(-1) / n
         return mean.cpu().numpy().astype(np.float32)
+
+
+def llava_chat_text(processor, prompt: str) -> str:
+    """One user prompt about one image in the checkpoint's chat template, up to "ASSISTANT:"
+    (LLaVA-1.5's conversation format when the checkpoint has no template)."""
+    if getattr(processor, "chat_template", None):
+        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        return processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    return LLAVA15_FORMAT.format(prompt=prompt)
+
+
+def chat_texts(chat_text, prompts: Sequence[str]) -> list[str]:
+    """``chat_text`` of every prompt, each distinct prompt templated once: a call repeats a few
+    prompts over hundreds of rows, and the Jinja template costs more than the tokenizer."""
+    templated = {p: chat_text(p) for p in dict.fromkeys(prompts)}
+    return [templated[p] for p in prompts]
+
+
+def distinct_rows(images: Sequence[np.ndarray]) -> tuple[list[int], list[int]]:
+    """The rows holding each distinct image (by identity, first occurrences in order) and, per
+    row, the index of its image among them: a view sent with many candidates is one image."""
+    index: dict[int, int] = {}
+    firsts: list[int] = []
+    inverse = []
+    for j, image in enumerate(images):
+        if id(image) not in index:
+            index[id(image)] = len(firsts)
+            firsts.append(j)
+        inverse.append(index[id(image)])
+    return firsts, inverse
 
 
 def answer_token_ids(tokenizer, prompt_texts: list[str], full_texts: list[str]) -> list[list[int]]:
@@ -235,7 +256,7 @@ def scoring_texts(chat_text, images: Sequence[np.ndarray], prompts: Sequence[str
     for j, a in enumerate(answers):
         if not a:
             raise ValueError(f"answer {j} is empty: a score needs at least one answer token")
-    prompt_texts = [chat_text(p) for p in prompts]
+    prompt_texts = chat_texts(chat_text, prompts)
     return prompt_texts, [f"{p} {a}" for p, a in zip(prompt_texts, answers)]
 
 

@@ -29,7 +29,9 @@ from PIL import Image
 
 from ..errors import ConfigError, ModelLoadError
 from ..models.checks import require_files
-from .vlm_hf import EXPECTED_FILES, LLAVA15_FORMAT, _check_image, _check_lengths, answer_token_ids, scoring_texts
+from .vlm_hf import (
+    EXPECTED_FILES, _check_image, _check_lengths, answer_token_ids, chat_texts, distinct_rows, llava_chat_text, scoring_texts,
+)
 
 if TYPE_CHECKING:
     from transformers import ProcessorMixin
@@ -156,10 +158,7 @@ class VLLMLlavaVLM:
     def chat_text(self, prompt: str) -> str:
         """The full model input for one user prompt about one image, up to "ASSISTANT:"
         (the same text ``HFLlavaVLM.chat_text`` builds)."""
-        if getattr(self.processor, "chat_template", None):
-            conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-            return self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-        return LLAVA15_FORMAT.format(prompt=prompt)
+        return llava_chat_text(self.processor, prompt)
 
     def _answer_ids(self, prompt_texts: list[str], full_texts: list[str]) -> list[list[int]]:
         """Each answer's token ids: those of the full text after its shared prefix with the
@@ -167,10 +166,10 @@ class VLLMLlavaVLM:
         return answer_token_ids(self.tokenizer, prompt_texts, full_texts)
 
     def _requests(self, images: Sequence[np.ndarray], texts: list[str]) -> list[dict]:
-        return [
-            {"prompt": text, "multi_modal_data": {"image": Image.fromarray(_check_image(image, j))}}
-            for j, (image, text) in enumerate(zip(images, texts))
-        ]
+        """One request per row; a view repeated over rows is converted (and checked) once."""
+        firsts, inverse = distinct_rows(images)
+        pil = [Image.fromarray(_check_image(images[j], j)) for j in firsts]
+        return [{"prompt": text, "multi_modal_data": {"image": pil[u]}} for text, u in zip(texts, inverse)]
 
     def _check_open(self) -> None:
         if self._closed:
@@ -197,7 +196,7 @@ class VLLMLlavaVLM:
         # Decoded here, not by vLLM: its incremental detokenizer holds back an unfinished
         # UTF-8 byte sequence at the end, where transformers' batch_decode writes U+FFFD.
         params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, detokenize=False)
-        outputs = self._run(self._requests(images, [self.chat_text(p) for p in prompts]), params)
+        outputs = self._run(self._requests(images, chat_texts(self.chat_text, prompts)), params)
         new_tokens = [list(out.outputs[0].token_ids) for out in outputs]
         return [a.strip() for a in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
