@@ -107,3 +107,17 @@ def test_a_folder_expands_to_its_images_sorted(images, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["segment", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == FATAL
     assert "no image files" in capsys.readouterr().err
+
+
+def test_misspelt_backend_option_is_one_line_and_fatal_before_loading(images, tmp_path):
+    import os
+    from pathlib import Path
+
+    exe = shutil.which("int-engine") or str(Path(sys.executable).parent / "int-engine")
+    env = {**os.environ, "INT_ENGINE_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run([exe, "segment", str(images / "scene.png"), "--out", str(tmp_path / "o"),
+                          "--set", "models.segmenter.options.bach_size=8"], capture_output=True, text=True, env=env, timeout=120)
+    err = out.stderr.strip().splitlines()
+    assert out.returncode == FATAL and len(err) == 1, out.stderr
+    assert "bach_size" in err[0] and "'batch_size'" in err[0] and "Traceback" not in out.stderr
+    assert not (tmp_path / "cache").exists()  # refused before the tiny zoo was even built

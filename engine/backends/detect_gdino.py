@@ -31,6 +31,8 @@ EXPECTED = (
 # that puts other tokens there would give wrong masks without any error.
 SPECIAL_IDS = {"[CLS]": 101, "[SEP]": 102, ".": 1012, "?": 1029}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# What ``load`` takes through ``**options``, name -> type (see ``option_types``).
+OPTIONS = {"max_batch": int}
 
 
 def caption(text: str) -> str:
@@ -51,6 +53,12 @@ class GroundingDinoDetector:
         self.max_text_len = int(model.config.max_text_len)
 
     @classmethod
+    def option_types(cls) -> dict[str, type]:
+        """The options ``load`` takes, name -> type: checked by ``int_engine.models.load``
+        before anything is loaded."""
+        return dict(OPTIONS)
+
+    @classmethod
     def load(
         cls, path: str | Path, device: str = "cpu", dtype: str = "float32", **options
     ) -> "GroundingDinoDetector":
@@ -59,7 +67,7 @@ class GroundingDinoDetector:
         p = require_files(ROLE, path, EXPECTED, FORMAT)
         if dtype not in DTYPES:
             raise ConfigError(f"{ROLE}: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-        unknown = set(options) - {"max_batch"}
+        unknown = set(options) - set(OPTIONS)
         if unknown:
             raise ConfigError(f"{ROLE}: unknown options {', '.join(sorted(unknown))} for {FORMAT}")
         try:

@@ -8,7 +8,7 @@ the checkpoint's chat template, ``USER: <image>\\n{prompt} ASSISTANT:`` for LLaV
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -50,6 +50,12 @@ class HFLlavaVLM:
         self.device = device
         self.dtype = next(model.parameters()).dtype
         self.max_batch_size = max_batch_size
+
+    @classmethod
+    def option_types(cls) -> dict[str, Any]:
+        """The options ``load`` takes, name -> type: checked by ``int_engine.models.load``
+        before anything is loaded."""
+        return {"max_batch_size": int | None}
 
     @classmethod
     def load(

@@ -52,6 +52,18 @@ ENGINE_OPTIONS: dict[str, Any] = {
     "enforce_eager": False,
     "seed": 0,
 }
+# Their types, for the config check before loading (``VLLMLlavaVLM.option_types``).
+ENGINE_OPTION_TYPES: dict[str, Any] = {
+    "max_model_len": int | None,
+    "gpu_memory_utilization": float | None,
+    "kv_cache_memory_bytes": int | None,
+    "enable_prefix_caching": bool,
+    "max_num_seqs": int | None,
+    "max_num_batched_tokens": int | None,
+    "block_size": int | None,
+    "enforce_eager": bool,
+    "seed": int,
+}
 # On CPU, gpu_memory_utilization is a share of the NUMA node's RAM *minus this whole process's
 # resident memory*, so with the other roles' models loaded in the same process it can leave
 # nothing for the KV cache and fail. A fixed KV cache size is predictable instead: 1 GiB holds
@@ -77,6 +89,12 @@ class VLLMLlavaVLM:
         self.in_process = in_process
         self.calls = 0
         self._closed = False
+
+    @classmethod
+    def option_types(cls) -> dict[str, Any]:
+        """The options ``load`` takes, name -> type: the vLLM engine options it forwards plus
+        ``multiprocessing``; checked by ``int_engine.models.load`` before anything is loaded."""
+        return {name: ENGINE_OPTION_TYPES[name] for name in ENGINE_OPTIONS} | {"multiprocessing": bool}
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", dtype: str = "float32", **options) -> "VLLMLlavaVLM":

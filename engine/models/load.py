@@ -7,9 +7,14 @@ missing package only matters when that backend is chosen.
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
 import os
+import types
+import typing
 from pathlib import Path
+from typing import Any
 
 from ..config import ROLES, ModelsConfig
 from ..errors import ConfigError, ModelLoadError
@@ -72,13 +77,85 @@ def role_path(cfg: ModelsConfig, role: str, models_dir: str | Path | None) -> Pa
     return Path(models_dir).expanduser() / role
 
 
+# Parameters of every backend's ``load`` that come from ModelsConfig itself, not from options.
+COMMON_PARAMS = ("path", "device", "dtype")
+
+
+def backend_options(cls: type) -> dict[str, Any]:
+    """The options a backend class's ``load`` takes, name -> expected type.
+
+    Read from ``load``'s own signature (its parameters after path, device, dtype) so that the
+    check cannot drift from the backend; a ``load`` that takes ``**options`` must say which
+    through a classmethod ``option_types()`` instead, or nothing would be refused.
+    """
+    hook = getattr(cls, "option_types", None)
+    if hook is not None:
+        return dict(hook())
+    params = inspect.signature(cls.load).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        raise TypeError(f"{cls.__name__}.load takes **options but has no option_types() hook")
+    hints = typing.get_type_hints(cls.load)
+    return {p.name: hints.get(p.name, Any) for p in params if p.name not in COMMON_PARAMS}
+
+
+def _kinds(expected: Any) -> tuple[Any, ...]:
+    """The alternatives of an annotation: ``int | None`` -> (int, NoneType); ``int`` -> (int,)."""
+    union = isinstance(expected, types.UnionType) or typing.get_origin(expected) is typing.Union
+    return typing.get_args(expected) if union else (expected,)
+
+
+def _fits(kind: Any, value: Any) -> bool:
+    """Whether ``value`` is a ``kind``. A float written ``3`` in YAML reads as an int, so ints
+    pass for floats; ``True`` is an int to Python but never a count or a size here."""
+    if kind is Any:
+        return True
+    if kind is type(None):
+        return value is None
+    if isinstance(value, bool):
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, typing.get_origin(kind) or kind)
+
+
+def _type_name(expected: Any) -> str:
+    """``int | None`` -> ``int or None``, for messages."""
+    return " or ".join("None" if k is type(None) else getattr(k, "__name__", str(k)) for k in _kinds(expected))
+
+
+def check_role_options(cfg: ModelsConfig, role: str) -> None:
+    """Raise ConfigError (one line) on an option the role's backend does not take or a value
+    of the wrong type, before anything is loaded."""
+    rc = cfg.role(role)
+    allowed = backend_options(backend_class(role, rc.backend))
+    where = f"models.{role}.options"
+    for key, value in rc.options.items():
+        if key not in allowed:
+            close = difflib.get_close_matches(key, list(allowed), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: unknown option {key!r}{hint}; allowed: {', '.join(allowed) or '(none)'}")
+        expected = allowed[key]
+        if not any(_fits(kind, value) for kind in _kinds(expected)):
+            raise ConfigError(f"{where}.{key}: expected {_type_name(expected)}, got {type(value).__name__} {value!r}")
+
+
+def check_options(cfg: ModelsConfig) -> None:
+    """Check every role's backend and options (see ``check_role_options``); loads nothing."""
+    for role in ROLES:
+        check_role_options(cfg, role)
+
+
 def load_role(cfg: ModelsConfig, role: str, models_dir: str | Path | None = None):
+    """Load one role through its backend's ``load``, its options checked first."""
+    check_role_options(cfg, role)
     rc = cfg.role(role)
     cls = backend_class(role, rc.backend)
     return cls.load(role_path(cfg, role, models_dir), device=cfg.device, dtype=cfg.dtype, **rc.options)
 
 
 def load_models(cfg: ModelsConfig, models_dir: str | Path | None = None) -> Models:
-    """Load every role (offline). Raises ModelLoadError naming the role and path on failure."""
+    """Load every role (offline). Raises ConfigError on a bad option before any model is
+    loaded, and ModelLoadError naming the role and path on a failed load."""
+    check_options(cfg)
     offline()
     return Models(**{FIELD[role]: load_role(cfg, role, models_dir) for role in ROLES})
