@@ -40,6 +40,8 @@ def write_reports(out: Path, dataset: Dataset, pairs: list[Pair], done: dict[str
         "images": len(pairs),
         "scored": scored,
         "failed": [{"name": r["name"], "image": r["image"], "error": r["error"]} for r in rows if not r["ok"]],
+        # images whose binary mask came out empty (rows written before this field count as non-empty)
+        "empty_masks": [r["name"] for r in ok if r.get("empty_mask")],
         "unpaired_images": [str(p) for p in dataset.unpaired_images],
         "unpaired_gt": len(dataset.unpaired_gt),
         **metrics,
@@ -94,7 +96,8 @@ def markdown(summary: dict[str, Any]) -> str:
         f"| {summary['dataset']} | " + " | ".join(_fmt(m.get(c[0])) for c in cols) + " |",
         "",
         f"{summary['scored']} of {summary['images']} images scored; {len(summary['failed'])} failed"
-        + (f"; {len(summary['unpaired_images'])} images without GT" if summary["unpaired_images"] else "") + ".",
+        + (f"; {len(summary['unpaired_images'])} images without GT" if summary["unpaired_images"] else "")
+        + f"; {len(summary['empty_masks'])} with an empty binary mask.",
         "",
         f"Throughput: {t['images_per_s']:.3f} images/s ({t['seconds_per_image']:.2f} s/image wall clock; "
         f"latency {t['latency_seconds_per_image']:.2f} s/image in flight), peak RSS {t['peak_rss_mb']:.0f} MB.",
@@ -130,8 +133,9 @@ def _gallery_row(out: Path, row: dict) -> str:
     over = overlay(rgb, pred >= 128)
     cells = "".join(f'<td><img src="{_thumb(a)}"></td>' for a in (rgb, gt, pred, over))
     picks = " → ".join(html.escape(p) for p in row["picks"])
+    masks = " → ".join(f"{m:.2f} / {100 * a:.1f}%" for m, a in zip(row.get("soft_max", []), row.get("binary_area", [])))
     return (f"<tr>{cells}<td><b>{html.escape(row['name'])}</b><br>Sα {row['metrics']['Sm']:.3f}, "
-            f"MAE {row['metrics']['MAE']:.3f}<br>picked: {picks}</td></tr>")
+            f"MAE {row['metrics']['MAE']:.3f}<br>picked: {picks}<br>soft max / binary area: {masks}</td></tr>")
 
 
 def html_report(out: Path, summary: dict[str, Any], pairs: list[Pair], done: dict[str, dict], k: int = 6) -> str:

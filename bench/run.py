@@ -112,6 +112,10 @@ def finish_pair(pair: Pair, result, out: Path) -> dict[str, Any]:
         "metrics": {k: v for k, v in image_metrics(pred, gt).items() if k in PER_IMAGE_KEYS},
         "iterations": len(result.trace.iterations), "final_iteration": result.trace.final_iteration,
         "picks": [it.pick for it in result.trace.iterations],
+        # per iteration: an empty mask shows as soft_max 0 / binary_area 0, not only as a bad metric
+        "soft_max": [it.soft_max for it in result.trace.iterations],
+        "binary_area": [it.binary_area for it in result.trace.iterations],
+        "empty_mask": not bool(result.binary.any()),
         "seconds": stages, "seconds_total": result.trace.seconds_total,
     }
 

@@ -89,8 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         ref_t.append(t)
         eng, eng_calls, t = run_engine(models, cfg, images)
         eng_t.append(t)
-    same = all(np.array_equal(mask_to_uint8(a.soft), mask_to_uint8(b.soft)) for a, b in zip(ref, eng))
+    # soft masks are continuous, so batched rounding (~1e-6) can move a pixel across an 8-bit
+    # level or the binary threshold; the figures say how far the two sides are apart
     max_diff = max(float(np.abs(a.soft - b.soft).max()) for a, b in zip(ref, eng))
+    max_levels = max(int(np.abs(mask_to_uint8(a.soft).astype(int) - mask_to_uint8(b.soft)).max()) for a, b in zip(ref, eng))
+    binary_same = all(np.array_equal(a.binary, b.binary) for a, b in zip(ref, eng))
     ref_ips, eng_ips = args.images / statistics.median(ref_t), args.images / statistics.median(eng_t)
     # Each repeat runs the two sides back to back: their ratio is immune to the machine's speed
     # drifting between repeats, which the ratio of the two medians is not.
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         "engine_images_per_s": eng_ips, "reference_images_per_s": ref_ips, "ratio": eng_ips / ref_ips,
         "ratio_paired_median": paired,
         "engine_seconds": eng_t, "reference_seconds": ref_t,
-        "masks_identical_8bit": same, "max_soft_mask_difference": max_diff,
+        "max_8bit_level_difference": max_levels, "binary_identical": binary_same, "max_soft_mask_difference": max_diff,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "calls_per_image_iteration": {
             "engine": _calls_per_image_iteration(eng_calls, args.images, args.iterations),
@@ -111,14 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"zoo {zoo}: {args.images} images {args.size[0]}x{args.size[1]}, {args.iterations} iterations, {args.in_flight} in flight")
     print(f"reference {ref_ips:8.3f} images/s   engine {eng_ips:8.3f} images/s   ratio {eng_ips / ref_ips:.2f}x (medians of {args.repeats})")
     print(f"ratio per repeat (sides back to back): median {paired:.2f}x of {', '.join(f'{r / e:.2f}' for r, e in zip(ref_t, eng_t))}")
-    print(f"masks identical (8-bit): {same}; max soft-mask difference {max_diff:.2e}; peak RSS {figures['peak_rss_mb']:.0f} MB")
+    print(f"binary masks identical: {binary_same}; 8-bit masks within {max_levels} level(s); max soft-mask difference "
+          f"{max_diff:.2e}; peak RSS {figures['peak_rss_mb']:.0f} MB")
     print(f"{'model calls per image-iteration':34s} {'engine':>8s} {'reference':>10s}")
     c = figures["calls_per_image_iteration"]
     for name in sorted(set(c["engine"]) | set(c["reference"])):
         print(f"  {name:32s} {c['engine'].get(name, 0):8.3f} {c['reference'].get(name, 0):10.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
-    return 0 if same else 1
+    return 0 if max_diff < 1e-4 else 1  # the engine and the reference compute the same masks
 
 
 if __name__ == "__main__":

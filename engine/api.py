@@ -17,7 +17,7 @@ import torch
 
 from . import pipeline
 from .config import EngineConfig
-from .io import LoadedImage, read_image
+from .io import LoadedImage, from_pixels, read_image
 from .models.load import load_models
 from .protocols import Models
 from .scheduler import Scheduler
@@ -52,7 +52,7 @@ class IntEngine:
         self.close()
 
     def read(self, path: str | Path) -> LoadedImage:
-        return read_image(path, self.config.max_side, self.config.min_side)
+        return read_image(path, self.config.max_side, self.config.min_side, max_aspect=self.config.max_aspect)
 
     def segment(self, image: str | Path | np.ndarray | LoadedImage) -> pipeline.Result:
         """Segment one image (a path, a loaded image, or uint8 [H, W, 3] RGB pixels)."""
@@ -61,10 +61,10 @@ class IntEngine:
             image = self.read(image)
         if isinstance(image, LoadedImage):
             return pipeline.segment_image(image, self.models, self.config)
-        arr = np.asarray(image)
-        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-            raise ValueError(f"expected uint8 [H, W, 3] RGB pixels, got {arr.dtype} {arr.shape}")
-        return pipeline.run(arr, self.models, self.config)
+        # pixels get a file's working size: an array and its PNG give the same masks, and a
+        # 1 x 20000 strip is not padded to 5000 x 20000 at full resolution
+        loaded = from_pixels(np.asarray(image), self.config.max_side, self.config.min_side, self.config.max_aspect)
+        return pipeline.segment_image(loaded, self.models, self.config)
 
     def segment_many(self, images: Iterable[str | Path | LoadedImage]) -> Iterator[tuple[str, pipeline.Result | Exception]]:
         """Segment many images through the scheduler (``config.max_in_flight`` at once, one

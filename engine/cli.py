@@ -21,7 +21,10 @@ FATAL = 101
 
 
 def _config(args: argparse.Namespace):
+    """The run's config from --config, --preset and the overrides, its backend options
+    checked so that a misspelt option stops the run before any model is built or loaded."""
     from .config import EngineConfig, apply_overrides, preset_config
+    from .models.load import check_options
 
     cfg = EngineConfig.from_file(args.config) if args.config else EngineConfig()
     if args.preset:
@@ -35,7 +38,9 @@ def _config(args: argparse.Namespace):
         overrides.append(f"seed={args.seed}")
     if args.device:
         overrides.append(f"models.device={args.device}")
-    return apply_overrides(cfg, overrides) if overrides else cfg
+    cfg = apply_overrides(cfg, overrides) if overrides else cfg
+    check_options(cfg.models)
+    return cfg
 
 
 ABLATIONS = ("hcg", "psnm", "pnm", "smg")
@@ -114,7 +119,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     def make(i: int):
         def steps():
-            image = read_image(images[i], cfg.max_side, cfg.min_side, keep_original=True)
+            image = read_image(images[i], cfg.max_side, cfg.min_side, keep_original=True, max_aspect=cfg.max_aspect)
             originals[i] = image.original
             return image_steps(image.pixels, cfg, image.path, image.original_size, image.conversions)
         return steps
@@ -152,7 +157,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.report import compare
     from .bench.run import run_bench
     from .bench.synthetic import write_synthetic_dataset
-    from .config import preset_config
     from .errors import IntEngineError
     from .models.cache import cache_root
 

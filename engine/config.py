@@ -19,6 +19,10 @@ from .errors import ConfigError
 
 ROLES = ("vlm", "inpaint", "detector", "segmenter", "clip")
 SPLITS = ("whole", "halves_h", "halves_v", "quarters")
+# eq 11's normalisation of the views' CLIP scores (masks.normalise_weights); promac = the authors' code
+MASK_WEIGHTINGS = ("promac", "softmax", "minmax")
+# eq 11's sum: "coverage" divides by the weight of the views covering each pixel, "sum" is SPEC step 9 as written
+MASK_COMBINES = ("coverage", "sum")
 
 
 @dataclass
@@ -60,9 +64,19 @@ class EngineConfig:
       similarity map so that the top points are spread over distinct cells, not adjacent pixels.
     - ``view_box_overlap``: a merged detection box is given to a view's SAM call when at
       least this fraction of its area lies inside the view (clipped to the view).
+    - ``mask_weighting``: eq 11's normalisation of the views' CLIP scores; "promac" is what the
+      authors' released ProMaC code does (SPEC step 9), "softmax" and "minmax" the simpler forms.
+    - ``mask_combine``: "coverage" (default) takes, at each pixel, the weighted mean over the views
+      that cover it before eq 11's min-max rescale; "sum" is the plain weighted sum of SPEC step 9.
+      With CLIP scores a few hundredths apart the plain sum erases parts of objects that span
+      views (``masks.weighted_sum`` says why; tests/scenarios.py measures it).
     - ``max_side`` / ``min_side``: images are resized for processing so their long side is
       at most ``max_side`` and their short side at least ``min_side``; masks are written
       at the original size.
+    - ``max_aspect``: before the views are cut, the image is padded (its mean colour,
+      centred) to a long / short side ratio of at most this, and masks are cropped back, so
+      that a 5 x 4000 strip's halves and quarters stay inputs every model accepts (each view's
+      sides >= min_side // 2); the side bounds above apply to the padded frame.
     """
 
     task: str = "camouflaged animal"
@@ -84,13 +98,15 @@ class EngineConfig:
     positive_points: int = 3
     negative_points: int = 1
     points_grid: int = 16
-    mask_weighting: str = "softmax"
+    mask_weighting: str = "promac"
+    mask_combine: str = "coverage"
     mask_temperature: float = 0.01
     reweight_w: float = 0.3
     binary_threshold: float = 0.5
     early_stop_tol: float | None = None
     max_side: int = 1536
     min_side: int = 32
+    max_aspect: float = 4.0
     seed: int = 0
     # the scheduler (many images at once): images whose state is held, and requests per model
     # call (backends also cut their own forward passes: e.g. vlm max_batch_size, sam batch_size)
@@ -111,14 +127,18 @@ class EngineConfig:
         unknown = [s for s in self.splits if s not in SPLITS]
         if unknown or not self.splits:
             raise ConfigError(f"splits must be a non-empty subset of {SPLITS}, got {self.splits}")
-        if self.mask_weighting not in ("softmax", "minmax"):
-            raise ConfigError(f"mask_weighting must be 'softmax' or 'minmax', got {self.mask_weighting!r}")
+        if self.mask_combine not in MASK_COMBINES:
+            raise ConfigError(f"mask_combine must be one of {', '.join(MASK_COMBINES)}, got {self.mask_combine!r}")
+        if self.mask_weighting not in MASK_WEIGHTINGS:
+            raise ConfigError(f"mask_weighting must be one of {', '.join(MASK_WEIGHTINGS)}, got {self.mask_weighting!r}")
         if not 0.0 <= self.reweight_w <= 1.0:
             raise ConfigError(f"reweight_w must be in [0, 1], got {self.reweight_w}")
         if self.eps <= 0:
             raise ConfigError(f"eps must be > 0, got {self.eps}")
         if self.min_side < 2 or self.max_side < self.min_side:
             raise ConfigError(f"need 2 <= min_side <= max_side, got {self.min_side}, {self.max_side}")
+        if not 1.0 <= self.max_aspect < float("inf"):
+            raise ConfigError(f"max_aspect must be a finite number >= 1, got {self.max_aspect}")
         if self.max_in_flight < 1 or self.max_batch_items < 1:
             raise ConfigError(f"max_in_flight and max_batch_items must be >= 1, got {self.max_in_flight}, {self.max_batch_items}")
         if not self.task.strip():

@@ -10,6 +10,7 @@ become an RGB image raises ``ImageError`` whose message starts with the file nam
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,10 @@ from PIL import Image, UnidentifiedImageError
 from .errors import ImageError
 
 MAX_PIXELS = 400_000_000  # a 20000 x 20000 image; beyond this decoding alone is gigabytes
+MAX_ASPECT = 4.0  # EngineConfig.max_aspect's default: the long side of the padded frame / its short side
+
+# (top, left, height, width): where the image lies in the padded frame of ``pad_to_aspect``
+Region = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -36,10 +41,13 @@ class LoadedImage:
     original: np.ndarray | None = None
 
 
-def read_image(path: str | Path, max_side: int = 1536, min_side: int = 32, keep_original: bool = False) -> LoadedImage:
-    """Decode ``path`` to RGB uint8 and resize it to the working size: the long side at most
-    ``max_side`` (area interpolation), the short side at least ``min_side`` (cubic).
-    ``keep_original`` also keeps the decoded pixels at their stored size (for overlays)."""
+def read_image(path: str | Path, max_side: int = 1536, min_side: int = 32, keep_original: bool = False,
+               max_aspect: float = MAX_ASPECT) -> LoadedImage:
+    """Decode ``path`` to RGB uint8 and resize it to the working size: one scale for both
+    sides (the aspect ratio is kept), chosen so that the frame the pipeline pads the image to
+    (``padded_shape`` with ``max_aspect``) has its long side at most ``max_side`` (area
+    interpolation) and its short side at least ``min_side`` (cubic); ``min_side`` wins if both
+    cannot hold. ``keep_original`` also keeps the decoded pixels at their stored size (for overlays)."""
     p = Path(path)
     if not p.exists():
         raise ImageError(f"{p}: no such file")
@@ -65,11 +73,26 @@ def read_image(path: str | Path, max_side: int = 1536, min_side: int = 32, keep_
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise ImageError(f"{p}: cannot decode image: {err}") from None
     original = rgb.shape[:2]
-    pixels = _working_size(rgb, max_side, min_side, conversions)
+    pixels = _working_size(rgb, max_side, min_side, conversions, max_aspect)
     return LoadedImage(
         str(p), np.ascontiguousarray(pixels), (int(original[0]), int(original[1])), tuple(conversions),
         rgb if keep_original else None,
     )
+
+
+def from_pixels(pixels: np.ndarray, max_side: int = 1536, min_side: int = 32, max_aspect: float = MAX_ASPECT,
+                source: str = "<array>") -> LoadedImage:
+    """uint8 [H, W, 3] RGB pixels as ``read_image`` would load them from a file holding them:
+    resized to the same working size, so an array and its PNG give the same masks, and
+    ``max_side`` bounds an array's memory as it bounds a file's."""
+    arr = np.asarray(pixels)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"expected uint8 [H, W, 3] RGB pixels, got {arr.dtype} {arr.shape}")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"image has no pixels ({arr.shape[1]}x{arr.shape[0]})")
+    conversions: list[str] = []
+    working = _working_size(arr, max_side, min_side, conversions, max_aspect)
+    return LoadedImage(source, np.ascontiguousarray(working), (int(arr.shape[0]), int(arr.shape[1])), tuple(conversions))
 
 
 def _to_rgb(im: Image.Image, conversions: list[str]) -> np.ndarray:
@@ -105,22 +128,103 @@ def _to_rgb(im: Image.Image, conversions: list[str]) -> np.ndarray:
     return arr
 
 
-def _working_size(rgb: np.ndarray, max_side: int, min_side: int, conversions: list[str]) -> np.ndarray:
+def _working_size(rgb: np.ndarray, max_side: int, min_side: int, conversions: list[str],
+                  max_aspect: float = MAX_ASPECT) -> np.ndarray:
+    """uint8 [H, W, 3] -> uint8 [h, w, 3] at one scale for both sides.
+
+    The bounds apply to the padded frame (``padded_shape``), not to the image itself: a
+    5 x 4000 strip is padded to 1000 x 4000 before the views are cut, so scaling it to
+    384 x 1536 bounds every model input while the strip keeps its shape (2 x 1536). Scaling the
+    sides separately instead would stretch the content by up to ``max_side / min_side``.
+    """
     h, w = rgb.shape[:2]
+    ph, pw = padded_shape(h, w, max_aspect)
     scale = 1.0
-    if max(h, w) > max_side:
-        scale = max_side / max(h, w)
-    if min(h, w) * scale < min_side:
-        scale = min_side / min(h, w)
+    if max(ph, pw) > max_side:
+        scale = max_side / max(ph, pw)
+    if min(ph, pw) * scale < min_side:
+        scale = min_side / min(ph, pw)
     if scale == 1.0:
         return rgb
-    nh, nw = max(min_side, round(h * scale)), max(min_side, round(w * scale))
-    if max(nh, nw) > max_side * 4:
-        # an extreme aspect ratio cannot satisfy both bounds; keep the short side
-        nh, nw = min(nh, max_side * 4), min(nw, max_side * 4)
+    # a side may round to 0 for a strip thinner than 1 / scale; keep one row (column) of it
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    if (nh, nw) == (h, w):
+        return rgb
     interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_CUBIC
     conversions.append(f"resized {w}x{h} -> {nw}x{nh} for processing (masks written at {w}x{h})")
     return cv2.resize(rgb, (nw, nh), interpolation=interp)
+
+
+def padded_shape(height: int, width: int, max_aspect: float, min_side: int = 1) -> tuple[int, int]:
+    """The (H', W') frame ``pad_to_aspect`` puts a ``height`` x ``width`` image in: each side
+    the image's side, raised to at least ``min_side`` and to at least the other side divided
+    by ``max_aspect`` (rounded up), so max(H', W') / min(H', W') <= ``max_aspect``."""
+    if height < 1 or width < 1:
+        raise ValueError(f"an image needs at least 1x1 pixels, got {width}x{height}")
+    if not max_aspect >= 1.0:
+        raise ValueError(f"max_aspect must be >= 1, got {max_aspect}")
+    ph = max(height, min_side, math.ceil(width / max_aspect))
+    pw = max(width, min_side, math.ceil(height / max_aspect))
+    return ph, pw
+
+
+def pad_to_aspect(image: np.ndarray, max_aspect: float, min_side: int = 1) -> tuple[np.ndarray, Region]:
+    """``image`` [H, W, C] centred in a frame [H', W', C] of ``padded_shape``, and its region
+    (top, left, H, W) there. A frame equal to the image returns ``image`` itself, region
+    (0, 0, H, W): images within the bounds run exactly as without padding.
+
+    With ``min_side`` >= 2 every view of the frame (halves and quarters halve a side) has both
+    sides >= ``min_side // 2`` and a long / short side ratio <= 2 · ``max_aspect`` · (1 + 1 / (min_side − 1)).
+
+    Centred, so that the halves and quarters each hold part of the image instead of one of them
+    being all padding. The fill is the image's mean colour (per channel, rounded): flat, so
+    it holds no edge or texture that SAM or GroundingDINO could take for an object, and of the
+    image's own tone, so the VLM and CLIP do not see a black or white frame to describe.
+    Edge replication would be worse: whatever touches the border (often the object itself)
+    would be smeared across the whole padding, inventing a larger object. A mean colour is
+    also how the models pad on their own: SAM pads its resized input to a square with zeros
+    after normalisation (its pixel mean), GroundingDINO's processor pads a batch the same way.
+    """
+    h, w = image.shape[:2]
+    ph, pw = padded_shape(h, w, max_aspect, min_side)
+    if (ph, pw) == (h, w):
+        return image, (0, 0, h, w)
+    top, left = (ph - h) // 2, (pw - w) // 2
+    mean = image.reshape(h * w, -1).astype(np.float64).mean(axis=0)
+    fill = np.round(mean).astype(image.dtype) if np.issubdtype(image.dtype, np.integer) else mean.astype(image.dtype)
+    out = np.empty((ph, pw) + image.shape[2:], image.dtype)
+    out[...] = fill.reshape(image.shape[2:]) if image.ndim > 2 else fill[0]
+    out[top : top + h, left : left + w] = image
+    return out, (top, left, h, w)
+
+
+def crop_to_region(mask: np.ndarray, region: Region) -> np.ndarray:
+    """The inverse of ``pad_to_aspect`` for a mask: [H', W', ...] -> [H, W, ...], the image's
+    pixels only (a view, not a copy)."""
+    top, left, h, w = region
+    return mask[top : top + h, left : left + w]
+
+
+def clear_padding(mask: np.ndarray, region: Region) -> np.ndarray:
+    """A float [H', W'] mask with every pixel outside ``region`` set to 0 (a new array; ``mask``
+    itself when the region is the whole frame): the padding is never part of the object, also
+    not for the next iteration's reweighting (eq 12) and inpainting masks (eq 4)."""
+    if region == (0, 0) + tuple(mask.shape[:2]):
+        return mask
+    out = np.zeros_like(mask)
+    crop_to_region(out, region)[...] = crop_to_region(mask, region)
+    return out
+
+
+def padding_note(region: Region, frame: tuple[int, int], max_aspect: float) -> str:
+    """The trace's line for a padding (``conversions``), or "" when there was none."""
+    top, left, h, w = region
+    ph, pw = frame
+    if (ph, pw) == (h, w):
+        return ""
+    return (f"padded {w}x{h} -> {pw}x{ph} (aspect <= {max_aspect:g}, short side >= min_side) with the image's mean "
+            f"colour, image at x={left}, y={top}; views and boxes in this trace are in the padded frame, "
+            f"masks are cropped back to {w}x{h}")
 
 
 def to_original_size(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -78,8 +78,10 @@ def mine(
 class NameWeights:
     """W(c) of eq 6-7 for one image, over every name seen so far (SPEC step 6).
 
-    A name is 1 in iteration 1 and ε when first seen later; names not proposed in an
-    iteration have Ď = 0, so they drop to ε when any view moved.
+    ``observe`` is called in every iteration, whether or not it ran steps 4-6: a name first
+    seen in iteration 1 starts at 1, a name first seen later at ε. ``update`` records mining's
+    W_{i+1}; names not proposed in that iteration have Ď = 0, so they drop to ε when any view
+    moved, and nothing changes when none did.
     """
 
     def __init__(self, eps: float) -> None:
@@ -87,21 +89,23 @@ class NameWeights:
         self.weights: dict[str, float] = {}
         self.iterations = 0
 
-    def history(self, candidates: list[str]) -> torch.Tensor:
-        """float64 [1, C] W_i for this iteration's candidates."""
+    def observe(self, candidates: list[str]) -> None:
+        """Start this iteration: register its candidate names."""
         start = 1.0 if self.iterations == 0 else self.eps
-        return torch.tensor([[self.weights.get(c, start) for c in candidates]], dtype=torch.float64)
+        for name in candidates:
+            self.weights.setdefault(name, start)
+        self.iterations += 1
+
+    def history(self, candidates: list[str]) -> torch.Tensor:
+        """float64 [1, C] W_i for this iteration's (observed) candidates."""
+        return torch.tensor([[self.weights[c] for c in candidates]], dtype=torch.float64)
 
     def update(self, candidates: list[str], scores: torch.Tensor, new_history: torch.Tensor) -> None:
         """Record W_{i+1} from ``mine``'s outputs for this image ([C] or [1, C])."""
         scores, new_history = scores.reshape(-1), new_history.reshape(-1)
-        moved = bool(scores.sum() > 0)
-        start = 1.0 if self.iterations == 0 else self.eps
-        for name in candidates:
-            self.weights.setdefault(name, start)
-        if moved:
-            for name in self.weights:
-                self.weights[name] = self.eps
-            for name, w in zip(candidates, new_history.tolist()):
-                self.weights[name] = w
-        self.iterations += 1
+        if not bool(scores.sum() > 0):
+            return
+        for name in self.weights:
+            self.weights[name] = self.eps
+        for name, w in zip(candidates, new_history.tolist()):
+            self.weights[name] = w

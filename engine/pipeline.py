@@ -20,7 +20,7 @@ import torch
 from . import fuse, masks, patches, prompts
 from .calls import ModelCall, mine_call, run_model
 from .config import EngineConfig
-from .io import LoadedImage, to_original_size
+from .io import LoadedImage, clear_padding, crop_to_region, pad_to_aspect, padding_note, to_original_size
 from .mining import NameWeights, view_gains
 from .protocols import Models
 from .trace import ImageTrace, IterationTrace, call_range, cuda_sync
@@ -133,6 +133,7 @@ def iteration_steps(
     answers = yield from ask(ModelCall("propose", "vlm", "generate", (crops + crops, asks), (cfg.max_new_tokens,)), tr, clock)
     proposals = [prompts.parse_proposal(answers[j], answers[k + j], cfg.task, v.width, v.height) for j, v in enumerate(views)]
     candidates = prompts.candidate_list(proposals)
+    weights.observe(candidates)  # every iteration counts for W's start value (eq 6-7)
     tr.candidates = list(candidates)
     if not candidates:
         pick, tr.pick_source = cfg.task, "task prompt (no candidate name parsed)"
@@ -167,7 +168,10 @@ def iteration_steps(
         tr.view_gains = view_gain[0].tolist()
         tr.scores = dict(zip(candidates, scores.reshape(-1).tolist()))
         tr.weights_before = dict(zip(candidates, history.reshape(-1).tolist()))
-        pick, tr.pick_source = candidates[int(index.reshape(-1)[0])], "negative mining"
+        moved = bool(scores.sum() > 0)
+        pick = candidates[int(index.reshape(-1)[0])]
+        # with Σ Ď = 0 the argmax's tie rule returns the most frequent name: say so
+        tr.pick_source = "negative mining" if moved else "no view moved (most frequent name)"
     tr.pick = pick
     tr.views = [
         {"name": v.name, "box": list(v.box), "answer_box": p.box_text[:200], "answer_name": p.name_text[:200],
@@ -183,7 +187,7 @@ def iteration_steps(
     requests = masks.sam_requests(crops, views, maps, boxes, cfg.positive_points, cfg.negative_points, cfg.points_grid, cfg.view_box_overlap)
     view_masks = yield from ask(ModelCall("segment", "segmenter", "segment", (requests,)), tr, clock)
     pasted = torch.stack([patches.paste(torch.from_numpy(np.asarray(m, np.float32)), v, h, w) for m, v in zip(view_masks, views)])
-    # step 9 (eq 10-11)
+    # step 9 (eq 10-11): CLIP scores of the binary masks weight the views' probabilities
     if cfg.smg:
         todo, masked = masks.masked_views(crops, view_masks)
         sims = (yield from ask(ModelCall("weight", "clip", "image_text_similarity", (masked, [pick] * len(todo))), tr, clock)) if todo else []
@@ -191,10 +195,12 @@ def iteration_steps(
         weights_k = masks.normalise_weights(sims, cfg.mask_weighting, cfg.mask_temperature)
         tr.mask_similarity = [float(s) if np.isfinite(s) else None for s in sims]
         tr.mask_weights = weights_k.tolist()
-        mask = masks.combine(pasted, weights_k)
+        mask = masks.rescale(masks.weighted_sum(pasted, weights_k, views if cfg.mask_combine == "coverage" else None))
     else:
-        mask = masks.combine(pasted, None)
+        mask = masks.union(pasted)
     tr.mask_area = float(mask.mean())
+    tr.soft_max = float(mask.max())
+    tr.binary_area = float((mask >= cfg.binary_threshold).float().mean())
     tr.seconds["weight"] = tr.seconds.get("weight", 0.0) + time.perf_counter() - clock.mark
     return mask.numpy()
 
@@ -209,6 +215,9 @@ def image_steps(image: np.ndarray, cfg: EngineConfig, source: str = "<array>",
     start = time.perf_counter()
     h, w = image.shape[:2]
     original_size = original_size or (h, w)
+    # extreme shapes: pad to a bounded aspect ratio before the views are cut (io.pad_to_aspect); masks are cropped back below
+    image, region = pad_to_aspect(image, cfg.max_aspect, cfg.min_side)
+    conversions = tuple(conversions) + tuple(filter(None, [padding_note(region, image.shape[:2], cfg.max_aspect)]))
     trace = ImageTrace(source, original_size, (h, w), list(conversions), cfg.task)
     weights = NameWeights(cfg.eps)
     x = image.astype(np.float32)
@@ -217,13 +226,15 @@ def image_steps(image: np.ndarray, cfg: EngineConfig, source: str = "<array>",
     for i in range(cfg.iterations):
         tr = IterationTrace(iteration=i)
         mask = yield from iteration_steps(x, previous, weights, cfg, i, tr)
+        mask = clear_padding(mask, region)  # the padding is never the object, also not for eq 12 and the next eq 4
         t0 = time.perf_counter()
         x = fuse.reweight(torch.from_numpy(x), torch.from_numpy(mask), cfg.reweight_w).numpy()  # eq 12
         tr.seconds["fuse"] = time.perf_counter() - t0
         trace.iterations.append(tr)
-        iteration_masks.append(mask)
+        iteration_masks.append(np.ascontiguousarray(crop_to_region(mask, region)))  # working size, unpadded
+        # the change is measured on the image's pixels only (iteration_masks), not diluted by the padding
         stop = (cfg.early_stop_tol is not None and previous is not None and trace.iterations[-2].pick == tr.pick
-                and fuse.mask_change(torch.from_numpy(previous), torch.from_numpy(mask)) < cfg.early_stop_tol)
+                and fuse.mask_change(torch.from_numpy(iteration_masks[-2]), torch.from_numpy(iteration_masks[-1])) < cfg.early_stop_tol)
         previous = mask
         if stop:
             trace.stopped_early = True

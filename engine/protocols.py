@@ -1,7 +1,8 @@
 """The five model roles, as small protocols that take batches and return batches.
 
 Images cross these boundaries as ``np.ndarray`` uint8 ``[H, W, 3]`` RGB; masks as
-``np.ndarray`` float32 ``[H, W]`` in [0, 1]. Every call takes a list so that the
+``np.ndarray`` float32 ``[H, W]`` in [0, 1] (a segmenter's are probabilities, binarised at
+``SEGMENTER_THRESHOLD``). Every call takes a list so that the
 scheduler can put the work of many images into one call; the reference pipeline
 simply sends one image's views at a time.
 """
@@ -12,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
+
+# A segmenter's probability above this is its binary mask: sigmoid(SAM's logit threshold 0).
+SEGMENTER_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
@@ -95,9 +99,10 @@ class Segmenter(Protocol):
     """Promptable segmenter (SAM, eq 9)."""
 
     def segment(self, requests: Sequence[SegmentRequest]) -> list[np.ndarray]:
-        """One float32 [H, W] mask in {0, 1} per request: the union over its boxes
-        (each box with all the points), or the points-only mask when it has no box;
-        all zeros when it has neither."""
+        """One float32 [H, W] mask probability in [0, 1] per request (SAM: the sigmoid of its
+        mask logits): the pixel-wise maximum over its boxes (each box with all the points), or
+        the points-only mask when it has no box; all zeros when it has neither. The binary mask
+        is ``probability > SEGMENTER_THRESHOLD`` (SAM's own threshold, 0 in logits)."""
         ...
 
 

@@ -28,7 +28,9 @@ class IterationTrace:
     box_scores: list[float] = field(default_factory=list)
     mask_similarity: list[float | None] = field(default_factory=list)
     mask_weights: list[float] = field(default_factory=list)
-    mask_area: float = 0.0
+    mask_area: float = 0.0  # mean of M_i
+    soft_max: float = 0.0  # max of M_i: 0 means nothing was segmented in this iteration
+    binary_area: float = 0.0  # share of pixels with M_i >= binary_threshold
     seconds: dict[str, float] = field(default_factory=dict)
 
 

@@ -78,8 +78,8 @@ def test_smg_off_removes_only_the_clip_mask_weighting(hidden_frog):
     union = np.zeros((H, W), np.float32)
     for view, m in zip(r_on.trace.iterations[0].views, view_masks):
         x0, y0, x1, y1 = view["box"]
-        union[y0:y1, x0:x1] = np.maximum(union[y0:y1, x0:x1], m)
-    assert np.array_equal(r_off.soft, union)  # M_i = union of the SAM masks
+        union[y0:y1, x0:x1] = np.maximum(union[y0:y1, x0:x1], (m > 0.5).astype(np.float32))
+    assert np.array_equal(r_off.soft, union)  # M_i = union of SAM's binary masks
 
 
 def test_hcg_off_keeps_only_the_whole_image_view(hidden_frog):

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from int_engine.bench.datasets import DATASETS, find_dataset, folder_dataset
+from int_engine.bench.datasets import DATASETS, find_dataset
 from int_engine.bench.synthetic import make_scene, write_synthetic_dataset
 from int_engine.cli import FATAL, main
 from int_engine.errors import ConfigError
@@ -90,10 +90,18 @@ def test_bench_synthetic_writes_the_run_folder_contract(tiny_zoo, tmp_path, caps
     for key in ("MAE", "adpFm", "meanEm", "Sm", "wFm", "maxFm"):
         assert 0.0 <= summary[key] <= 1.0
     assert summary["scored"] == 8 and summary["failed"] == []
+    # an empty mask is visible: per iteration in each row, and listed in the summary
+    for r in rows:
+        assert len(r["soft_max"]) == len(r["binary_area"]) == r["iterations"]
+        assert all(0.0 <= m <= 1.0 for m in r["soft_max"]) and all(0.0 <= a <= 1.0 for a in r["binary_area"])
+        assert r["empty_mask"] == (cv2.imread(str(run / "pred" / f"{r['name']}.png"), cv2.IMREAD_GRAYSCALE) < 128).all()
+    assert summary["empty_masks"] == [r["name"] for r in rows if r["empty_mask"]]
+    assert f"{len(summary['empty_masks'])} with an empty binary mask" in (run / "summary.md").read_text()
     t = summary["throughput"]
     assert t["images_per_s"] > 0 and t["peak_rss_mb"] > 100 and {"propose", "detect", "segment"} <= set(t["seconds_per_image_by_stage"])
     page = (run / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 4 * 6 and "http://" not in page and "https://" not in page
+    assert page.count("soft max / binary area: ") >= 6
     assert (run / "summary.md").read_text().startswith("# int-engine bench: Synthetic")
 
 

@@ -206,8 +206,8 @@ def test_sam_backend_onnx_equals_eager(sams, multimask):
         eager.multimask_output = onnx.multimask_output = False
     assert sum(calls) == len(reqs)
     for w, g in zip(want, got):
-        assert 0 < w.sum() < w.size
-        np.testing.assert_array_equal(g, w)
+        assert 0 < (w > 0.5).sum() < w.size  # SAM's probabilities, on and off the mask
+        np.testing.assert_allclose(g, w, atol=1e-5)
 
 
 def test_sd_backend_onnx_equals_eager(sds):
@@ -302,7 +302,7 @@ def test_compile_runtime_matches_eager(tiny_zoo, sams, tmp_path):
     assert isinstance(compiled.decoder, torch._dynamo.eval_frame.OptimizedModule)
     reqs = _sam_requests()[:1]  # one shape: each new shape is another capture
     for w, g in zip(sams[0].segment(reqs), compiled.segment(reqs)):
-        np.testing.assert_array_equal(g, w)
+        np.testing.assert_allclose(g, w, atol=1e-5)
 
 
 @pytest.mark.skipif(trt_engine.available(), reason="checks the error raised where TensorRT is missing")
@@ -322,4 +322,5 @@ def test_tensorrt_engines_match_eager(tiny_zoo, sams, tmp_path):
     trt = SamSegmenter.load(Path(tiny_zoo) / "segmenter", device="cuda", runtime="tensorrt", artifacts=tmp_path)
     reqs = _sam_requests()
     for w, g in zip(sams[0].segment(reqs), trt.segment(reqs)):
-        assert np.mean(w != g) < 1e-3  # TF32/tactic choices may flip a border pixel
+        assert np.mean((w > 0.5) != (g > 0.5)) < 1e-3  # TF32/tactic choices may flip a border pixel
+        np.testing.assert_allclose(g, w, atol=1e-2)

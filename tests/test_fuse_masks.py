@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from int_engine.fuse import binarise, final_mask, reweight
-from int_engine.masks import clip_points, combine, masked_views, normalise_weights, view_similarities
+from int_engine.masks import clip_points, masked_views, normalise_weights, rescale, union, view_similarities, weighted_sum
 
 
 def test_eq13_picks_the_mask_closest_to_the_mean():
@@ -47,17 +47,58 @@ def test_eq11_softmax_weights_favour_the_most_similar_view():
     assert normalise_weights(np.array([-np.inf, -np.inf]), "softmax", 0.01).tolist() == [0.0, 0.0]
 
 
-def test_eq11_weighted_sum_and_union():
+def test_eq11_promac_weights_as_the_authors_code():
+    # ProMaC's clip_similarity: softmax of the CLIP logits over views, min-max (+1e-9), / sum
+    s = np.array([0.30, 0.28, -np.inf, 0.27, 0.29])
+    w = normalise_weights(s, "promac", 0.01)
+    soft = torch.softmax(torch.tensor([30.0, 28.0, 27.0, 29.0], dtype=torch.float64), 0)
+    mm = (soft - soft.min() + 1e-9) / (soft.max() - soft.min() + 1e-9)
+    want = mm / mm.sum()
+    assert w[2] == 0 and w.sum() == pytest.approx(1.0)
+    assert w[[0, 1, 3, 4]].tolist() == pytest.approx(want.tolist(), abs=1e-12)
+    assert w[3] < 1e-8  # the least similar view drops out, as in ProMaC
+    # one view with a mask gets all the weight; equal scores share it equally
+    assert normalise_weights(np.array([-np.inf, 0.2, -np.inf]), "promac", 0.01).tolist() == [0.0, 1.0, 0.0]
+    assert normalise_weights(np.array([0.2, 0.2]), "promac", 0.01).tolist() == pytest.approx([0.5, 0.5])
+    with pytest.raises(ValueError, match="promac"):
+        normalise_weights(s, "mean", 0.01)
+
+
+def test_eq11_weighted_sum_rescale_and_union():
     masks = torch.zeros(3, 4, 4)
-    masks[0, :2] = 1
-    masks[1, 2:] = 1
-    masks[2, :, :2] = 1
+    masks[0, :2] = 0.9
+    masks[1, 2:] = 0.8
+    masks[2, :, :2] = 0.7
     w = torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64)
-    m = combine(masks, w)
-    assert m[0, 3] == pytest.approx(0.5) and m[0, 0] == pytest.approx(0.75) and m[3, 3] == pytest.approx(0.25)
-    union = combine(masks, None)
-    assert union.tolist() == masks.amax(0).tolist()
-    assert combine(masks * 3, torch.ones(3)).max() == 1.0  # clipped to [0, 1]
+    raw = weighted_sum(masks, w)
+    assert raw[0, 3] == pytest.approx(0.45) and raw[0, 0] == pytest.approx(0.625) and raw[3, 3] == pytest.approx(0.2)
+    m = rescale(raw)
+    assert m.dtype == torch.float32 and m.max() == 1.0 and m.min() == 0.0
+    assert m[0, 3] == pytest.approx((0.45 - 0.2) / (0.625 - 0.2))
+    assert union(masks).tolist() == (masks > 0.5).any(0).float().tolist()
+    assert union(torch.full((2, 3, 3), 0.4)).sum() == 0  # below SAM's threshold everywhere
+
+
+def test_eq11_an_object_every_covering_view_segments_reaches_one():
+    """SPEC step 9: every pixel lies in 4 of the 9 views, so the raw weighted sum stays near 4/9;
+    the rescale brings an object that every view covering it segments to 1."""
+    from int_engine.patches import paste, views
+
+    h, w = 32, 48
+    vs = views(h, w, ("whole", "halves_h", "halves_v", "quarters"))
+    obj = torch.zeros(h, w)
+    obj[8:24, 12:36] = 1.0  # centred: spans all four quarters
+    pasted = torch.stack([paste(obj[v.y0 : v.y1, v.x0 : v.x1] * 0.95, v, h, w) for v in vs])
+    weights = normalise_weights(np.full(len(vs), 0.3), "promac", 0.01)
+    raw = weighted_sum(pasted, weights)
+    assert raw.max() < 0.5  # the binarisation would erase the object without the rescale
+    m = rescale(raw)
+    assert m.max() == 1.0 and ((m >= 0.5) == (obj > 0)).all()
+
+
+def test_eq11_rescale_keeps_empty_empty():
+    assert rescale(torch.zeros(5, 5)).sum() == 0
+    assert rescale(torch.full((5, 5), 0.3)).min() == 1.0  # constant: the object is everywhere
 
 
 def test_clip_points_take_distinct_extreme_cells():

@@ -117,6 +117,7 @@ def test_eq6_7_accumulation_over_iterations():
         # two views, each picking one name with the given softmax drop
         sb = torch.tensor([[[0.0, 0.0], [0.0, 0.0]]], dtype=torch.float64)
         sa = torch.tensor([[[-_drop_to_logit(g_frog), 0.0], [0.0, -_drop_to_logit(g_snake)]]], dtype=torch.float64)
+        w.observe(names)
         hist = w.history(names)
         pick, scores, new = mine(sb, sa, hist, eps)
         w.update(names, scores, new)
@@ -126,6 +127,7 @@ def test_eq6_7_accumulation_over_iterations():
     w1 = NameWeights(eps)
     sb = torch.zeros(1, 2, 2, dtype=torch.float64)
     sa = torch.tensor([[[-_drop_to_logit(0.2), 0.0], [0.0, -_drop_to_logit(0.45)]]], dtype=torch.float64)
+    w1.observe(names)
     _, scores, new = mine(sb, sa, w1.history(names), eps)
     w1.update(names, scores, new)
     total = 0.2 + 0.45
@@ -142,12 +144,31 @@ def _drop_to_logit(drop):
 def test_names_first_seen_later_start_at_eps_and_absent_names_decay():
     eps = 1e-3
     w = NameWeights(eps)
+    w.observe(["frog", "snake"])
     w.update(["frog", "snake"], torch.tensor([[0.3, 0.1]]), torch.tensor([[eps + 0.75, eps + 0.25]]))
+    w.observe(["frog", "moth"])
     hist = w.history(["frog", "moth"])
     assert hist.tolist() == [[pytest.approx(eps + 0.75), eps]]
     w.update(["frog", "moth"], torch.tensor([[0.2, 0.0]]), torch.tensor([[eps + 1.0, eps]]))
     assert w.weights["snake"] == eps  # not proposed, something moved: damped, not removed
     assert w.weights["frog"] == pytest.approx(eps + 1.0)
+
+
+def test_every_iteration_counts_even_without_mining():
+    """SPEC step 6: iterations that skipped steps 4-6 (one candidate, none) still count, so a name
+    first seen after them starts at ε while a name seen in iteration 1 keeps W = 1."""
+    eps = 1e-3
+    w = NameWeights(eps)
+    w.observe(["frog"])  # iteration 1: one candidate, no mining
+    w.observe(["frog", "snake"])  # iteration 2
+    assert w.history(["frog", "snake"]).tolist() == [[1.0, eps]]
+    late = NameWeights(eps)
+    late.observe([])  # iteration 1: no candidate at all
+    late.observe(["frog"])
+    assert late.history(["frog"]).tolist() == [[eps]]
+    # no view moved: W unchanged
+    w.update(["frog", "snake"], torch.zeros(1, 2), torch.tensor([[0.5, 0.5]]))
+    assert w.history(["frog", "snake"]).tolist() == [[1.0, eps]]
 
 
 def test_shape_errors_are_clear():

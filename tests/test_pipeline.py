@@ -59,3 +59,52 @@ def test_ablations_change_the_trace_as_documented(models):
         assert [v["name"] for v in it.views] == ["whole"]
         assert "inpaint" not in it.seconds and "score" not in it.seconds
         assert it.mask_weights == []
+
+
+def _frog_in_a_quarter():
+    from int_engine.testing import ColourWorld, Thing
+    from int_engine.testing.scenes import compose, ellipse
+
+    world = ColourWorld([Thing("bark", (120, 80, 40), kind="background"), Thing("frog", (70, 140, 50)),
+                         Thing("snake", (150, 40, 150), confusions={"bark": 0.08})])
+    return world, compose(world, "bark", [("frog", ellipse(128, 160, 120, 40, 14, 10))], 128, 160, seed=1)
+
+
+def test_step6_a_name_first_seen_after_an_iteration_without_mining_starts_at_eps():
+    """SPEC step 6: iteration 1 has one candidate (no mining); iteration 2 has two. The name seen in
+    iteration 1 keeps W = 1, the name first seen in iteration 2 starts at ε."""
+    from int_engine.pipeline import run
+    from int_engine.testing import scripted_models
+
+    world, scene = _frog_in_a_quarter()
+    models = scripted_models(world)
+    generate, calls = models.vlm.generate, []
+
+    def first_iteration_sees_only_frogs(images, prompts, max_new_tokens):
+        calls.append(1)
+        answers = generate(images, prompts, max_new_tokens)
+        return [a.replace("snake", "frog") for a in answers] if len(calls) == 1 else answers
+
+    models.vlm.generate = first_iteration_sees_only_frogs
+    r = run(scene.image, models, EngineConfig(iterations=2))
+    one, two = r.trace.iterations
+    assert one.candidates == ["frog"] and one.pick_source == "only candidate"
+    assert set(two.candidates) == {"frog", "snake"} and two.pick_source == "negative mining"
+    assert two.weights_before == {"frog": 1.0, "snake": 1e-3}
+
+
+def test_trace_says_when_no_view_moved_and_records_the_mask_it_made():
+    from int_engine.pipeline import run
+    from int_engine.testing import scripted_models
+
+    world, scene = _frog_in_a_quarter()
+    # no boxes: iteration 1 has several names but nothing to remove, so Σ Ď = 0
+    r = run(scene.image, scripted_models(world, gives_boxes=False), EngineConfig(iterations=1))
+    it = r.trace.iterations[0]
+    assert len(it.candidates) > 1 and all(g == 0 for g in it.view_gains)
+    assert it.pick == it.candidates[0] and it.pick_source == "no view moved (most frequent name)"
+    mask = r.iteration_masks[0]
+    assert it.soft_max == pytest.approx(float(mask.max()))
+    assert it.binary_area == pytest.approx(float((mask >= 0.5).mean()))
+    found = run(scene.image, scripted_models(world), EngineConfig(iterations=1)).trace.iterations[0]
+    assert found.pick_source == "negative mining" and found.soft_max == 1.0 and 0 < found.binary_area < 0.1

@@ -34,14 +34,14 @@ def test_profile_writes_table_chrome_trace_and_chart(tmp_path):
         assert chart.size == (640, 400) and len(np.unique(np.asarray(chart).reshape(-1, 3), axis=0)) > 5
 
 
-def test_throughput_script_reports_both_sides_and_identical_masks(tiny_zoo, tmp_path, capsys):
+def test_throughput_script_reports_both_sides_and_the_same_masks(tiny_zoo, tmp_path, capsys):
     from int_engine.bench.throughput import main
 
     out = tmp_path / "t.json"
     code = main(["--images", "2", "--in-flight", "2", "--iterations", "1", "--size", "48", "64", "--zoo", str(tiny_zoo),
                  "--set", "max_new_tokens=8", "--set", "models.inpaint.options.steps=2", "--json", str(out)])
     figures = json.loads(out.read_text())
-    assert code == 0 and figures["masks_identical_8bit"]
+    assert code == 0 and figures["max_soft_mask_difference"] < 1e-4 and figures["max_8bit_level_difference"] <= 1
     for key in ("engine_images_per_s", "reference_images_per_s", "ratio", "peak_rss_mb", "calls_per_image_iteration"):
         assert key in figures
     assert figures["ratio"] == figures["engine_images_per_s"] / figures["reference_images_per_s"]

@@ -45,8 +45,8 @@ def test_implements_protocol(segmenter):
 def test_mask_shape_dtype_and_values(segmenter, image):
     (mask,) = segmenter.segment([SegmentRequest(image, boxes=BOX_A)])
     assert mask.shape == (96, 80) and mask.dtype == np.float32
-    assert set(np.unique(mask)) <= {0.0, 1.0}
-    assert 0 < mask.sum() < mask.size  # the tiny model is random but not degenerate
+    assert 0.0 <= mask.min() and mask.max() <= 1.0 and len(np.unique(mask)) > 2  # a probability, not 0/1
+    assert 0 < (mask > 0.5).sum() < mask.size  # the tiny model is random but not degenerate
 
 
 def test_union_of_two_boxes_covers_each_box(segmenter, image):
@@ -55,10 +55,9 @@ def test_union_of_two_boxes_covers_each_box(segmenter, image):
          SegmentRequest(image, boxes=np.concatenate([BOX_A, BOX_B]))]
     )
     assert not np.array_equal(a, b)
-    # Each box is decoded as its own row, so the union is the max of the single masks up
-    # to a stray pixel where a batch-size-dependent rounding flips the 0 threshold.
-    assert np.mean(both < a) < 1e-3 and np.mean(both < b) < 1e-3
-    assert np.mean(both != np.maximum(a, b)) < 1e-3
+    # Each box is decoded as its own row, so the request's probability is the max of the single
+    # ones, up to the rounding of batch-size-dependent matmuls.
+    np.testing.assert_allclose(both, np.maximum(a, b), atol=1e-4)
 
 
 def test_points_only_and_points_with_boxes(segmenter, image):
@@ -94,14 +93,14 @@ def test_batch_equals_one_by_one(segmenter):
     single = [segmenter.segment([r])[0] for r in reqs]
     for got, want, req in zip(batched, single, reqs):
         assert got.shape == req.image.shape[:2]
-        # The encoder's batched matmuls may round differently; allow a stray border pixel.
-        assert np.mean(got != want) < 1e-3
+        # The encoder's batched matmuls may round differently.
+        np.testing.assert_allclose(got, want, atol=1e-4)
 
 
 def test_multimask_output_keeps_one_mask(sam_dir, image):
     seg = SamSegmenter.load(sam_dir, multimask_output=True)
     (mask,) = seg.segment([SegmentRequest(image, points=np.array([[20, 30]], np.float32), labels=np.array([1]))])
-    assert mask.shape == (96, 80) and set(np.unique(mask)) <= {0.0, 1.0}
+    assert mask.shape == (96, 80) and 0.0 <= mask.min() and mask.max() <= 1.0
 
 
 def test_missing_dir(tmp_path):

@@ -49,7 +49,7 @@ def test_small_sam_is_vit_b_shaped_at_256px_and_segments(small, scene):
     box = np.array([[30, 20, 120, 100]], np.float32)
     (mask,) = seg.segment([SegmentRequest(scene, boxes=box)])
     assert mask.shape == scene.shape[:2] and mask.dtype == np.float32
-    assert set(np.unique(mask)) <= {0.0, 1.0}
+    assert 0.0 <= mask.min() and mask.max() <= 1.0  # SAM's mask probability
 
 
 def test_small_clip_is_vit_b16_shaped_and_scores(small, scene):

@@ -165,20 +165,23 @@ def decode_requests(
     return [torch.cat(parts) if parts else features.new_zeros(0, 1, 4 * g[0], 4 * g[1]) for parts in out]
 
 
-def union_masks(
+def mask_probabilities(
     sam: Sam,
     logits: Sequence[torch.Tensor],
     input_sizes: Sequence[tuple[int, int]],
     original_sizes: Sequence[tuple[int, int]],
     max_prompts: int,
 ) -> list[torch.Tensor]:
-    """Each request's mask at its image's size: the union over its prompts of SAM's thresholded,
-    upscaled masks (``Sam.postprocess_masks``, ``> Sam.mask_threshold``), bool [H, W].
+    """Each request's mask probability at its image's size, float32 [H, W] in [0, 1]: the
+    pixel-wise maximum over its prompts of sigmoid(upscaled logit - ``Sam.mask_threshold``).
 
+    The logits are upscaled as ``Sam.postprocess_masks`` does; subtracting SAM's threshold puts
+    SAM's own decision at 0.5 (the published models' threshold is 0.0, so this is the plain
+    sigmoid the authors' code uses), and ``> 0.5`` gives exactly the union of SAM's binary masks.
     Requests sharing (input size, original size) are upscaled together, at most ``max_prompts``
     masks per pass so that memory stays bounded for large images.
     """
-    out = [torch.zeros(size, dtype=torch.bool, device=sam.device) for size in original_sizes]
+    out = [torch.zeros(size, dtype=torch.float32, device=sam.device) for size in original_sizes]
     groups: dict[tuple, list[int]] = {}
     for r, key in enumerate(zip(input_sizes, original_sizes)):
         groups.setdefault(key, []).append(r)
@@ -187,7 +190,8 @@ def union_masks(
         owner = torch.cat([torch.full((len(logits[r]),), r, dtype=torch.long) for r in requests])
         for s in range(0, len(owner), max_prompts):
             rows = owner[s : s + max_prompts]
-            masks = sam.postprocess_masks(stacked[s : s + max_prompts], input_size, original)[:, 0] > sam.mask_threshold
+            upscaled = sam.postprocess_masks(stacked[s : s + max_prompts], input_size, original)[:, 0].float()
+            prob = torch.sigmoid(upscaled - sam.mask_threshold)
             for r in rows.unique_consecutive().tolist():
-                out[r] |= masks[(rows == r).to(masks.device)].any(dim=0)
+                out[r] = torch.maximum(out[r], prob[(rows == r).to(prob.device)].amax(dim=0))
     return out

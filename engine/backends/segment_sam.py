@@ -27,7 +27,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from ..errors import ModelLoadError
 from ..models.checks import require_files
 from ..protocols import SegmentRequest
-from .sam_decode import Decoder, PromptDecoder, decode_requests, flatten_prompts, union_masks
+from .sam_decode import Decoder, PromptDecoder, decode_requests, flatten_prompts, mask_probabilities
 
 ROLE = "segmenter"
 FORMAT = "segment-anything (state dict *.pth + sam_arch.json)"
@@ -273,8 +273,9 @@ class SamSegmenter:
         return self.sam.device
 
     def segment(self, requests: Sequence[SegmentRequest]) -> list[np.ndarray]:
-        """One float32 [H, W] mask in {0, 1} per request, at its image's size: the union over
-        its boxes, the points-only mask when it has no box, zeros when it has neither."""
+        """One float32 [H, W] mask probability per request, at its image's size (``Segmenter``):
+        the maximum over its boxes (each with the request's points), the points-only mask when it
+        has no box, zeros when it has neither. ``> 0.5`` is SAM's own binary mask."""
         out: list[np.ndarray | None] = [None] * len(requests)
         todo = []
         for i, req in enumerate(requests):
@@ -294,7 +295,7 @@ class SamSegmenter:
                 input_sizes += sizes
             prompts = [self._prompts(requests[i], size) for i, size in zip(todo, originals)]
             logits = decode_requests(self.decoder, torch.cat(features), prompts, self.multimask_output, self.decode_batch)
-            masks = union_masks(self.sam, logits, input_sizes, originals, self.decode_batch)
+            masks = mask_probabilities(self.sam, logits, input_sizes, originals, self.decode_batch)
         for i, mask in zip(todo, masks):
             out[i] = mask.to(torch.float32).cpu().numpy()
         return out  # type: ignore[return-value]

@@ -2,11 +2,13 @@
 
 ``ColourWorld`` describes what each name looks like (a colour); the scripted VLM, detector,
 segmenter and CLIP implement the engine's protocols by looking at the pixels of the images
-they are given, so inpainting an object away really lowers its name's score. Users can
+they are given, so inpainting an object away really lowers its name's score. They make the
+errors real models make (``ModelErrors``: wrong and missing VLM boxes, jittered detections,
+ragged SAM probabilities, CLIP similarities a few hundredths apart). Users can
 build their own worlds to test configurations of the engine.
 """
 
-from .backends import ScriptedClip, ScriptedDetector, ScriptedSegmenter, ScriptedVLM, scripted_models
+from .backends import ModelErrors, ScriptedClip, ScriptedDetector, ScriptedSegmenter, ScriptedVLM, scripted_models
 from .world import ColourWorld, Thing
 
-__all__ = ["ColourWorld", "Thing", "ScriptedVLM", "ScriptedDetector", "ScriptedSegmenter", "ScriptedClip", "scripted_models"]
+__all__ = ["ModelErrors", "ColourWorld", "Thing", "ScriptedVLM", "ScriptedDetector", "ScriptedSegmenter", "ScriptedClip", "scripted_models"]
