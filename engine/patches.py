@@ -65,10 +65,33 @@ def crop(image: np.ndarray, view: View) -> np.ndarray:
     return image[view.y0 : view.y1, view.x0 : view.x1]
 
 
+def square_frame(height: int, width: int) -> tuple[int, int, int]:
+    """(side, top, left): an ``height`` x ``width`` image padded to a ``side`` x ``side`` square,
+    side = max(height, width), sits at rows ``top:top + height`` and columns ``left:left + width``.
+
+    Centred as LLaVA's ``expand2square`` pastes it: a wide image at (0, (W - H) // 2), a tall one
+    at ((H - W) // 2, 0). The VLM backends pad with it (``backends.llava_image.pad_to_square``)
+    and ``normalised_box_to_view`` maps boxes back with it: one rule for both directions.
+    """
+    side = max(height, width)
+    return side, (side - height) // 2, (side - width) // 2
+
+
 def normalised_box_to_view(box: tuple[float, float, float, float], view: View) -> np.ndarray:
-    """A box in [0, 1] view coordinates (what the VLM answers to P_B) -> float32 [4] view pixels."""
-    x0, y0, x1, y1 = box
-    return np.array([x0 * view.width, y0 * view.height, x1 * view.width, y1 * view.height], np.float32)
+    """The VLM's P_B box (x0, y0, x1, y1) -> float32 [4] view pixels (x0, y0, x1, y1), clipped to
+    ``[0, view.width] x [0, view.height]``; a box that lies only in the padding has no area.
+
+    The box is normalised to the view *padded to a square* (S = max(w, h), centred; see
+    ``square_frame``), not to the view itself: LLaVA-1.5 was trained on images padded that way
+    (its ``expand2square``, ``image_aspect_ratio: pad``), so its normalised answers are relative
+    to the padded square, and the VLM backends show it every view padded so. Hence
+    x_view = x * S - left, y_view = y * S - top. Every normalised VLM box goes through here.
+    """
+    side, top, left = square_frame(view.height, view.width)
+    x0, y0, x1, y1 = (float(c) * side for c in box)
+    xs = np.clip([x0 - left, x1 - left], 0, view.width)
+    ys = np.clip([y0 - top, y1 - top], 0, view.height)
+    return np.array([xs[0], ys[0], xs[1], ys[1]], np.float32)
 
 
 def view_boxes_to_image(boxes: np.ndarray, view: View) -> np.ndarray:

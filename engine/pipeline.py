@@ -175,7 +175,9 @@ def iteration_steps(
     tr.pick = pick
     tr.views = [
         {"name": v.name, "box": list(v.box), "answer_box": p.box_text[:200], "answer_name": p.name_text[:200],
-         "box_parsed": list(p.box) if p.box else None, "foreground": p.foreground, "background": p.background}
+         "box_parsed": list(p.box) if p.box else None,  # normalised to the view padded to a square
+         "box_view_px": patches.normalised_box_to_view(p.box, v).round(1).tolist() if p.box else None,
+         "foreground": p.foreground, "background": p.background}
         for v, p in zip(views, proposals)
     ]
     # step 7 (eq 8)
@@ -265,7 +267,7 @@ def drive(steps: Steps, models: Models, execute: Callable[[Models, ModelCall], A
 def run(image: np.ndarray, models: Models, cfg: EngineConfig, source: str = "<array>",
         original_size: tuple[int, int] | None = None, conversions: tuple[str, ...] = ()) -> Result:
     """INT on one image, eagerly: the reference every other driver must match."""
-    return drive(image_steps(image, cfg, source, original_size, conversions), models, device=cfg.models.device)
+    return drive(image_steps(image, cfg, source, original_size, conversions), models, device=cfg.models.sync_device)
 
 
 def segment_image(image: LoadedImage, models: Models, cfg: EngineConfig) -> Result:

@@ -9,6 +9,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+from . import patches
+
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _WORD = re.compile(r"[a-z]+(?:-[a-z]+)*")
 
@@ -45,11 +47,14 @@ def inpaint_prompts(foreground: str, background: str, task: str) -> tuple[str, s
 
 
 def parse_box(text: str, width: int | None = None, height: int | None = None) -> tuple[float, float, float, float] | None:
-    """The first four numbers of ``text`` as a box normalised to [0, 1] (x0, y0, x1, y1), or None.
+    """The first four numbers of ``text`` as a box (x0, y0, x1, y1) in [0, 1], or None.
 
-    LLaVA-1.5 answers in normalised coordinates; numbers above 1 are read as pixels of a
-    ``width`` x ``height`` view when those are given. Corners are reordered; a box with no
-    area, or outside the view, is None.
+    The box is in the VLM's frame: normalised to the ``width`` x ``height`` view padded to a
+    centred S x S square, S = max(width, height), because LLaVA-1.5 was trained on images
+    padded so and the backends show it every view so (``patches.normalised_box_to_view`` maps
+    it to view pixels). Numbers above 1 are read as pixels of that padded square when the
+    view's size is given. Corners are reordered; a box with no area, or (size given) with no
+    area inside the view, i.e. only on the padding, is None.
     """
     nums = [float(n) for n in _NUMBER.findall(text or "")]
     if len(nums) < 4:
@@ -58,11 +63,16 @@ def parse_box(text: str, width: int | None = None, height: int | None = None) ->
     if max(x0, y0, x1, y1) > 1.0:
         if not width or not height:
             return None
-        x0, x1, y0, y1 = x0 / width, x1 / width, y0 / height, y1 / height
+        side = max(width, height)
+        x0, x1, y0, y1 = x0 / side, x1 / side, y0 / side, y1 / side
     x0, x1 = sorted((min(max(x0, 0.0), 1.0), min(max(x1, 0.0), 1.0)))
     y0, y1 = sorted((min(max(y0, 0.0), 1.0), min(max(y1, 0.0), 1.0)))
     if (x1 - x0) * (y1 - y0) < 1e-4:
         return None
+    if width and height:
+        vx0, vy0, vx1, vy1 = patches.normalised_box_to_view((x0, y0, x1, y1), patches.View("view", 0, 0, width, height))
+        if (vx1 - vx0) * (vy1 - vy0) < 1e-4 * width * height:
+            return None
     return (x0, y0, x1, y1)
 
 
@@ -101,8 +111,9 @@ def parse_names(text: str, task: str) -> tuple[str | None, str | None]:
 
 @dataclass(frozen=True)
 class ViewProposal:
-    """What the VLM said about one view: the P_B box (normalised view coordinates) and the
-    P_A names, each possibly None, plus the raw answers for the trace."""
+    """What the VLM said about one view: the P_B box (normalised to the view padded to a square,
+    LLaVA-1.5's frame: ``parse_box``; ``patches.normalised_box_to_view`` gives view pixels) and
+    the P_A names, each possibly None, plus the raw answers for the trace."""
 
     box: tuple[float, float, float, float] | None
     foreground: str | None

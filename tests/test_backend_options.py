@@ -1,6 +1,7 @@
 """Backend options are checked against the backend's ``load`` before anything is loaded: a
 misspelt key or a value of the wrong type is a one-line ConfigError, for every backend."""
 
+import importlib.util
 import inspect
 import re
 import types
@@ -17,7 +18,9 @@ from int_engine.models.load import (
 
 PAIRS = sorted(BACKENDS)
 # One value of each kind an option may be declared with.
-SAMPLES = {int: 2, float: 1.5, bool: True, str: "x", Path: "x", type(None): None}
+SAMPLES = {int: 2, float: 1.5, bool: True, str: "x", Path: "x", type(None): None,
+           # the vllm backend's options are vllm.EngineArgs fields: mappings and lists among them
+           dict: {}, list: []}
 # Every file any **options backend's require_files looks for, empty: enough to reach its option check.
 STUB_FILES = ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json", "vocab.txt")
 
@@ -104,6 +107,27 @@ def test_bad_options_fail_before_any_model_is_loaded(tmp_path):
     for load in (lambda: load_models(cfg, tmp_path / "nowhere"), lambda: load_role(cfg, "clip", tmp_path)):
         with pytest.raises(ConfigError, match="models.clip.options: unknown option 'bach_size'"):
             load()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")
+def test_vllm_options_are_the_installed_engine_args():
+    """vllm's options are read off the installed vllm.EngineArgs: its fields are allowed and
+    typed from their annotations; a misspelt one is the same one-line error."""
+    import dataclasses
+
+    from vllm.engine.arg_utils import EngineArgs
+
+    allowed = backend_options(backend_class("vlm", "vllm"))
+    fields = {f.name for f in dataclasses.fields(EngineArgs) if not f.name.startswith("_")}
+    assert set(allowed) == fields - {"model", "tokenizer", "dtype"} | {"multiprocessing"}
+    check_options(config("vlm", "vllm", tensor_parallel_size=2, quantization="awq", cpu_offload_gb=4,
+                         limit_mm_per_prompt={"image": 1}, compilation_config={"mode": 0}, gpu_memory_utilization=0.5))
+    with pytest.raises(ConfigError, match=r"^models\.vlm\.options\.tensor_parallel_size: expected int, got str 'two'$"):
+        check_options(config("vlm", "vllm", tensor_parallel_size="two"))
+    with pytest.raises(ConfigError, match=r"^models\.vlm\.options: unknown option 'tensor_paralel_size' \(did you mean 'tensor_parallel_size'\?\)"):
+        check_options(config("vlm", "vllm", tensor_paralel_size=2))
+    with pytest.raises(ConfigError, match="unknown option 'model'"):  # the role's path is the model
+        check_options(config("vlm", "vllm", model="/elsewhere"))
 
 
 def test_a_kwargs_backend_without_the_hook_is_a_programming_error():

@@ -98,8 +98,8 @@ def test_working_size_of_the_issue_strip():
 def test_what_every_view_becomes_inside_the_models():
     """Every view of every shape, through each model's own resize rule, keeps both sides >= 8
     pixels: GroundingDINO (tiny zoo 128/128, real 800/1333), SAM's ResizeLongestSide
-    (tiny 128, real 1024), LLaVA's CLIP processor (shortest edge 56 tiny / 336 real, then a
-    centre crop), open_clip (a plain resize to its square). At the default bounds the worst
+    (tiny 128, real 1024), LLaVA (each view padded to a square first, ``llava_image.pad_to_square``,
+    so its processor's resize and crop see a square), open_clip (a plain resize to its square). At the default bounds the worst
     view is 16 x 132 (aspect 8.25): 16 x 127 in the tiny GroundingDINO, 160 x 1333 in the real one,
     16 x 128 in the tiny SAM, 124 x 1024 in the real one."""
     from segment_anything.utils.transforms import ResizeLongestSide
@@ -114,8 +114,8 @@ def test_what_every_view_becomes_inside_the_models():
                 assert min(get_size_with_aspect_ratio((v.height, v.width), short, long)) >= 8, (shape, v)
             for long in (128, 1024):
                 assert min(ResizeLongestSide.get_preprocess_shape(v.height, v.width, long)) >= 8, (shape, v)
-            # CLIPImageProcessor: shortest edge to 336 (tiny 56), long side in proportion, then
-            # a centre crop: any aspect is accepted; the bound keeps the resized long side small
+            # LLaVA: the view padded to a square of its long side; the bound keeps the view's own
+            # short side at >= 1/8.25 of that square (>= 40 of LLaVA's 336 pixels)
             assert 336 * max(v.height, v.width) / min(v.height, v.width) <= 336 * 8.25, (shape, v)
 
 

@@ -45,9 +45,11 @@ def test_box_round_trip_view_image_view():
 
 def test_normalised_box_maps_into_the_view_then_image():
     v = views(100, 200, ("quarters",))[3]  # bottom_right: x 100..200, y 50..100
-    b = normalised_box_to_view((0.5, 0.5, 1.0, 1.0), v)
-    np.testing.assert_allclose(b, [50, 25, 100, 50])
-    np.testing.assert_allclose(view_boxes_to_image(b, v), [[150, 75, 200, 100]])
+    # normalised to the view padded to a 100 x 100 square (LLaVA's frame): the view is rows 25..75
+    b = normalised_box_to_view((0.5, 0.3, 1.0, 0.6), v)
+    np.testing.assert_allclose(b, [50, 5, 100, 35])
+    np.testing.assert_allclose(view_boxes_to_image(b, v), [[150, 55, 200, 85]])
+    np.testing.assert_allclose(normalised_box_to_view((0.0, 0.0, 1.0, 1.0), v), [0, 0, 100, 50])  # clipped to the view
 
 
 def test_boxes_mostly_outside_a_view_are_not_given_to_it():

@@ -29,7 +29,10 @@ def test_parse_box(text, box):
 
 
 def test_parse_box_pixels_with_view_size():
-    assert parse_box("[20, 10, 60, 30]", width=100, height=50) == pytest.approx((0.2, 0.2, 0.6, 0.6))
+    # pixels of the 100 x 50 view padded to a 100 x 100 square (rows 25..75 are the view): the
+    # box stays in that square's frame, view pixels (20, 10, 60, 30)
+    assert parse_box("[20, 35, 60, 55]", width=100, height=50) == pytest.approx((0.2, 0.35, 0.6, 0.55))
+    assert parse_box("[20, 5, 60, 20]", width=100, height=50) is None  # only on the padding
 
 
 @pytest.mark.parametrize("text,expected", [

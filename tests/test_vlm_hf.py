@@ -175,10 +175,13 @@ def test_score_batch_equals_one_by_one(vlm, images):
 
 
 def test_score_matches_a_full_forward_by_hand(vlm, images):
+    from int_engine.backends.llava_image import pad_to_square, processor_fill
+
     processor, model = vlm.processor, vlm.model
     prompt = vlm.chat_text(PROMPT_A)
-    pre = processor(images=images[1], text=prompt, return_tensors="pt")
-    full = processor(images=images[1], text=prompt + " frog, grass", return_tensors="pt")
+    square = pad_to_square(images[1], processor_fill(processor.image_processor))  # as the backend sends it
+    pre = processor(images=square, text=prompt, return_tensors="pt")
+    full = processor(images=square, text=prompt + " frog, grass", return_tensors="pt")
     n = pre["input_ids"].shape[1]
     assert torch.equal(full["input_ids"][:, :n], pre["input_ids"])
     with torch.inference_mode():
@@ -254,19 +257,19 @@ def test_bad_options(tiny_dir):
 
 def test_score_encodes_each_distinct_image_once(vlm, images):
     seen = []
-    tower = vlm.model.model.vision_tower
-    original = tower.forward
+    embeddings = vlm.model.model.vision_tower.embeddings
+    original = embeddings.forward
 
     def counting(pixel_values, *args, **kwargs):
         seen.append(pixel_values.shape[0])
         return original(pixel_values, *args, **kwargs)
 
-    tower.forward = counting
+    embeddings.forward = counting
     try:
         rows = [images[0]] * 3 + [images[1]] * 3
         batched = vlm.score(rows, ["Output the name."] * 6, ["frog", "snake", "moth"] * 2)
     finally:
-        tower.forward = original
+        embeddings.forward = original
     assert seen == [2]  # two distinct images, six rows
     alone = np.array([vlm.score([im.copy()], ["Output the name."], [a])[0] for im, a in zip(rows, ["frog", "snake", "moth"] * 2)])
     np.testing.assert_allclose(batched, alone, atol=1e-4)
@@ -278,15 +281,148 @@ def test_inputs_equal_the_processors_with_each_image_processed_once(vlm, images,
     texts = [vlm.chat_text(p) for p in ["Output the name.", "Name it.", "What is this?", "x", "Output the name.", "y"]]
     processed = []
     image_processor = vlm.processor.image_processor
-    monkeypatch.setattr(vlm.processor, "image_processor",
-                        lambda pil, **kw: processed.append(len(pil)) or image_processor(pil, **kw))
+
+    class Counting:  # the image processor, counting the images it is given
+        def __call__(self, pil, **kw):
+            processed.append(len(pil))
+            return image_processor(pil, **kw)
+
+        def __getattr__(self, name):
+            return getattr(image_processor, name)
+
+    monkeypatch.setattr(vlm.processor, "image_processor", Counting())
     got = vlm._inputs(rows, texts, padding_side)
     assert processed == [3]  # three distinct images for six rows
     monkeypatch.undo()
     from PIL import Image
 
-    want = vlm.processor(images=[Image.fromarray(im) for im in rows], text=texts, padding=True,
-                         padding_side=padding_side, return_tensors="pt")
+    from int_engine.backends.llava_image import pad_to_square, processor_fill
+
+    fill = processor_fill(image_processor)
+    want = vlm.processor(images=[Image.fromarray(pad_to_square(im, fill)) for im in rows], text=texts,
+                         padding=True, padding_side=padding_side, return_tensors="pt")
     assert sorted(got) == sorted(want)
-    for key in want:
-        assert torch.equal(got[key], want[key].to(got[key].dtype)), key
+    for key in ("input_ids", "attention_mask"):
+        assert torch.equal(got[key], want[key]), key
+    # Only the distinct images' pixels, in first-occurrence order: rows 0, 1 and 3.
+    assert torch.equal(got["pixel_values"], want["pixel_values"][[0, 1, 3]].to(got["pixel_values"].dtype))
+
+
+# ---- memory: no KV cache in scoring, passes by a token budget ------------------------------
+
+
+def test_token_passes_bound_rows_times_longest_row():
+    from int_engine.backends.vlm_hf import token_passes
+
+    assert token_passes([10, 10, 10, 10], max_tokens=20) == [slice(0, 2), slice(2, 4)]
+    # the longest row so far sets the pass's padded length
+    assert token_passes([5, 5, 12, 5], max_tokens=24) == [slice(0, 2), slice(2, 4)]
+    # generation counts what every row grows by
+    assert token_passes([10, 10, 10], extra=10, max_tokens=40) == [slice(0, 2), slice(2, 3)]
+    # the row cap still holds; a row over the budget gets a pass of its own
+    assert token_passes([1] * 5, max_tokens=100, max_rows=2) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    assert token_passes([50, 3, 3], max_tokens=10) == [slice(0, 1), slice(1, 3)]
+    assert token_passes([7] * 3) == [slice(0, 3)] and token_passes([]) == []
+
+
+def test_row_lengths_are_the_padded_lengths(vlm, images):
+    texts = [vlm.chat_text(p) + a for p, a in [(PROMPT_A, " frog"), (PROMPT_B, " [0.1, 0.2, 0.3, 0.4]"), ("x", "")]]
+    mask = vlm._inputs(images, texts, padding_side="left")["attention_mask"]
+    assert vlm._row_lengths(texts) == mask.sum(-1).tolist()
+
+
+def spy_language_model(vlm, monkeypatch) -> list[dict]:
+    """Record each language-model forward's kwargs, input shape and returned cache."""
+    lm = vlm.model.model.language_model
+    calls, original = [], lm.forward
+
+    def recording(*args, **kwargs):
+        out = original(*args, **kwargs)
+        shape = tuple(kwargs["inputs_embeds"].shape[:2]) if kwargs.get("inputs_embeds") is not None else None
+        calls.append({"kwargs": kwargs, "shape": shape, "past_key_values": out.past_key_values,
+                      "hidden_states": out.hidden_states})
+        return out
+
+    monkeypatch.setattr(lm, "forward", recording)
+    return calls
+
+
+def test_score_builds_no_kv_cache(vlm, images, monkeypatch):
+    from transformers import cache_utils
+
+    created = []
+    original_init = cache_utils.DynamicCache.__init__
+    monkeypatch.setattr(cache_utils.DynamicCache, "__init__",
+                        lambda self, *a, **k: created.append(1) or original_init(self, *a, **k))
+    calls = spy_language_model(vlm, monkeypatch)
+    vlm.score(images, [PROMPT_A] * 3, ["frog", "lizard", "owl"])
+    assert calls and all(c["kwargs"]["use_cache"] is False for c in calls)
+    assert all(c["past_key_values"] is None and c["hidden_states"] is None for c in calls)
+    assert created == []  # transformers would make one per pass from the config's use_cache=True
+
+
+def test_score_passes_fit_the_token_budget_and_equal_one_pass(tiny_dir, vlm, images, monkeypatch):
+    rows = [images[0]] * 4 + [images[1]] * 3 + [images[2]] * 3
+    prompts = [PROMPT_A, PROMPT_B] * 5
+    answers = ["frog", "[0.1, 0.2, 0.3, 0.4]", "moth", "a green leaf", "x"] * 2
+    one_pass = vlm.score(rows, prompts, answers)
+    budget = 3 * max(vlm._row_lengths([vlm.chat_text(p) + " " + a for p, a in zip(prompts, answers)]))
+    small = HFLlavaVLM.load(tiny_dir, max_batch_tokens=budget)
+    calls = spy_language_model(small, monkeypatch)
+    np.testing.assert_allclose(small.score(rows, prompts, answers), one_pass, atol=1e-4)
+    assert len(calls) >= 4 and all(r * s <= budget for r, s in (c["shape"] for c in calls))
+    assert sum(c["shape"][0] for c in calls) == len(rows)
+
+
+def test_generate_passes_count_the_new_tokens(tiny_dir, vlm, images, monkeypatch):
+    prompts = [PROMPT_A, PROMPT_B, PROMPT_A, PROMPT_B]
+    rows = images + images[:1]
+    want = vlm.generate(rows, prompts, max_new_tokens=6)
+    longest = max(vlm._row_lengths([vlm.chat_text(p) for p in prompts]))
+    small = HFLlavaVLM.load(tiny_dir, max_batch_tokens=2 * (longest + 6))
+    shapes, original = [], small.model.generate
+
+    def recording(**kwargs):
+        shapes.append(tuple(kwargs["input_ids"].shape))
+        assert "pixel_values" not in kwargs  # each distinct image encoded once, beforehand
+        return original(**kwargs)
+
+    monkeypatch.setattr(small.model, "generate", recording)
+    assert small.generate(rows, prompts, max_new_tokens=6) == want
+    assert len(shapes) == 2 and all(r * (s + 6) <= 2 * (longest + 6) for r, s in shapes)
+
+
+def test_vision_features_run_only_up_to_the_selected_layer(vlm, images):
+    cfg = vlm.model.config
+    tower = vlm.model.model.vision_tower
+    pixels = vlm._inputs(images, ["<image>"] * 3, padding_side="left")["pixel_values"]
+    ran = []
+    hooks = [layer.register_forward_hook(lambda m, i, o, k=k: ran.append(k)) for k, layer in enumerate(tower.encoder.layers)]
+    try:
+        with torch.inference_mode():
+            got = vlm._vision_features(pixels)
+    finally:
+        for h in hooks:
+            h.remove()
+    n = len(tower.encoder.layers)
+    assert cfg.vision_feature_layer == -2 and ran == list(range(n - 1))  # the last layer is never run
+    with torch.inference_mode():
+        want = vlm.model.model.get_image_features(
+            pixel_values=pixels, vision_feature_layer=cfg.vision_feature_layer,
+            vision_feature_select_strategy=cfg.vision_feature_select_strategy, return_dict=True,
+        ).pooler_output
+    assert got.shape == (3, cfg.image_seq_length, cfg.text_config.hidden_size)
+    for u in range(3):
+        torch.testing.assert_close(got[u], want[u], rtol=0, atol=1e-6)
+
+
+def test_hidden_state_indices():
+    from int_engine.backends.vlm_hf import hidden_state_indices
+
+    assert hidden_state_indices(-2, 24) == [23] and hidden_state_indices(-1, 24) == [24]
+    assert hidden_state_indices([-2, -5, 0], 24) == [23, 20, 0]
+
+
+def test_bad_budget_option(tiny_dir):
+    with pytest.raises(ConfigError, match="max_batch_tokens must be >= 1"):
+        HFLlavaVLM.load(tiny_dir, max_batch_tokens=0)

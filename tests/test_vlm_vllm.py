@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import types
+import typing
 from types import SimpleNamespace
 
 import numpy as np
@@ -31,8 +32,10 @@ PROMPT_B = (
     "output the bounding box of the camouflaged animal."
 )
 # Small engine settings for the tiny model: no torch.compile (start-up 5 s, not 45 s), a
-# 64 MiB KV cache, and blocks of 32 tokens so that the ~40-token requests share cached blocks.
-TINY_ENGINE = {"enforce_eager": True, "kv_cache_memory_bytes": 64 << 20, "block_size": 32, "max_model_len": 512}
+# 64 MiB KV cache, and blocks of 32 tokens so that the ~40-token requests share cached blocks;
+# limit_mm_per_prompt is an EngineArgs field beyond the options this backend once listed.
+TINY_ENGINE = {"enforce_eager": True, "kv_cache_memory_bytes": 64 << 20, "block_size": 32, "max_model_len": 512,
+               "limit_mm_per_prompt": {"image": 1}}
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +108,10 @@ def test_load_gives_a_vlm_and_leaves_process_state(engine):
     # thread count to 1; load puts both back.
     assert isinstance(torch.set_num_threads, types.BuiltinFunctionType)
     assert torch.get_num_threads() == threads_before
+    # any EngineArgs field reaches the engine; this backend's defaults hold
+    config = vlm.llm.llm_engine.vllm_config
+    assert config.model_config.multimodal_config.get_limit_per_prompt("image") == 1
+    assert config.cache_config.enable_prefix_caching and vlm.prefix_caching
 
 
 @needs_vllm
@@ -191,6 +198,73 @@ def test_bad_options_are_config_errors(tiny_zoo):
         VLLMLlavaVLM.load(tiny_zoo / "vlm", beam_width=4)
     with pytest.raises(ConfigError, match="dtype"):
         VLLMLlavaVLM.load(tiny_zoo / "vlm", dtype="int3")
+
+
+def test_engine_kwargs_bound_the_kv_cache_by_device():
+    from int_engine.backends.vlm_vllm import (
+        CPU_KV_CACHE_BYTES,
+        CUDA_GPU_MEMORY_UTILIZATION,
+        engine_kwargs,
+    )
+
+    defaults = {"enable_prefix_caching": True, "enforce_eager": False, "seed": 0}
+    # CPU: a fixed KV cache, as before; CUDA: a share of the GPU that leaves the other roles room
+    assert engine_kwargs("cpu", {}) == defaults | {"kv_cache_memory_bytes": CPU_KV_CACHE_BYTES}
+    assert CUDA_GPU_MEMORY_UTILIZATION == 0.5
+    assert engine_kwargs("cuda", {}) == defaults | {"gpu_memory_utilization": 0.5}
+    assert engine_kwargs("cuda:1", {"gpu_memory_utilization": None}) == defaults | {"gpu_memory_utilization": 0.5}
+    # a given bound wins, and replaces the other (vLLM takes one of the two)
+    assert engine_kwargs("cuda", {"gpu_memory_utilization": 0.7}) == defaults | {"gpu_memory_utilization": 0.7}
+    assert engine_kwargs("cuda", {"kv_cache_memory_bytes": 1 << 33}) == defaults | {"kv_cache_memory_bytes": 1 << 33}
+    assert engine_kwargs("cpu", {"gpu_memory_utilization": 0.3}) == defaults | {"gpu_memory_utilization": 0.3}
+    # other fields pass through; None is vLLM's default
+    got = engine_kwargs("cuda", {"tensor_parallel_size": 2, "quantization": "awq", "enable_prefix_caching": False,
+                                 "cpu_offload_gb": 4.0, "max_model_len": None})
+    assert got == defaults | {"gpu_memory_utilization": 0.5, "tensor_parallel_size": 2, "quantization": "awq",
+                              "enable_prefix_caching": False, "cpu_offload_gb": 4.0}
+
+
+@needs_vllm
+def test_options_are_the_installed_engine_args_typed():
+    import dataclasses
+
+    from vllm.engine.arg_utils import EngineArgs
+
+    types_ = VLLMLlavaVLM.option_types()
+    names = {f.name for f in dataclasses.fields(EngineArgs) if not f.name.startswith("_")} - {"model", "tokenizer", "dtype"}
+    assert set(types_) == names | {"multiprocessing"}
+    expected = {
+        "tensor_parallel_size": int, "quantization": str | None, "limit_mm_per_prompt": dict,
+        "cpu_offload_gb": float, "max_model_len": int | None, "enable_prefix_caching": bool | None,
+        "gpu_memory_utilization": float | None, "multiprocessing": bool, "kv_cache_memory_bytes": int | None,
+    }
+    for name, kind in expected.items():
+        assert set(typing.get_args(types_[name]) or (types_[name],)) == set(typing.get_args(kind) or (kind,)), name
+    assert set(typing.get_args(types_["compilation_config"])) == {dict, int}
+
+
+def test_option_kind_reads_annotations_as_config_kinds():
+    import enum
+    from typing import Any, Literal
+
+    from int_engine.backends.vlm_vllm import option_kind
+
+    class Level(enum.IntEnum):
+        O1 = 1
+
+    class Backend(enum.Enum):
+        FLASH = "vllm.flash.Backend"
+
+    ns = {"Level": Level}
+    assert option_kind(int, ns) is int and option_kind(int | None, ns) == int | None
+    assert option_kind(Literal["auto", "half"], ns) is str and option_kind(Literal[1, 8], ns) is int
+    assert option_kind(dict[str, int] | None, ns) == dict | None
+    assert option_kind(set[str], ns) is list and option_kind(Level, ns) is int and option_kind(Backend, ns) is str
+    # a forward reference: its known names, the rest left out
+    assert option_kind("dict[str, Any] | QuantizationConfigArgs | None", ns) == dict | None
+    assert option_kind("Level | str", ns) == int | str
+    # nothing a YAML value can be: left to vLLM
+    assert option_kind(type[object], ns) is Any and option_kind("Unknown", ns) is Any
 
 
 def test_close_is_idempotent_and_final():

@@ -122,9 +122,13 @@ class ScriptedVLM:
         box = self._box(image)
         if box is None:
             return "Sorry, I cannot give coordinates." if not self.gives_boxes else "There is none in this image."
-        h, w = image.shape[:2]
+        # As LLaVA-1.5 answers: normalised to the image padded to a centred square (its training
+        # frame, patches.normalised_box_to_view), not to the image itself.
+        from ..patches import square_frame
+
+        side, top, left = square_frame(*image.shape[:2])
         x0, y0, x1, y1 = box
-        return f"[{x0 / w:.3f}, {y0 / h:.3f}, {x1 / w:.3f}, {y1 / h:.3f}]"
+        return f"[{(x0 + left) / side:.3f}, {(y0 + top) / side:.3f}, {(x1 + left) / side:.3f}, {(y1 + top) / side:.3f}]"
 
     def _answer_name(self, image: np.ndarray) -> str:
         fr = self.world.fractions(image)
