@@ -27,11 +27,14 @@ MASK_COMBINES = ("coverage", "sum")
 
 @dataclass
 class RoleConfig:
-    """Which backend plays a role, from which local path, with which backend options."""
+    """Which backend plays a role, from which local path, with which backend options; its
+    device and dtype when they differ from ``models.device`` / ``models.dtype`` (None: those)."""
 
     backend: str
     path: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    device: str | None = None
+    dtype: str | None = None
 
 
 @dataclass
@@ -50,6 +53,19 @@ class ModelsConfig:
         if name not in ROLES:
             raise ConfigError(f"unknown model role {name!r}; roles are {', '.join(ROLES)}")
         return getattr(self, name)
+
+    def device_of(self, name: str) -> str:
+        """The device role ``name`` runs on: its own ``device``, else ``models.device``."""
+        return self.role(name).device or self.device
+
+    def dtype_of(self, name: str) -> str:
+        """The dtype role ``name`` runs in: its own ``dtype``, else ``models.dtype``."""
+        return self.role(name).dtype or self.dtype
+
+    @property
+    def sync_device(self) -> str:
+        """"cuda" when any role runs on a CUDA device (timers then synchronise the GPU), else "cpu"."""
+        return "cuda" if any(self.device_of(r).startswith("cuda") for r in ROLES) else "cpu"
 
 
 @dataclass

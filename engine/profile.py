@@ -73,7 +73,7 @@ def profile(engine, image_path: str | Path, out: str | Path) -> tuple[str, Image
         raise ConfigError(f"--out {out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     activities = [torch.profiler.ProfilerActivity.CPU]
-    if engine.config.models.device.startswith("cuda") and torch.cuda.is_available():
+    if engine.config.models.sync_device == "cuda" and torch.cuda.is_available():
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     image = engine.read(image_path)
     with torch.profiler.profile(activities=activities, record_shapes=False) as prof:

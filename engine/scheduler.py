@@ -61,11 +61,8 @@ class TickStats:
 
 
 def mining_device(config: EngineConfig) -> torch.device:
-    """Where a tick's negative mining runs: the device of the models (the scores come from the VLM).
-
-    The one place to change when roles get devices of their own: mining belongs with the VLM.
-    """
-    return torch.device(config.models.device)
+    """Where a tick's negative mining runs: the VLM's device (the scores come from the VLM)."""
+    return torch.device(config.models.device_of("vlm"))
 
 
 def mining_dtypes(device: torch.device) -> tuple[torch.dtype, torch.dtype]:
@@ -224,7 +221,7 @@ class Scheduler:
 
     def _run_group(self, jobs: list[_Job]) -> list[tuple[_Job, Reply | Exception]]:
         first = jobs[0].call
-        device = self.config.models.device
+        device = self.config.models.sync_device
         cuda_sync(device)
         t0 = time.perf_counter()
         try:

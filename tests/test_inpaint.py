@@ -272,3 +272,22 @@ def test_telea_rejects_path_and_mismatched_lists():
     images, masks, prompts, negs, seeds = _jobs(2)
     with pytest.raises(ValueError):
         TeleaInpainter.load().inpaint(images, masks, prompts[:1], negs, seeds)
+
+
+def test_sd_memory_bounds_by_device_and_vae_slicing_changes_nothing(sd, monkeypatch):
+    from int_engine.backends.inpaint_sd import CUDA_MAX_BATCH, memory_bounds
+
+    assert memory_bounds("cuda:0", None, None) == (CUDA_MAX_BATCH, True)
+    assert memory_bounds("cpu", None, None) == (0, False)
+    assert memory_bounds("cuda", 2, False) == (2, False)  # what the user set wins
+    assert sd.max_batch == 0 and not sd.pipe.vae.use_slicing  # this CPU backend: one batch
+    images, masks, prompts, negs, seeds = _jobs(3)
+    whole = sd.inpaint(images, masks, prompts, negs, seeds)
+    decoded = []
+    decode = sd.pipe.vae.decoder.forward
+    monkeypatch.setattr(sd.pipe.vae.decoder, "forward", lambda z, *a, **k: decoded.append(len(z)) or decode(z, *a, **k))
+    monkeypatch.setattr(sd.pipe.vae, "use_slicing", True)
+    sliced = sd.inpaint(images, masks, prompts, negs, seeds)
+    assert decoded == [1, 1, 1]  # one image per VAE decoder pass
+    for x, y in zip(whole, sliced):
+        assert np.abs(x.astype(int) - y.astype(int)).max() <= 2

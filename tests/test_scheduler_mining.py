@@ -126,6 +126,8 @@ def test_mining_device_and_dtypes():
     cfg = EngineConfig()
     cfg.models.device = "cuda:1"  # a device name only; nothing is allocated
     assert mining_device(cfg) == torch.device("cuda:1")
+    cfg.models.vlm.device = "cuda:0"  # mining goes with the VLM, whatever the other roles use
+    assert mining_device(cfg) == torch.device("cuda:0") and cfg.models.sync_device == "cuda"
     assert mining_dtypes(torch.device("cpu")) == (torch.float64, torch.float64)
     assert mining_dtypes(torch.device("cuda", 0)) == (torch.float32, torch.float64)
 

@@ -41,8 +41,65 @@ def caption(text: str) -> str:
     return text if text.endswith(".") else text + "."
 
 
+def text_positions_collapse(get_text_position_embeddings, d_model: int = 8) -> bool:
+    """The probe for transformers issue 47674: True when ``get_text_position_embeddings``
+    (a GroundingDINO encoder layer's method, bound, or anything with its signature
+    ``(text_features, text_position_embedding, text_position_ids)``) turns int64 position
+    ids, as the model builds them, into an integer (collapsed) embedding instead of the
+    float one it gives for the same ids as floats."""
+    ids = torch.arange(4).unsqueeze(0)  # (1, 4) int64
+    features = torch.zeros(1, 4, d_model)
+    got = get_text_position_embeddings(features, None, ids)
+    want = get_text_position_embeddings(features, None, ids.float())
+    return not got.is_floating_point() or not torch.allclose(got.float(), want.float())
+
+
+def fix_text_positions(model) -> bool:
+    """Cast GroundingDINO's text position ids to float before their sinusoidal embedding,
+    on this model instance only, if the installed transformers needs it; True if it did.
+
+    Why: in transformers 5.16-5.19 ``GroundingDinoEncoderLayer.get_text_position_embeddings``
+    passes the int64 ``text_position_ids`` to ``encode_sinusoidal_position_embedding``, which
+    casts its sin/cos output back to the input's dtype, so the embedding collapses to
+    {-1, 0, 1} (93% zeros at d_model 256): transformers issue 47674, fixed by PR 47675 at
+    that call site, in no release ``setup.py`` allows yet.
+
+    How: the probe (``text_positions_collapse``) runs the library's own method on the
+    model's first encoder layer; only when it collapses does each encoder layer get an
+    instance attribute ``get_text_position_embeddings`` (original in ``__wrapped__``) that
+    passes the ids as float32 and returns the embedding in ``text_features``' dtype, as the
+    upstream fix does (that casts to the features' dtype before the embedding; float32 first
+    keeps ``id * 2 pi`` at float32 precision under fp16/bf16, where bf16 would round it by up
+    to 0.125 rad at id 10). The class, other models and a fixed transformers are left alone.
+
+    Remove when ``setup.py`` requires a transformers with PR 47675 (the probe then
+    returns False on every allowed version and this does nothing).
+    """
+    from transformers.models.grounding_dino.modeling_grounding_dino import GroundingDinoEncoderLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GroundingDinoEncoderLayer)]
+    if not layers or not text_positions_collapse(layers[0].get_text_position_embeddings, layers[0].d_model):
+        return False
+    for layer in layers:
+        original = layer.get_text_position_embeddings
+
+        def get_text_position_embeddings(text_features, text_position_embedding, text_position_ids, _original=original):
+            if text_position_ids is None or text_position_ids.is_floating_point():
+                return _original(text_features, text_position_embedding, text_position_ids)
+            return _original(text_features, text_position_embedding, text_position_ids.float()).to(text_features.dtype)
+
+        get_text_position_embeddings.__wrapped__ = original
+        layer.get_text_position_embeddings = get_text_position_embeddings
+    if text_positions_collapse(layers[0].get_text_position_embeddings, layers[0].d_model):
+        raise RuntimeError("GroundingDINO text position ids still collapse after the float cast")
+    return True
+
+
 class GroundingDinoDetector:
     """Implements ``Detector``: text-prompted boxes for a batch of (image, text) pairs."""
+
+    # Whether ``load`` applied ``fix_text_positions`` (the installed transformers needed it).
+    text_position_fix: bool = False
 
     def __init__(self, model, processor, device: torch.device, dtype: torch.dtype, max_batch: int = 16):
         self.model = model
@@ -79,10 +136,13 @@ class GroundingDinoDetector:
             processor = AutoProcessor.from_pretrained(p, local_files_only=True)
             if type(processor).__name__ != "GroundingDinoProcessor":
                 raise ValueError(f"processor is {type(processor).__name__}, expected GroundingDinoProcessor")
+            # float32 weights always: half precision runs under autocast (``_detect_batch``), so the
+            # norms, softmaxes and the box/class heads' outputs that are thresholded stay float32
             model = GroundingDinoForObjectDetection.from_pretrained(
-                p, config=config, local_files_only=True, dtype=DTYPES[dtype]
+                p, config=config, local_files_only=True, dtype=torch.float32
             )
             model.to(torch.device(device)).eval()
+            position_fix = fix_text_positions(model)
         except Exception as err:  # any library failure is a load failure of this path
             raise ModelLoadError(f"{ROLE}: cannot load {FORMAT} from {p}: {err}") from err
         ids = {tok: processor.tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_IDS}
@@ -91,7 +151,9 @@ class GroundingDinoDetector:
                 f"{ROLE}: cannot load {FORMAT} from {p}: tokenizer ids {ids} differ from the ids "
                 f"GroundingDINO hard-codes {SPECIAL_IDS}"
             )
-        return cls(model, processor, torch.device(device), DTYPES[dtype], int(options.get("max_batch", 16)))
+        detector = cls(model, processor, torch.device(device), DTYPES[dtype], int(options.get("max_batch", 16)))
+        detector.text_position_fix = position_fix
+        return detector
 
     def detect(
         self, images: Sequence[np.ndarray], texts: Sequence[str], box_threshold: float, text_threshold: float
@@ -155,8 +217,9 @@ class GroundingDinoDetector:
             input_data_format="channels_last",
         )
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-        outputs = self.model(**inputs)
+        half = self.dtype != torch.float32
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=half):
+            outputs = self.model(**inputs)
         outputs.logits = outputs.logits.float()
         outputs.pred_boxes = outputs.pred_boxes.float()
         sizes = [im.shape[:2] for im in images]

@@ -84,6 +84,25 @@ class _Fit:
     left: int
 
 
+# Jobs per pipeline call on CUDA by default. SD2-inpainting at 512 px in float16: the UNet's
+# weights are 1.7 GB (865M parameters), the VAE's 0.17 GB, the text encoder's 0.7 GB; with
+# classifier-free guidance a job is 2 UNet rows, and one row at 64 x 64 latents with SDPA needs
+# ~0.6 GB of activations at its peak (the 4096-token self-attention of the first block and the
+# skip connections held for the up path), so 8 jobs = 16 rows ~ 10 GB. The VAE decoder at 512 px
+# holds ~1.2 GB of float16 activations per image (512 x 512 x 128-256 channels), so it decodes
+# one image at a time on CUDA (vae_slicing). A tick of 8 images in flight has up to 72 jobs (9
+# views each): unbounded, that is 144 UNet rows (~90 GB) and a 72-image VAE decode.
+CUDA_MAX_BATCH = 8
+
+
+def memory_bounds(device: str, max_batch: int | None, vae_slicing: bool | None) -> tuple[int, bool]:
+    """The (max_batch, vae_slicing) a backend on ``device`` runs with: the given values, or
+    where None, ``CUDA_MAX_BATCH`` and slicing on CUDA, one batch and no slicing on CPU (host
+    memory is the bound there, and one batch is fastest)."""
+    cuda = str(device).startswith("cuda")
+    return (CUDA_MAX_BATCH if cuda else 0) if max_batch is None else max_batch, cuda if vae_slicing is None else vae_slicing
+
+
 class SDInpainter:
     """Batched SD-inpainting. Build with :meth:`load`; call :meth:`inpaint`."""
 
@@ -121,7 +140,8 @@ class SDInpainter:
         guidance_scale: float = 7.5,
         dilate: int = 0,
         fit: str = "pad",
-        max_batch: int = 0,
+        max_batch: int | None = None,
+        vae_slicing: bool | None = None,
         scheduler: str | None = None,
         variant: str | None = None,
         enable_xformers: bool = False,
@@ -136,7 +156,8 @@ class SDInpainter:
         dilate: grow each mask by this many input pixels before inpainting (0 = the caller's
         mask as is). fit: "pad" or "stretch" (module docstring). max_batch: at most this
         many jobs per pipeline call (0 = all jobs of a call in one batch; results do not
-        depend on it). scheduler: None keeps the checkpoint's, else one of
+        depend on it); None = ``CUDA_MAX_BATCH`` on CUDA, all on CPU. vae_slicing: decode the
+        VAE one image at a time (None = on CUDA); see ``CUDA_MAX_BATCH`` for the memory. scheduler: None keeps the checkpoint's, else one of
         pndm / ddim / dpmsolver++ / euler. variant: e.g. "fp16" for a directory holding only
         ``*.fp16.safetensors``. enable_xformers: use xformers attention instead of SDPA.
         runtime: "eager"; "onnx" / "tensorrt" run the UNet and the VAE from the export folder
@@ -153,6 +174,7 @@ class SDInpainter:
             raise ConfigError(f"{ROLE}: dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         if fit not in ("pad", "stretch"):
             raise ConfigError(f"{ROLE}: fit must be 'pad' or 'stretch', got {fit!r}")
+        max_batch, vae_slicing = memory_bounds(device, max_batch, vae_slicing)
         if steps < 1 or dilate < 0 or max_batch < 0:
             raise ConfigError(
                 f"{ROLE}: need steps >= 1, dilate >= 0, max_batch >= 0, got {steps}, {dilate}, {max_batch}"
@@ -193,6 +215,8 @@ class SDInpainter:
             raise ConfigError(f"{ROLE}: size must be a positive multiple of {multiple} for {p}, got {size}")
         if enable_xformers:
             pipe.enable_xformers_memory_efficient_attention()
+        if vae_slicing:
+            pipe.vae.enable_slicing()
         # diffusers' default processors already use torch SDPA (AttnProcessor2_0).
         pipe.set_progress_bar_config(disable=True)
         if runtime in ("onnx", "tensorrt"):

@@ -22,11 +22,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from ..errors import ModelLoadError
 from ..models.checks import require_files
 from ..protocols import SegmentRequest
+from .precision import float32_islands
 from .sam_decode import Decoder, PromptDecoder, decode_requests, flatten_prompts, mask_probabilities
 
 ROLE = "segmenter"
@@ -165,8 +167,9 @@ def resolve_checkpoint(path: str | Path, checkpoint: str | None = None) -> tuple
 
 
 def load_sam(pth: Path, arch: SamArch, device: str, dtype: torch.dtype) -> Sam:
-    """Build ``arch`` and fill it with the state dict ``pth``; the image encoder in ``dtype``,
-    the prompt encoder and mask decoder in float32 (the predictor feeds them float32 prompts)."""
+    """Build ``arch`` and fill it with the state dict ``pth``; the image encoder in ``dtype``
+    with its LayerNorms as float32 islands (``precision``), the prompt encoder and mask decoder in
+    float32 (the predictor feeds them float32 prompts; they are 4M of vit_h's 641M parameters)."""
     state = torch.load(pth, map_location="cpu", weights_only=True)
     # Building on meta and assigning the loaded tensors skips vit_h's random init (seconds,
     # and a second copy of 2.5 GB); strict=True still proves every weight was in the file.
@@ -181,6 +184,8 @@ def load_sam(pth: Path, arch: SamArch, device: str, dtype: torch.dtype) -> Sam:
         raise ValueError(f"tensors not filled by the state dict: {left[:5]}")
     sam.to(device=device, dtype=torch.float32)
     sam.image_encoder.to(dtype=dtype)
+    if dtype != torch.float32:
+        float32_islands(sam.image_encoder, (torch.nn.LayerNorm, LayerNorm2d))
     return sam.eval()
 
 

@@ -150,7 +150,7 @@ def load_role(cfg: ModelsConfig, role: str, models_dir: str | Path | None = None
     check_role_options(cfg, role)
     rc = cfg.role(role)
     cls = backend_class(role, rc.backend)
-    return cls.load(role_path(cfg, role, models_dir), device=cfg.device, dtype=cfg.dtype, **rc.options)
+    return cls.load(role_path(cfg, role, models_dir), device=cfg.device_of(role), dtype=cfg.dtype_of(role), **rc.options)
 
 
 def load_models(cfg: ModelsConfig, models_dir: str | Path | None = None) -> Models:
