@@ -201,7 +201,7 @@ def test_bad_options_are_config_errors(tiny_zoo):
 
 
 def test_engine_kwargs_bound_the_kv_cache_by_device():
-    from int_engine.backends.vlm_vllm import (
+    from int_engine.backends.vllm_options import (
         CPU_KV_CACHE_BYTES,
         CUDA_GPU_MEMORY_UTILIZATION,
         engine_kwargs,
@@ -247,7 +247,7 @@ def test_option_kind_reads_annotations_as_config_kinds():
     import enum
     from typing import Any, Literal
 
-    from int_engine.backends.vlm_vllm import option_kind
+    from int_engine.backends.vllm_options import option_kind
 
     class Level(enum.IntEnum):
         O1 = 1
