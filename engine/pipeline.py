@@ -94,6 +94,47 @@ def contrast_masks(
     return out
 
 
+def contrast_views(
+    image: np.ndarray, crops: list[np.ndarray], views: list[patches.View], proposals: list[prompts.ViewProposal],
+    to_remove: list[np.ndarray | None], cfg: EngineConfig, iteration: int, tr: IterationTrace, clock: _Clock,
+) -> Generator[ModelCall, Reply, list[np.ndarray | None]]:
+    """X'_k of eq 4 for every view (uint8 [h_k, w_k, 3]), None where nothing is removed.
+
+    ``inpaint_scope="view"``: one job per view with a mask, on the view, prompted with that view's
+    names. ``"image"`` (the authors' released code): one job per image-iteration on the whole
+    image X_i with the union of the views' masks, prompted with all the views' background names
+    (P_p) and foreground names (P_n); every view with masked pixels gets its crop of the result.
+    """
+    if cfg.inpaint_scope == "image":
+        h, w = image.shape[:2]
+        union = np.zeros((h, w), np.uint8)
+        for view, m in zip(views, to_remove):
+            if m is not None:
+                patches.crop(union, view)[...] |= m
+        tr.inpaint_jobs = int(union.any())
+        if not union.any():
+            return [None] * len(views)
+        fores = ", ".join(dict.fromkeys(p.foreground for p, m in zip(proposals, to_remove) if m is not None and p.foreground))
+        backs = ", ".join(dict.fromkeys(p.background for p, m in zip(proposals, to_remove) if m is not None and p.background))
+        positive, negative = prompts.inpaint_prompts(fores or NO_NAME_FOREGROUND, backs or NO_NAME_BACKGROUND, cfg.task)
+        whole = np.ascontiguousarray(np.clip(np.round(image), 0, 255).astype(np.uint8))
+        (filled,) = yield from ask(ModelCall("inpaint", "inpaint", "inpaint", (
+            [whole], [union.astype(np.float32)], [positive], [negative], [cfg.seed * 1_000_003 + iteration * 97])), tr, clock)
+        return [np.ascontiguousarray(patches.crop(filled, v)) if patches.crop(union, v).any() else None for v in views]
+    jobs = [j for j, m in enumerate(to_remove) if m is not None]
+    tr.inpaint_jobs = len(jobs)
+    contrasts: list[np.ndarray | None] = [None] * len(views)
+    if jobs:
+        texts = [prompts.inpaint_prompts(proposals[j].foreground or NO_NAME_FOREGROUND,
+                                         proposals[j].background or NO_NAME_BACKGROUND, cfg.task) for j in jobs]
+        filled = yield from ask(ModelCall("inpaint", "inpaint", "inpaint", (
+            [crops[j] for j in jobs], [to_remove[j].astype(np.float32) for j in jobs], [t[0] for t in texts],
+            [t[1] for t in texts], [cfg.seed * 1_000_003 + iteration * 97 + j for j in jobs])), tr, clock)
+        for j, out in zip(jobs, filled):
+            contrasts[j] = out
+    return contrasts
+
+
 def score_rows(crops: list[np.ndarray], contrasts: list[np.ndarray | None], candidates: list[str]) -> tuple[list[int], list[np.ndarray], list[str]]:
     """The rows of step 4's one scoring call: every view with a contrast image × {before,
     after} × every candidate. Returns the active views, the row images and row answers."""
@@ -140,18 +181,9 @@ def iteration_steps(
     elif not cfg.psnm or len(candidates) == 1:
         pick, tr.pick_source = candidates[0], "most frequent name" if not cfg.psnm else "only candidate"
     else:
-        # step 3 (eq 4): remove each view's candidate
+        # step 3 (eq 4): remove the candidates
         to_remove = contrast_masks(views, proposals, previous_mask, cfg)
-        jobs = [j for j, m in enumerate(to_remove) if m is not None]
-        contrasts: list[np.ndarray | None] = [None] * k
-        if jobs:
-            texts = [prompts.inpaint_prompts(proposals[j].foreground or NO_NAME_FOREGROUND,
-                                             proposals[j].background or NO_NAME_BACKGROUND, cfg.task) for j in jobs]
-            filled = yield from ask(ModelCall("inpaint", "inpaint", "inpaint", (
-                [crops[j] for j in jobs], [to_remove[j].astype(np.float32) for j in jobs], [t[0] for t in texts],
-                [t[1] for t in texts], [cfg.seed * 1_000_003 + iteration * 97 + j for j in jobs])), tr, clock)
-            for j, out in zip(jobs, filled):
-                contrasts[j] = out
+        contrasts = yield from contrast_views(image, crops, views, proposals, to_remove, cfg, iteration, tr, clock)
         # step 4 (eq 3): one scoring call for all views x {before, after} x candidates
         active, rows, row_answers = score_rows(crops, contrasts, candidates)
         s = (yield from ask(ModelCall("score", "vlm", "score", (rows, [prompts.name_prompt(cfg.task)] * len(rows), row_answers)),

@@ -24,6 +24,7 @@ class IterationTrace:
     weights_before: dict[str, float] = field(default_factory=dict)
     pick: str = ""
     pick_source: str = ""
+    inpaint_jobs: int = 0  # eq 4's inpainting jobs (1 per image-iteration with inpaint_scope "image")
     boxes: list[list[float]] = field(default_factory=list)
     box_scores: list[float] = field(default_factory=list)
     mask_similarity: list[float | None] = field(default_factory=list)

@@ -108,3 +108,31 @@ def test_trace_says_when_no_view_moved_and_records_the_mask_it_made():
     assert it.binary_area == pytest.approx(float((mask >= 0.5).mean()))
     found = run(scene.image, scripted_models(world), EngineConfig(iterations=1)).trace.iterations[0]
     assert found.pick_source == "negative mining" and found.soft_max == 1.0 and 0 < found.binary_area < 0.1
+
+
+@pytest.mark.parametrize("scope", ["image", "view"])
+def test_inpaint_scope_image_is_one_job_per_iteration_and_views_crop_it(scope):
+    from int_engine.pipeline import run
+    from int_engine.testing import scripted_models
+    from int_engine.testing.recorder import Recorder
+
+    world, scene = _frog_in_a_quarter()
+    rec = Recorder(scripted_models(world))
+    r = run(scene.image, rec.wrapped(), EngineConfig(iterations=2, inpaint_scope=scope))
+    calls = rec.of("inpainter", "inpaint")
+    assert [it.inpaint_jobs for it in r.trace.iterations] == [len(c.args[0]) for c in calls]
+    if scope == "view":
+        assert all(len(c.args[0]) > 1 for c in calls)
+        return
+    assert all(len(c.args[0]) == 1 for c in calls)
+    (image,), (mask,), (positive,), (negative,), _ = calls[0].args
+    assert image.shape == scene.image.shape and mask.shape == scene.image.shape[:2]
+    # every view whose crop of the union mask is non-empty is scored on its crop of the one result
+    score = rec.of("vlm", "score")[0]
+    filled = calls[0].result[0]
+    after = {id(im) for im in score.args[0][len(score.args[0]) // 2:]}
+    assert len(after) == sum(1 for v in r.trace.iterations[0].views
+                             if mask[v["box"][1]:v["box"][3], v["box"][0]:v["box"][2]].any())
+    for im in score.args[0][len(score.args[0]) // 2:]:
+        assert any(np.array_equal(im, filled[y0:y1, x0:x1]) for x0, y0, x1, y1 in [v["box"] for v in r.trace.iterations[0].views])
+    assert "high quality" in positive and "is not a" in negative

@@ -29,3 +29,16 @@ def test_objects_spanning_views_hold_over_many_draws_of_the_models_errors(capsys
     assert all(min(ious) >= MIN_IOU for ious in coverage.values()), coverage
     # the plain sum loses parts of these objects on some draws (docs/method.md has the figures)
     assert min(min(ious) for ious in plain.values()) < MIN_IOU
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_scenario_in_the_other_inpaint_scope(name, monkeypatch, capsys):
+    """Every claim also holds with eq 4 per view (inpaint_scope="view"; the default is "image")."""
+    from int_engine.config import EngineConfig
+
+    assert EngineConfig().inpaint_scope == "image"
+    init = EngineConfig.__init__
+    monkeypatch.setattr(EngineConfig, "__init__", lambda self, *a, **k: init(self, *a, **{"inpaint_scope": "view", **k}))
+    figures = SCENARIOS[name]()
+    with capsys.disabled():
+        print(f"\n[{name}, inpaint_scope=view] {figures}")
