@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from ..io import overlay
+from ..work import per_unit
 from .datasets import Dataset, Pair
 
 # (summary key, column title, lower is better)
@@ -20,7 +21,10 @@ TABLE = (("MAE", "M ↓", True), ("adpFm", "Fβ ↑", False), ("meanEm", "Eφ �
 EXTRAS = (("wFm", "wFβ ↑", False), ("maxFm", "maxFβ ↑", False))
 
 
-def write_reports(out: Path, dataset: Dataset, pairs: list[Pair], done: dict[str, dict], wall: float, processed: int) -> dict[str, Any]:
+def write_reports(out: Path, dataset: Dataset, pairs: list[Pair], done: dict[str, dict], wall: float, processed: int,
+                  work: dict[str, float] | None = None, image_iterations: int = 0) -> dict[str, Any]:
+    """``work``: the models' ``int_engine.work`` counters this session added over its
+    ``image_iterations`` (iterations of the images it finished); summed over the run's sessions."""
     from .run import SUMMARY, dataset_metrics, peak_rss_mb
 
     metrics, scored = dataset_metrics(out, pairs, done)
@@ -31,8 +35,13 @@ def write_reports(out: Path, dataset: Dataset, pairs: list[Pair], done: dict[str
         for stage, s in r["seconds"].items():
             stages[stage] = stages.get(stage, 0.0) + s
     latency = float(np.mean([r["seconds_total"] for r in ok])) if ok else 0.0
-    sessions = _record_session(out, processed, wall)
+    sessions = _record_session(out, processed, wall, work, image_iterations)
     images_done = sum(x["images"] for x in sessions)
+    counted = [x for x in sessions if x.get("work") is not None]  # sessions of older runs have none
+    work_total: dict[str, float] = {}
+    for x in counted:
+        for k, v in x["work"].items():
+            work_total[k] = work_total.get(k, 0.0) + v
     seconds = sum(x["seconds"] for x in sessions)
     summary = {
         "dataset": dataset.name,
@@ -57,6 +66,9 @@ def write_reports(out: Path, dataset: Dataset, pairs: list[Pair], done: dict[str
             "this_session_images_per_s": processed / wall if wall > 0 and processed else 0.0,
             "peak_rss_mb": peak_rss_mb(),
         },
+        # what the models computed per image-iteration (UNet evaluations x latent pixels, VLM prefill
+        # tokens, SAM encoder images, CLIP and detector images: int_engine.work), apart from speed
+        "work_per_image_iteration": per_unit(work_total, sum(x.get("image_iterations", 0) for x in counted)),
     }
     (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     (out / "summary.md").write_text(markdown(summary), encoding="utf-8")
@@ -64,12 +76,17 @@ def write_reports(out: Path, dataset: Dataset, pairs: list[Pair], done: dict[str
     return summary
 
 
-def _record_session(out: Path, images: int, seconds: float) -> list[dict[str, float]]:
-    """Append this session's (images, wall seconds) to RUN/sessions.jsonl; return all sessions."""
+def _record_session(out: Path, images: int, seconds: float, work: dict[str, float] | None = None,
+                    image_iterations: int = 0) -> list[dict[str, Any]]:
+    """Append this session's (images, wall seconds, work counters over its image-iterations) to
+    RUN/sessions.jsonl; return all sessions."""
     path = out / "sessions.jsonl"
     if images:
+        row: dict[str, Any] = {"images": images, "seconds": seconds}
+        if work is not None:
+            row.update(work=work, image_iterations=image_iterations)
         with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"images": images, "seconds": seconds}) + "\n")
+            f.write(json.dumps(row) + "\n")
     if not path.exists():
         return []
     rows = []
@@ -101,6 +118,10 @@ def markdown(summary: dict[str, Any]) -> str:
         "",
         f"Throughput: {t['images_per_s']:.3f} images/s ({t['seconds_per_image']:.2f} s/image wall clock; "
         f"latency {t['latency_seconds_per_image']:.2f} s/image in flight), peak RSS {t['peak_rss_mb']:.0f} MB.",
+        "",
+        "Work per image-iteration: "
+        + (", ".join(f"{k} {v:.4g}" for k, v in summary.get("work_per_image_iteration", {}).items()) or "not counted")
+        + ".",
         "",
         "| stage | s/image (its share of each batch) |",
         "|---|---|",

@@ -28,6 +28,7 @@ from ..config import EngineConfig
 from ..errors import ConfigError, IntEngineError
 from ..io import mask_to_uint8, read_image
 from ..pipeline import image_steps
+from ..work import work_delta, work_of
 from .datasets import Dataset, Pair
 from .metrics import PER_IMAGE_KEYS, DatasetMetrics, image_metrics
 
@@ -156,6 +157,8 @@ def run_bench(
     processed = 0
     todo = [p for p in pairs if not (p.name in done and done[p.name]["ok"])]
     by_name = {p.name: p for p in todo}
+    models = getattr(engine, "models", None)
+    work_before, image_iterations = work_of(models), 0  # int_engine.work counters of this session
     for name, outcome in engine.run_jobs((p.name, _steps(engine, p)) for p in todo):
         pair = by_name[name]
         try:
@@ -165,12 +168,14 @@ def run_bench(
         _append(out, row)
         done[pair.name] = row
         processed += 1
+        image_iterations += row.get("iterations", 0)
         if on_image:
             on_image(row)
     wall = time.perf_counter() - start
     from .report import write_reports
 
-    return write_reports(out, dataset, pairs, done, wall=wall, processed=processed)
+    return write_reports(out, dataset, pairs, done, wall=wall, processed=processed,
+                         work=work_delta(work_before, work_of(models)), image_iterations=image_iterations)
 
 
 def dataset_metrics(out: Path, pairs: list[Pair], done: dict[str, dict]) -> tuple[dict[str, float], int]:

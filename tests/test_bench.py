@@ -103,6 +103,9 @@ def test_bench_synthetic_writes_the_run_folder_contract(tiny_zoo, tmp_path, caps
     assert page.count("data:image/png;base64,") >= 4 * 6 and "http://" not in page and "https://" not in page
     assert page.count("soft max / binary area: ") >= 6
     assert (run / "summary.md").read_text().startswith("# int-engine bench: Synthetic")
+    # model work per image-iteration (int_engine.work): 9 views through the detector, each view's map from CLIP
+    w = summary["work_per_image_iteration"]
+    assert w["detector.images"] == 9 and 9 <= w["clip.images"] <= 18 and w["vlm.prefill_tokens"] > 0 and "Work per image-iteration: " in (run / "summary.md").read_text()
 
 
 def test_summary_equals_pysodmetrics_on_the_saved_pngs(tiny_zoo, tmp_path):

@@ -50,4 +50,17 @@ def test_throughput_script_reports_both_sides_and_the_same_masks(tiny_zoo, tmp_p
     engine, reference = figures["calls_per_image_iteration"]["engine"], figures["calls_per_image_iteration"]["reference"]
     assert engine["vlm.generate"] == 0.5 and reference["vlm.generate"] == 18  # 2 images share 1 call; 2 x 9 views alone
     assert reference["segmenter.segment"] == 9 and engine["segmenter.segment"] == 0.5
-    assert "ratio" in capsys.readouterr().out
+    # the same algorithm on both sides: the same work (int_engine.work), however it is batched
+    assert figures["inpaint_scope"] == EngineConfig().inpaint_scope
+    other = "image_scope" if figures["inpaint_scope"] == "view" else "view_scope"
+    work = figures["work_per_image_iteration"]
+    assert set(work) == {"engine", "reference", other}
+    for side in ("reference", other):  # (scoring may share prefixes in a batch: VLM tokens may differ there)
+        assert {k: v for k, v in work[side].items() if k != "vlm.prefill_tokens"} == \
+               {k: v for k, v in work["engine"].items() if k != "vlm.prefill_tokens"}
+    assert work["engine"]["detector.images"] == 9 and work["engine"]["clip.images"] == 18
+    assert work["engine"]["segmenter.encoder_images"] == 9 and work["engine"]["vlm.prefill_tokens"] > 0
+    # one iteration: no contrast image yet, so no inpainting in either scope
+    assert work[other]["inpaint.unet_latent_pixels"] == work["engine"]["inpaint.unet_latent_pixels"] == 0
+    printed = capsys.readouterr().out
+    assert "ratio" in printed and "view scope: " in printed and "segmenter.encoder_images" in printed

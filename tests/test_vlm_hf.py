@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -308,7 +310,7 @@ def test_inputs_equal_the_processors_with_each_image_processed_once(vlm, images,
     assert torch.equal(got["pixel_values"], want["pixel_values"][[0, 1, 3]].to(got["pixel_values"].dtype))
 
 
-# ---- memory: no KV cache in scoring, passes by a token budget ------------------------------
+# ---- memory: a KV cache only where it is read (the shared prefixes), passes by a token budget ---
 
 
 def test_token_passes_bound_rows_times_longest_row():
@@ -347,31 +349,84 @@ def spy_language_model(vlm, monkeypatch) -> list[dict]:
     return calls
 
 
-def test_score_builds_no_kv_cache(vlm, images, monkeypatch):
+def count_dynamic_caches(monkeypatch) -> list:
+    """Weak references to every ``DynamicCache`` made from now on."""
     from transformers import cache_utils
 
     created = []
     original_init = cache_utils.DynamicCache.__init__
     monkeypatch.setattr(cache_utils.DynamicCache, "__init__",
-                        lambda self, *a, **k: created.append(1) or original_init(self, *a, **k))
-    calls = spy_language_model(vlm, monkeypatch)
-    vlm.score(images, [PROMPT_A] * 3, ["frog", "lizard", "owl"])
+                        lambda self, *a, **k: created.append(weakref.ref(self)) or original_init(self, *a, **k))
+    return created
+
+
+def test_full_sequence_score_builds_no_kv_cache(tiny_dir, images, monkeypatch):
+    full = HFLlavaVLM.load(tiny_dir, shared_prefix=False)
+    created = count_dynamic_caches(monkeypatch)
+    calls = spy_language_model(full, monkeypatch)
+    full.score(images, [PROMPT_A] * 3, ["frog", "lizard", "owl"])
     assert calls and all(c["kwargs"]["use_cache"] is False for c in calls)
     assert all(c["past_key_values"] is None and c["hidden_states"] is None for c in calls)
     assert created == []  # transformers would make one per pass from the config's use_cache=True
 
 
-def test_score_passes_fit_the_token_budget_and_equal_one_pass(tiny_dir, vlm, images, monkeypatch):
+def test_shared_prefix_score_caches_the_prefixes_only_and_keeps_nothing(vlm, images, monkeypatch):
+    """The prefix pass builds the one cache of the pass, which the answer pass reads
+    (``use_cache=False``) without adding to it; neither outlives the call."""
+    created = count_dynamic_caches(monkeypatch)
+    lm = vlm.model.model.language_model
+    calls, original = [], lm.forward
+
+    def recording(*args, **kwargs):  # no strong reference to any cache kept
+        past = kwargs.get("past_key_values")
+        out = original(*args, **kwargs)
+        calls.append({"use_cache": kwargs["use_cache"], "shape": tuple(kwargs["inputs_embeds"].shape[:2]),
+                      "past_in": type(past).__name__ if past is not None else None,
+                      "out_layers": [tuple(layer.keys.shape) for layer in out.past_key_values.layers]
+                      if out.past_key_values is not None else None,
+                      "out_is_in": out.past_key_values is past, "hidden_states": out.hidden_states})
+        return out
+
+    monkeypatch.setattr(lm, "forward", recording)
+    answers = ["frog", "a green lizard", "owl on a branch of a tree"] * 2
+    vlm.score([images[0]] * 3 + [images[1]] * 3, [PROMPT_A] * 6, answers)
+    prefix, answer = calls  # one pass: the two prefixes, then the answers on their cache
+    assert prefix["use_cache"] is True and prefix["past_in"] is None and prefix["hidden_states"] is None
+    k, p = prefix["shape"]
+    assert k == 2 and all(shape[0] == 2 and shape[-2] == p for shape in prefix["out_layers"])
+    assert answer["use_cache"] is False and answer["past_in"] == "SharedPrefixCache" and answer["out_is_in"]
+    # the answers ("frog" has no token after its first) read the cache and wrote nothing into it
+    assert answer["shape"][0] == 4 and answer["out_layers"] == prefix["out_layers"]
+    assert len(created) == 1  # the prefix pass's; the answer pass builds none
+    gc.collect()
+    assert created[0]() is None  # nothing of it survives the call
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_score_passes_fit_the_token_budget_and_equal_one_pass(tiny_dir, vlm, images, monkeypatch, shared):
     rows = [images[0]] * 4 + [images[1]] * 3 + [images[2]] * 3
     prompts = [PROMPT_A, PROMPT_B] * 5
     answers = ["frog", "[0.1, 0.2, 0.3, 0.4]", "moth", "a green leaf", "x"] * 2
     one_pass = vlm.score(rows, prompts, answers)
     budget = 3 * max(vlm._row_lengths([vlm.chat_text(p) + " " + a for p, a in zip(prompts, answers)]))
-    small = HFLlavaVLM.load(tiny_dir, max_batch_tokens=budget)
+    small = HFLlavaVLM.load(tiny_dir, max_batch_tokens=budget, shared_prefix=shared)
     calls = spy_language_model(small, monkeypatch)
     np.testing.assert_allclose(small.score(rows, prompts, answers), one_pass, atol=1e-4)
-    assert len(calls) >= 4 and all(r * s <= budget for r, s in (c["shape"] for c in calls))
-    assert sum(c["shape"][0] for c in calls) == len(rows)
+    if not shared:
+        assert len(calls) >= 4 and all(r * s <= budget for r, s in (c["shape"] for c in calls))
+        assert sum(c["shape"][0] for c in calls) == len(rows)
+        return
+    # prefix passes (use_cache) and answer passes on their cache: each attends to at most
+    # budget tokens (rows x (cached prefix + own tokens)); every row with more than one answer
+    # token in exactly one answer pass
+    for c in calls:
+        past = c["kwargs"].get("past_key_values")
+        r, s = c["shape"]
+        assert r * (s + (past.get_seq_length() if past is not None else 0)) <= budget
+    prefix_passes = [c for c in calls if c["kwargs"]["use_cache"]]
+    assert len(prefix_passes) >= 4 and all(c["kwargs"].get("past_key_values") is None for c in prefix_passes)
+    lengths = small._answer_lengths([small.chat_text(p) for p in prompts], [small.chat_text(p) + " " + a for p, a in zip(prompts, answers)])
+    assert sum(c["shape"][0] for c in calls if not c["kwargs"]["use_cache"]) == sum(n > 1 for n in lengths)
 
 
 def test_generate_passes_count_the_new_tokens(tiny_dir, vlm, images, monkeypatch):

@@ -158,6 +158,34 @@ def test_cache_hit_into_the_answer_is_rescored(vlm, hf, images, engine_calls):
 
 
 @needs_vllm
+def test_score_stats_count_the_prefix_cache_hits(vlm, hf):
+    """The engine's call shape, views x candidates: vLLM's prefix cache serves a view's image and
+    prompt to its candidates after the first, counted per call in the shape of the transformers
+    backend's ``stats`` (its shared prefix computes each view's prefix once)."""
+    rng = np.random.default_rng(7)  # images no other test sends: nothing of them cached yet
+    views = [rng.integers(0, 256, (60, 80, 3), dtype=np.uint8) for _ in range(6)]
+    candidates = ["frog", "a green lizard", "owl", "seahorse, coral reef"]
+    images, answers = [v for v in views for _ in candidates], candidates * len(views)
+    prompts = [PROMPT_A] * len(images)
+    got = vlm.score(images, prompts, answers)
+    np.testing.assert_allclose(got, hf.score(images, prompts, answers), atol=1e-4, rtol=0)
+    stats, block = vlm.last_stats, vlm.llm.llm_engine.vllm_config.cache_config.block_size
+    assert set(stats) == set(hf.last_stats) | {"cached_tokens"}
+    assert stats["calls"] == 1 and stats["rows"] == len(images)
+    total = sum(hf._row_lengths([hf.chat_text(p) + " " + a for p, a in zip(prompts, answers)]))
+    assert stats["prefix_tokens"] + stats["answer_tokens"] + stats["cached_tokens"] == total
+    prefix = hf.last_stats["prefix_tokens"] // len(views)  # one view's image + prompt tokens
+    assert prefix >= block  # so that a view's candidates share at least one full block
+    # each candidate after a view's first reads the view's full blocks from the cache
+    assert stats["cached_tokens"] >= (len(images) - len(views)) * (prefix // block) * block
+    assert stats["prefix_tokens"] <= len(views) * prefix + (len(images) - len(views)) * (prefix % block)
+    # the same call again: every request's full blocks cached, the scores unchanged
+    np.testing.assert_allclose(vlm.score(images, prompts, answers), got, atol=1e-6, rtol=0)
+    assert vlm.last_stats["cached_tokens"] >= len(images) * (prefix // block) * block
+    assert vlm.stats["calls"] >= 2
+
+
+@needs_vllm
 def test_bad_requests_raise_value_error(vlm, images):
     with pytest.raises(ValueError, match="answer 1 is empty"):
         vlm.score(images[:2], [PROMPT_A] * 2, ["frog", "  "])

@@ -103,6 +103,7 @@ class OpenClipModel:
         self.tokenizer = tokenizer
         self.surgery_depth = surgery_depth
         self.batch_size = max(1, int(batch_size))
+        self.work = {"images": 0}  # int_engine.work: image-tower inputs
         visual = model.visual
         self.image_size = tuple(visual.image_size)
         self.mean = torch.tensor(visual.preprocess_cfg["mean"], dtype=torch.float32).view(1, 3, 1, 1)
@@ -152,6 +153,7 @@ class OpenClipModel:
             text = self._encode_texts(texts)
             chunks = [images[s : s + self.batch_size] for s in range(0, len(images), self.batch_size)]
             image = torch.cat([self.model.encode_image(self._pixels(c)).float() for c in chunks])
+            self.work["images"] += len(images)
             sim = (F.normalize(image, dim=-1) * text).sum(dim=-1).clamp(-1.0, 1.0)
         return sim.cpu().numpy().astype(np.float32)
 
@@ -170,6 +172,7 @@ class OpenClipModel:
             for s in range(0, len(images), self.batch_size):
                 chunk = images[s : s + self.batch_size]
                 _, tokens = surgery_forward(visual, self._pixels(chunk), self.surgery_depth)
+                self.work["images"] += len(chunk)
                 tokens = F.normalize(tokens.float(), dim=-1)  # [B, gh * gw, D]
                 # Cosine to the text minus cosine to "": the surgery (t - r) of CLIP Surgery.
                 sim = torch.einsum("bpd,bd->bp", tokens, text[s : s + len(chunk)] - redundant)

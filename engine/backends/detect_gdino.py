@@ -108,6 +108,7 @@ class GroundingDinoDetector:
         self.dtype = dtype
         self.max_batch = max_batch
         self.max_text_len = int(model.config.max_text_len)
+        self.work = {"images": 0}  # int_engine.work: images through the detector
 
     @classmethod
     def option_types(cls) -> dict[str, type]:
@@ -173,6 +174,7 @@ class GroundingDinoDetector:
         out: list[Detections | None] = [None] * len(images)
         for idx in self._batches(images):
             dets = self._detect_batch([images[i] for i in idx], [texts[i] for i in idx], box_threshold, text_threshold)
+            self.work["images"] += len(idx)
             for i, d in zip(idx, dets):
                 out[i] = d
         return out  # type: ignore[return-value]

@@ -127,6 +127,8 @@ class SDInpainter:
         self.dilate = dilate
         self.fit = fit
         self.max_batch = max_batch
+        # running totals (int_engine.work): UNet evaluations x latent pixels, jobs the model ran
+        self.work = {"unet_latent_pixels": 0, "inpaint_jobs": 0}
 
     @classmethod
     def load(
@@ -325,4 +327,9 @@ class SDInpainter:
                 generator=generators,
                 output_type="np",
             ).images  # float32 [B, S, S, 3] in [0, 1]
+        # every denoising step the pipeline ran evaluates the UNet on all B jobs' rows (2 each
+        # with classifier-free guidance) over the (size / vae scale)^2 latent grid
+        rows = len(images) * (2 if self.pipe.do_classifier_free_guidance else 1)
+        self.work["unet_latent_pixels"] += self.pipe.num_timesteps * rows * (self.size // self.pipe.vae_scale_factor) ** 2
+        self.work["inpaint_jobs"] += len(images)
         return [self._from_square(out, f, *im.shape[:2]) for out, f, im in zip(result, fits, images)]

@@ -25,6 +25,7 @@ class TeleaInpainter:
     def __init__(self, radius: float, dilate: int) -> None:
         self.radius = radius
         self.dilate = dilate
+        self.work = {"unet_latent_pixels": 0, "inpaint_jobs": 0}  # int_engine.work: no UNet, ever
 
     @classmethod
     def load(
@@ -68,6 +69,7 @@ class TeleaInpainter:
                 out.append(np.array(im, copy=True))
                 continue
             filled = cv2.inpaint(np.ascontiguousarray(im), m, self.radius, cv2.INPAINT_TELEA)
+            self.work["inpaint_jobs"] += 1
             # cv2.inpaint leaves unmasked pixels alone already; the where() makes it a guarantee.
             out.append(np.where(m[..., None] > 0, filled, im))
         return out

@@ -219,6 +219,7 @@ class SamSegmenter:
         self.multimask_output = multimask_output
         self.batch_size = max(1, int(batch_size))
         self.decode_batch = max(1, int(decode_batch))
+        self.work = {"encoder_images": 0}  # int_engine.work: images through the image encoder
 
     @classmethod
     def load(
@@ -314,6 +315,7 @@ class SamSegmenter:
             sizes.append(tuple(x.shape[-2:]))
             batch.append(self.sam.preprocess(x))  # normalised, padded to a square
         features = self.encoder(torch.cat(batch).to(self.sam.image_encoder.patch_embed.proj.weight.dtype))
+        self.work["encoder_images"] += len(batch)
         return features.float(), sizes
 
     def _prompts(self, req: SegmentRequest, original: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

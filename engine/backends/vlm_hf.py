@@ -8,9 +8,13 @@ Memory, for the real LLaVA-1.5-13B in float16 (Llama-2-13B: 40 layers, 5120 wide
 vocab 32064; CLIP ViT-L/14 at 336 px: 24 layers, 577 tokens; an image is 576 tokens, a scoring
 row ~620). Weights: 13.35e9 parameters x 2 B = 26.7 GB.
 
-- KV cache: 2 (K, V) x 40 layers x 5120 x 2 B = 800 KiB per token. Scoring never reads it, and
-  transformers builds one unless told otherwise (``use_cache`` is True in the config): 256 rows
-  x 620 tokens = 159k tokens would hold 130 GB. Scoring runs with ``use_cache=False``.
+- KV cache: 2 (K, V) x 40 layers x 5120 x 2 B = 800 KiB per token. Transformers builds one
+  unless told otherwise (``use_cache`` is True in the config): 256 rows x 620 tokens = 159k
+  tokens would hold 130 GB. Scoring builds one only where it is read: with ``shared_prefix``
+  (default) each pass's distinct prefixes (image + prompt) run once with ``use_cache=True``
+  and their candidates' answers on that cache, never copied per candidate: at most
+  ``max_batch_tokens`` x 800 KiB, the bound ``generate`` has (arithmetic in ``llava_prefix``).
+  The answer pass and the full-sequence path (``shared_prefix: false``) run ``use_cache=False``.
 - Activations of a pass without a cache: one decoder layer's at a time, at its MLP's peak the
   residual and normed input (2 x 10 KB) and gate, up and their product (3 x 27.6 KB), ~100 KB
   a token, ~150 KB with attention's and the kept last hidden state (measured on the small zoo's
@@ -74,6 +78,7 @@ class HFLlavaVLM:
         device: torch.device,
         max_batch_size: int | None = None,
         max_batch_tokens: int | None = None,
+        shared_prefix: bool = True,
     ) -> None:
         self.model = model
         self.processor = processor
@@ -82,13 +87,20 @@ class HFLlavaVLM:
         self.dtype = next(model.parameters()).dtype
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
+        self.shared_prefix = shared_prefix
+        # Scoring work, summed over calls (``last_stats``: the latest call's): language-model
+        # tokens run for the prefixes (image + prompt; once per distinct prefix and pass when
+        # shared) and for the answers, rows scored, calls.
+        self.stats = dict.fromkeys(("calls", "rows", "prefix_tokens", "answer_tokens"), 0)
+        self.last_stats = dict(self.stats)
         self._image_tokens: int | None = None  # tokens one "<image>" expands to; see _row_lengths
+        self.work = {"prefill_tokens": 0}  # int_engine.work: prompt tokens computed (generate + score)
 
     @classmethod
     def option_types(cls) -> dict[str, Any]:
         """The options ``load`` takes, name -> type: checked by ``int_engine.models.load``
         before anything is loaded."""
-        return {"max_batch_size": int | None, "max_batch_tokens": int | None}
+        return {"max_batch_size": int | None, "max_batch_tokens": int | None, "shared_prefix": bool}
 
     @classmethod
     def load(
@@ -99,12 +111,15 @@ class HFLlavaVLM:
         ``DEFAULT_MAX_BATCH_TOKENS``, sized in the module docstring; None = no token bound) and
         ``max_batch_size`` (rows per pass at most, default 256; None = no row bound): one call
         of thousands of rows runs in passes within both, so memory does not grow with the
-        number of candidates."""
+        number of candidates. ``shared_prefix`` (default True): score the rows that share an
+        (image, prompt) on one run of that prefix (``llava_prefix``); False runs every row's
+        full sequence."""
         p = require_files(ROLE, path, EXPECTED_FILES, FORMAT)
         if dtype not in DTYPES:
             raise ConfigError(f"{ROLE}: unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
         max_batch_size = options.pop("max_batch_size", 256)
         max_batch_tokens = options.pop("max_batch_tokens", DEFAULT_MAX_BATCH_TOKENS)
+        shared_prefix = options.pop("shared_prefix", True)
         if options:
             raise ConfigError(f"{ROLE}: unknown option(s) for {FORMAT}: {', '.join(sorted(options))}")
         if max_batch_size is not None and int(max_batch_size) < 1:
@@ -128,7 +143,8 @@ class HFLlavaVLM:
             raise ModelLoadError(f"{ROLE}: cannot load {FORMAT} from {p}: {err}") from err
         if processor.tokenizer.pad_token is None:
             processor.tokenizer.pad_token = processor.tokenizer.eos_token
-        return cls(model, processor, torch.device(device), _optional_int(max_batch_size), _optional_int(max_batch_tokens))
+        return cls(model, processor, torch.device(device), _optional_int(max_batch_size), _optional_int(max_batch_tokens),
+                   bool(shared_prefix))
 
     # ---- text ------------------------------------------------------------------------------
 
@@ -207,6 +223,7 @@ class HFLlavaVLM:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         texts = chat_texts(self.chat_text, prompts)
+        self.work["prefill_tokens"] += sum(self._row_lengths(texts))
         answers: list[str] = []
         # Each row grows by up to max_new_tokens, all of which the KV cache holds: the budget
         # counts them, so a pass's cache is at most max_batch_tokens tokens.
@@ -241,7 +258,9 @@ class HFLlavaVLM:
 
         An answer is stripped and joined to "ASSISTANT:" by one space, as the model writes
         it. Rows are left padded with position ids counted from each row's first real
-        token, so a row's score does not depend on the other rows in its batch.
+        token, so a row's score does not depend on the other rows in its batch. With
+        ``shared_prefix``, the rows of one (image, prompt) run their prefix once and their
+        answers on its KV cache (``llava_prefix``): the same scores, to float rounding.
         """
         if not answers:
             _check_lengths(images, prompts, "prompts")
@@ -250,8 +269,19 @@ class HFLlavaVLM:
         lengths = self._answer_lengths(prompt_texts, full_texts)
 
         scores = np.zeros(len(answers), np.float32)
-        for rows in self._passes(self._row_lengths(full_texts)):
-            scores[rows] = self._score_rows(images[rows], full_texts[rows], lengths[rows])
+        counts = {"calls": 1, "rows": len(answers), "prefix_tokens": 0, "answer_tokens": 0}
+        if self.shared_prefix:
+            from .llava_prefix import score_shared
+
+            counts["prefix_tokens"], counts["answer_tokens"] = score_shared(self, images, full_texts, lengths, scores)
+        else:
+            row_lengths = self._row_lengths(full_texts)
+            for rows in self._passes(row_lengths):
+                scores[rows] = self._score_rows(images[rows], full_texts[rows], lengths[rows])
+            counts["prefix_tokens"], counts["answer_tokens"] = sum(row_lengths) - sum(lengths), sum(lengths)
+        self.last_stats = counts
+        self.stats = {k: self.stats[k] + v for k, v in counts.items()}
+        self.work["prefill_tokens"] += counts["prefix_tokens"] + counts["answer_tokens"]
         return scores
 
     def _vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -69,6 +69,13 @@ class VLLMLlavaVLM:
         self.prefix_caching = prefix_caching
         self.in_process = in_process
         self.calls = 0
+        # Scoring work, summed over calls (``last_stats``: the latest call's), the shape of
+        # ``HFLlavaVLM.stats``: prefix (image + prompt) and answer tokens vLLM computed, and the
+        # prompt tokens its prefix cache served instead (each output's ``num_cached_tokens``).
+        self.stats = dict.fromkeys(("calls", "rows", "prefix_tokens", "answer_tokens", "cached_tokens"), 0)
+        self.last_stats = dict(self.stats)
+        # int_engine.work: prompt tokens computed, and those a prefix-cache hit spared
+        self.work = {"prefill_tokens": 0, "prefill_cached_tokens": 0}
         self._closed = False
 
     @classmethod
@@ -180,7 +187,11 @@ class VLLMLlavaVLM:
     def _run(self, requests: list[dict], params) -> list:
         self._check_open()
         self.calls += 1
-        return self.llm.generate(requests, params, use_tqdm=False)
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        cached = sum(getattr(out, "num_cached_tokens", None) or 0 for out in outputs)
+        self.work["prefill_tokens"] += sum(len(out.prompt_token_ids) for out in outputs) - cached
+        self.work["prefill_cached_tokens"] += cached
+        return outputs
 
     # ---- the protocol ------------------------------------------------------------------------
 
@@ -222,11 +233,13 @@ class VLLMLlavaVLM:
 
         scores = np.zeros(len(answers), np.float32)
         todo = list(range(len(answers)))
+        counts = self.last_stats = dict.fromkeys(self.stats, 0) | {"calls": 1, "rows": len(answers)}
         for read_cache in (self.prefix_caching, False):
             params = _score_params(read_cache)
             outputs = self._run([requests[j] for j in todo], params)
             missed = []
             for j, out in zip(todo, outputs):
+                _count(counts, out, len(answer_ids[j]))
                 value = _mean_answer_logprob(out, answer_ids[j], j)
                 if value is None:
                     missed.append(j)
@@ -234,6 +247,7 @@ class VLLMLlavaVLM:
                     scores[j] = value
             todo = missed
             if not todo:
+                self.stats = {k: self.stats[k] + v for k, v in counts.items()}
                 return scores
         raise RuntimeError(f"{ROLE}: vLLM returned no prompt log-probs for requests {todo} without its cache")
 
@@ -247,6 +261,15 @@ def _score_params(read_cache: bool):
     return SamplingParams(
         temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False, skip_reading_prefix_cache=not read_cache
     )
+
+
+def _count(counts: dict, out, answer: int) -> None:
+    """Add one output's tokens to ``counts``: the cached ones, and the prefix and answer tokens
+    (its last ``answer`` prompt tokens) computed past them."""
+    cached, prefix = out.num_cached_tokens or 0, len(out.prompt_token_ids) - answer
+    counts["cached_tokens"] += cached
+    counts["prefix_tokens"] += max(0, prefix - cached)
+    counts["answer_tokens"] += answer - max(0, cached - prefix)
 
 
 def _mean_answer_logprob(out, answer: list[int], j: int) -> float | None:
