@@ -223,11 +223,12 @@ class HFLlavaVLM:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         texts = chat_texts(self.chat_text, prompts)
-        self.work["prefill_tokens"] += sum(self._row_lengths(texts))
+        lengths = self._row_lengths(texts)
+        self.work["prefill_tokens"] += sum(lengths)
         answers: list[str] = []
         # Each row grows by up to max_new_tokens, all of which the KV cache holds: the budget
         # counts them, so a pass's cache is at most max_batch_tokens tokens.
-        for rows in self._passes(self._row_lengths(texts), extra=max_new_tokens):
+        for rows in self._passes(lengths, extra=max_new_tokens):
             answers += self._generate_rows(images[rows], texts[rows], max_new_tokens)
         return answers
 
