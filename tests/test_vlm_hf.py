@@ -15,6 +15,7 @@ import torch
 from safetensors import safe_open
 
 from int_engine.protocols import VLM
+from int_engine.backends.llava_tokens import ExpandedIds
 from int_engine.backends.vlm_hf import HFLlavaVLM
 from int_engine.errors import ConfigError, ModelLoadError
 from int_engine.models import tiny_vlm
@@ -481,3 +482,25 @@ def test_hidden_state_indices():
 def test_bad_budget_option(tiny_dir):
     with pytest.raises(ConfigError, match="max_batch_tokens must be >= 1"):
         HFLlavaVLM.load(tiny_dir, max_batch_tokens=0)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_spliced_image_tokens_equal_the_tokenizer_on_expanded_text(tiny_dir, side):
+    """``ExpandedIds`` tokenises each distinct text once and splices "<image>"'s expansion in:
+    the same ids and mask as the tokenizer on every expanded row, padded on either side; an
+    expansion that is not image tokens only falls back to the tokenizer."""
+    vlm = HFLlavaVLM.load(tiny_dir)
+    token = vlm.processor.image_token
+    texts = [vlm.chat_text(p) + a for p in (PROMPT_A, PROMPT_B, "frog?") for a in ("", " frog", " tree bark")] * 2
+    for expanded in (token * 9, token * 3 + " and more"):
+        expand = ExpandedIds(vlm.tokenizer, token, vlm.model.config.image_token_id)
+        got = expand(texts, expanded, side)
+        want = vlm.tokenizer([t.replace(token, expanded) for t in texts], padding=True, padding_side=side, return_tensors="pt")
+        assert torch.equal(got["input_ids"], want["input_ids"]) and torch.equal(got["attention_mask"], want["attention_mask"])
+        assert (expand.splice[1] is not None) == (expanded == token * 9)
+
+
+def test_the_tiny_llava_scores_on_spliced_ids(vlm, images):
+    """LLaVA-1.5's expansion is image tokens only, so the backend takes the spliced path."""
+    vlm.score(images[:1], [PROMPT_A], ["frog"])
+    assert vlm._expanded is not None and vlm._expanded.splice[1] == [vlm.model.config.image_token_id] * vlm._image_token_count()

@@ -41,22 +41,6 @@ def distinct_rows(images: Sequence[np.ndarray]) -> tuple[list[int], list[int]]:
     return firsts, inverse
 
 
-def answer_token_ids(tokenizer, prompt_texts: list[str], full_texts: list[str]) -> list[list[int]]:
-    """Each answer's token ids: the full text's tokens after the prefix it shares with the
-    prompt's tokenisation (so " frog" after "ASSISTANT:" is "▁frog", as generated)."""
-    prompts = tokenizer(prompt_texts)["input_ids"]
-    fulls = tokenizer(full_texts)["input_ids"]
-    answers = []
-    for j, (pre, full) in enumerate(zip(prompts, fulls)):
-        shared = 0
-        while shared < min(len(pre), len(full)) and pre[shared] == full[shared]:
-            shared += 1
-        if shared == len(full):
-            raise ValueError(f"answer {j} has no tokens of its own after the prompt: {full_texts[j]!r}")
-        answers.append(list(full[shared:]))
-    return answers
-
-
 def scoring_texts(chat_text, images: Sequence[np.ndarray], prompts: Sequence[str], answers: Sequence[str]) -> tuple[list[str], list[str]]:
     """Check a scoring request and build, per row, the chat text up to "ASSISTANT:" and the same
     text with the stripped answer joined by one space (as the model would write it)."""

@@ -53,6 +53,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from .llava_common import distinct_rows
+from .llava_tokens import token_ids
 
 if TYPE_CHECKING:
     from .vlm_hf import HFLlavaVLM
@@ -104,7 +105,7 @@ def prefix_passes(
 def plan(vlm: "HFLlavaVLM", images: Sequence[np.ndarray], texts: list[str], lengths: list[int]) -> list[list[list[int]]]:
     """The passes of a scoring call's rows (``texts``: prompt + answer; ``lengths``: answer tokens),
     grouped by shared prefix, before any image is processed: each "<image>" counts its expansion."""
-    ids = vlm.tokenizer(texts)["input_ids"]
+    ids = token_ids(vlm.tokenizer, texts)
     groups = prefix_groups(images, ids, lengths)
     image_id, extra = vlm.model.config.image_token_id, vlm._image_token_count() - 1
     prefix = [ids[g[0]][: len(ids[g[0]]) - lengths[g[0]]] for g in groups]

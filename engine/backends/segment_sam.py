@@ -322,13 +322,21 @@ class SamSegmenter:
         """A request's prompts in the encoder's frame: coords [N, P, 2], labels [N, P] (``flatten_prompts``)."""
         boxes = coords = labels = None
         if len(req.boxes):
-            raw = torch.as_tensor(np.asarray(req.boxes, np.float32), device=self.device)
-            boxes = self.transform.apply_boxes_torch(raw, original)  # [B, 4]
+            boxes = self._to_encoder_frame(req.boxes, original).reshape(-1, 4)  # [B, 4]
         if len(req.points):
-            raw = torch.as_tensor(np.asarray(req.points, np.float32), device=self.device)
-            coords = self.transform.apply_coords_torch(raw, original)[None]  # [1, P, 2]
+            coords = self._to_encoder_frame(req.points, original).reshape(1, -1, 2)  # [1, P, 2]
             labels = torch.as_tensor(np.asarray(req.labels), dtype=torch.float32, device=self.device)[None]
         return flatten_prompts(coords, labels, boxes)
+
+    def _to_encoder_frame(self, xy, original: tuple[int, int]) -> torch.Tensor:
+        """Pixel coordinates (x, y pairs, any shape ending in an even count) of an image of
+        ``original`` (h, w) scaled to its resized frame, float32 [K, 2]: what SAM's
+        ``ResizeLongestSide.apply_coords_torch`` computes, bit for bit, without its deepcopy,
+        which clones the tensor's storage and was a third of a call's prompt handling."""
+        old_h, old_w = original
+        new_h, new_w = self.transform.get_preprocess_shape(old_h, old_w, self.transform.target_length)
+        scale = torch.tensor([new_w / old_w, new_h / old_h], dtype=torch.float32, device=self.device)
+        return torch.tensor(np.asarray(xy, np.float32).reshape(-1, 2), device=self.device) * scale
 
 
 def _check(req: SegmentRequest) -> None:

@@ -45,8 +45,9 @@ from PIL import Image
 from ..errors import ConfigError, ModelLoadError
 from ..models.checks import require_files
 from .llava_common import (
-    _check_image, _check_lengths, answer_token_ids, chat_texts, distinct_rows, llava_chat_text, scoring_texts,
+    _check_image, _check_lengths, chat_texts, distinct_rows, llava_chat_text, scoring_texts,
 )
+from .llava_tokens import ExpandedIds, answer_token_ids, token_ids
 from .llava_image import complete_processor, pad_to_square, processor_fill
 
 if TYPE_CHECKING:
@@ -94,6 +95,7 @@ class HFLlavaVLM:
         self.stats = dict.fromkeys(("calls", "rows", "prefix_tokens", "answer_tokens"), 0)
         self.last_stats = dict(self.stats)
         self._image_tokens: int | None = None  # tokens one "<image>" expands to; see _row_lengths
+        self._expanded: ExpandedIds | None = None  # the rows' ids with "<image>" expanded (llava_tokens)
         self.work = {"prefill_tokens": 0}  # int_engine.work: prompt tokens computed (generate + score)
 
     @classmethod
@@ -178,9 +180,9 @@ class HFLlavaVLM:
             pixels = self.processor.image_processor(pil, return_tensors="pt")["pixel_values"]
             # LLaVA-1.5 resizes every image to one size: one "<image>" expansion serves all rows.
             expanded = self.processor.replace_image_token({"pixel_values": pixels}, image_idx=0)
-            token = self.processor.image_token
-            batch = dict(self.tokenizer([t.replace(token, expanded) for t in texts], padding=True,
-                                        padding_side=padding_side, return_tensors="pt"))
+            if self._expanded is None:
+                self._expanded = ExpandedIds(self.tokenizer, self.processor.image_token, self.model.config.image_token_id)
+            batch = self._expanded(texts, expanded, padding_side)
             batch["pixel_values"] = pixels
         else:  # another processor: its own call on every row
             batch = self.processor(images=[pil[u] for u in inverse], text=texts, padding=True,
@@ -207,7 +209,7 @@ class HFLlavaVLM:
             return []
         image_id = self.model.config.image_token_id
         extra = self._image_token_count() - 1
-        return [len(ids) + extra * ids.count(image_id) for ids in self.tokenizer(texts)["input_ids"]]
+        return [len(ids) + extra * ids.count(image_id) for ids in token_ids(self.tokenizer, texts)]
 
     def _passes(self, lengths: list[int], extra: int = 0) -> list[slice]:
         """The rows' passes under this backend's bounds (``token_passes``)."""

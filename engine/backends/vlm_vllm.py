@@ -39,8 +39,9 @@ from ..models.checks import require_files
 from .llava_image import complete_processor, pad_to_square, processor_fill
 from .vllm_options import engine_kwargs, engine_option_types
 from .llava_common import (
-    _check_image, _check_lengths, answer_token_ids, chat_texts, distinct_rows, llava_chat_text, scoring_texts,
+    _check_image, _check_lengths, chat_texts, distinct_rows, llava_chat_text, scoring_texts,
 )
+from .llava_tokens import answer_token_ids
 from .vlm_hf import EXPECTED_FILES
 
 if TYPE_CHECKING:
