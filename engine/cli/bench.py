@@ -1,0 +1,103 @@
+"""``int-engine bench``: a dataset run folder, or runs compared."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import FATAL, _config, _models_dir
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..api import IntEngine
+    from ..bench.datasets import find_dataset, folder_dataset
+    from ..bench.report import compare
+    from ..bench.run import run_bench
+    from ..bench.synthetic import write_synthetic_dataset
+    from ..errors import IntEngineError
+    from ..models.cache import cache_root
+
+    if args.compare:
+        try:
+            print(compare(*args.compare))
+        except (OSError, KeyError, ValueError) as err:
+            print(f"error: cannot compare {args.compare[0]} and {args.compare[1]}: {err}", file=sys.stderr)
+            return FATAL
+        return 0
+    if not args.dataset or not args.out:
+        print("error: bench needs --dataset and --out (or --compare RUN_A RUN_B)", file=sys.stderr)
+        return FATAL
+    try:
+        if args.dataset == "synthetic":
+            root = Path(args.data_root) if args.data_root else cache_root() / "synthetic"
+            count = args.synthetic_count or args.limit or 100
+            dataset = find_dataset("cod10k", write_synthetic_dataset(root, count, seed=args.synthetic_seed))
+            dataset.name, dataset.pairs = "Synthetic", dataset.pairs[:count]
+        elif args.dataset == "folder":
+            if not args.images or not args.masks:
+                raise IntEngineError("--dataset folder needs --images DIR and --masks DIR")
+            dataset = folder_dataset(args.images, args.masks, args.task or "camouflaged animal")
+        else:
+            if not args.data_root:
+                raise IntEngineError(f"--dataset {args.dataset} needs --data-root (the folder holding the downloaded dataset)")
+            dataset = find_dataset(args.dataset, args.data_root)
+        if not args.config and not args.preset:
+            args.preset = dataset.preset
+        cfg = _config(args)
+        models_dir = _models_dir(args, cfg)
+        engine = IntEngine(cfg, models_dir=models_dir)
+    except IntEngineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return FATAL
+    if dataset.unpaired_images:
+        print(f"warning: {len(dataset.unpaired_images)} images have no GT and are skipped "
+              f"(e.g. {dataset.unpaired_images[0]})", file=sys.stderr)
+    total = min(len(dataset.pairs), args.limit) if args.limit else len(dataset.pairs)
+    bar = tqdm(total=total, unit="img", disable=args.quiet, desc=dataset.name)
+    failures = 0
+
+    def progress(row: dict) -> None:
+        nonlocal failures
+        failures += not row["ok"]
+        if not row["ok"]:
+            tqdm.write(f"error: {row['image']}: {row['error']}", file=sys.stderr)
+        bar.update(1)
+        bar.set_postfix(failed=failures)
+
+    try:
+        summary = run_bench(engine, dataset, args.out, limit=args.limit, resume=args.resume,
+                            models_label=str(models_dir) if models_dir else None, on_image=progress)
+    except IntEngineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return FATAL
+    finally:
+        bar.close()
+        engine.close()
+    print((Path(args.out) / "summary.md").read_text(encoding="utf-8"))
+    return min(len(summary["failed"]), 100)
+
+
+
+def add_parser(sub) -> None:
+    bench = sub.add_parser("bench", help="benchmark on a dataset: metrics, throughput, report")
+    bench.add_argument("--dataset", help="cod10k | camo | chameleon | kvasir | cvc-colondb | isic | synthetic | folder")
+    bench.add_argument("--data-root", help="folder holding the downloaded dataset (synthetic: where to generate it)")
+    bench.add_argument("--images", help="--dataset folder: the images")
+    bench.add_argument("--masks", help="--dataset folder: the GT masks (paired by file name)")
+    bench.add_argument("--out", help="run folder (results.jsonl, pred/, summary.json, summary.md, report.html)")
+    bench.add_argument("--limit", type=int, help="only the first N images")
+    bench.add_argument("--resume", action="store_true", help="continue a run in --out, skipping finished images")
+    bench.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="print two runs' tables side by side")
+    bench.add_argument("--synthetic-count", type=int, help="synthetic: number of scenes (default: --limit or 100)")
+    bench.add_argument("--synthetic-seed", type=int, default=0)
+    for flag, kw in (("--task", {}), ("--preset", {}), ("--config", {}), ("--models", {}), ("--iterations", {"type": int}),
+                     ("--seed", {"type": int}), ("--device", {})):
+        bench.add_argument(flag, **kw)
+    bench.add_argument("--ablation", action="append", metavar="SWITCH=on|off")
+    bench.add_argument("--set", action="append", metavar="KEY=VALUE")
+    bench.add_argument("--quiet", action="store_true")
+    bench.set_defaults(func=cmd_bench)
+
