@@ -8,6 +8,7 @@ passed down explicitly; no step reads globals.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,7 +217,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 def preset_config(name: str, base: EngineConfig | None = None) -> EngineConfig:
     """``base`` (default: the defaults) with the preset's fields applied."""
     if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; presets are {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}{_did_you_mean(name, PRESETS)}; presets are {', '.join(PRESETS)}")
     return _merge(base or EngineConfig(), PRESETS[name])
 
 
@@ -245,7 +246,7 @@ def _deep_update(target: dict[str, Any], data: dict[str, Any], cls: type, where:
     names = {f.name: f for f in dataclasses.fields(cls)}
     for key, value in data.items():
         if key not in names:
-            raise ConfigError(f"unknown config key {where + key!r}; known: {', '.join(names)}")
+            raise ConfigError(f"unknown config key {where + key!r}{_did_you_mean(key, names, where)}; known: {', '.join(names)}")
         sub = _dataclass_type(names[key])
         if sub is not None and isinstance(value, dict):
             _deep_update(target[key], value, sub, f"{where}{key}.")
@@ -253,6 +254,12 @@ def _deep_update(target: dict[str, Any], data: dict[str, Any], cls: type, where:
             target[key] = {**target[key], **value}
         else:
             target[key] = value
+
+
+def _did_you_mean(name: str, known: Any, prefix: str = "") -> str:
+    """`` (did you mean 'x'?)`` for the closest known name (difflib), or nothing."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {prefix + close[0]!r}?)" if close else ""
 
 
 def _dataclass_type(f: dataclasses.Field) -> type | None:

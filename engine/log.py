@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 LOGGER_NAME = "int_engine"
 ENV_LEVEL = "INT_ENGINE_LOG_LEVEL"
@@ -47,12 +49,21 @@ def resolve_level(level: str | None, verbose: int = 0) -> int:
     return getattr(logging, name.upper())
 
 
-def configure_cli_logging(level: int) -> None:
-    """Route the ``int_engine`` logger to stderr through tqdm at ``level`` (idempotent)."""
+@contextmanager
+def cli_logging(level: int) -> Iterator[None]:
+    """Route the ``int_engine`` logger to stderr through tqdm at ``level`` while the CLI runs,
+    then put it back as it was: ``main()`` is also called in-process (tests, notebooks), where
+    the logger must keep propagating to the host's handlers afterwards."""
     logger = get_logger()
+    saved = logger.level, logger.propagate
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     logger.setLevel(level)
-    if not any(isinstance(h, _TqdmHandler) for h in logger.handlers):
-        handler = _TqdmHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-        logger.addHandler(handler)
-    logger.propagate = False
+    logger.addHandler(handler)
+    logger.propagate = False  # the CLI's handler is the only one: no second copy via the root logger
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]

@@ -5,6 +5,7 @@
     int-engine models tiny --out DIR                 build the tiny random-weight zoo
     int-engine models verify DIR                     check a zoo against its manifest
     int-engine sample --out FILE                     write a synthetic camouflage scene to try things on
+    int-engine config show [--preset P] [--config F] [--set k=v]   the resolved config as YAML
     int-engine --version | -v/-vv | --log-level LEVEL (or INT_ENGINE_LOG_LEVEL)
 
 Exit codes: 0 success; N (1..100) = number of images that failed (capped at 100);
@@ -25,7 +26,7 @@ __all__ = ["FATAL", "main", "build_parser", "expand_inputs", "_config", "_ablati
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
     from ..log import LEVELS
-    from . import bench, models, segment, tools
+    from . import bench, config_cmd, models, segment, tools
 
     parser = argparse.ArgumentParser(prog="int-engine", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"int-engine {__version__}")
@@ -36,11 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_parser(sub)
     tools.add_parsers(sub)
     models.add_parser(sub)
+    config_cmd.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..log import configure_cli_logging, resolve_level
+    from ..log import cli_logging, resolve_level
 
     args = build_parser().parse_args(argv)
     try:
@@ -48,5 +50,5 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # a bad INT_ENGINE_LOG_LEVEL
         print(f"error: {err}", file=sys.stderr)
         return FATAL
-    configure_cli_logging(level)
-    return args.func(args)
+    with cli_logging(level):
+        return args.func(args)

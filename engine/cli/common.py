@@ -84,3 +84,16 @@ def _output_dirs(images: list[str], out: Path) -> list[Path]:
     return dirs
 
 
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags ``_config`` reads: --task, --preset, --config, --iterations, --seed, --device,
+    --ablation, --set."""
+    parser.add_argument("--task", help='task-generic prompt, e.g. "camouflaged animal"')
+    parser.add_argument("--preset", help="cod | polyp | skin | gensam | promac")
+    parser.add_argument("--config", help="YAML or JSON EngineConfig")
+    parser.add_argument("--iterations", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--ablation", action="append", metavar="SWITCH=on|off", help="hcg, psnm, pnm or smg on/off")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field (repeatable)")
