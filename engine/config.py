@@ -310,3 +310,40 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
         return cls(**kwargs)
     except TypeError as err:
         raise ConfigError(f"{where}: {err}") from None
+
+
+# What one request may set for itself; everything else (models, batching, sizes) is the engine's.
+REQUEST_OPTIONS = ("task", "preset", "iterations", "seed", "ablation")
+ABLATION_SWITCHES = ("hcg", "psnm", "pnm", "smg")
+
+
+def request_config(base: EngineConfig, **options: Any) -> EngineConfig:
+    """The config of one request: ``base`` with the request's algorithm options applied, in
+    the order preset < task / iterations / seed < ablation. ``ablation`` maps switches
+    (hcg, psnm, pnm, smg; paper Table 3c) to on/off booleans. Raises ConfigError (one line,
+    naming the option) on an unknown option, an empty task or a bad value; model settings
+    cannot be set per request."""
+    unknown = [k for k in options if k not in REQUEST_OPTIONS]
+    if unknown:
+        raise ConfigError(f"unknown request option {unknown[0]!r}{_did_you_mean(unknown[0], REQUEST_OPTIONS)}; "
+                          f"allowed: {', '.join(REQUEST_OPTIONS)}")
+    cfg = base
+    if options.get("preset") is not None:
+        cfg = preset_config(options["preset"], cfg)
+    data: dict[str, Any] = {}
+    if options.get("task") is not None:
+        task = options["task"]
+        if not isinstance(task, str) or not task.strip():
+            raise ConfigError(f"task must be a non-empty string, got {task!r}")
+        data["task"] = task.strip()
+    for key in ("iterations", "seed"):
+        if options.get(key) is not None:
+            data[key] = options[key]
+    for switch, state in (options.get("ablation") or {}).items():
+        if switch not in ABLATION_SWITCHES:
+            raise ConfigError(f"unknown ablation switch {switch!r}{_did_you_mean(switch, ABLATION_SWITCHES)}; "
+                              f"allowed: {', '.join(ABLATION_SWITCHES)}")
+        if not isinstance(state, bool):
+            raise ConfigError(f"ablation {switch} must be true or false, got {state!r}")
+        data[switch] = state
+    return _merge(cfg, data) if data else cfg

@@ -159,54 +159,83 @@ class Scheduler:
         self.config = config
         self.execute = execute
         self.stats = TickStats()
+        self.inflight: list[_Job] = []
+        # called after every model batch with ("role.method", images carried, seconds): a
+        # service's metrics hang here without the loop knowing about them
+        self.on_batch: Callable[[str, int, float], None] | None = None
 
     def run(self, jobs: Iterable[tuple[Any, Callable[[], Steps]]]) -> Iterator[tuple[Any, Result | Exception]]:
         """Yield ``(key, Result)`` as images finish (not in input order), or ``(key, error)`` for an
         image whose preparation or steps raised. ``jobs`` yields ``(key, make_steps)``; ``make_steps``
         is called only when the image is admitted, so images are read lazily."""
         pending = iter(jobs)
-        inflight: list[_Job] = []
         exhausted = False
-        while inflight or not exhausted:
-            while not exhausted and len(inflight) < self.config.max_in_flight:
+        while self.inflight or not exhausted:
+            while not exhausted and self.has_room():
                 try:
                     key, make = next(pending)
                 except StopIteration:
                     exhausted = True
                     break
-                job = _Job(key, None)
-                try:
-                    job.steps = make()
-                    job.call = next(job.steps)
-                    inflight.append(job)
-                except StopIteration as done:
-                    yield key, done.value
-                except Exception as err:  # one image's failure is that image's result
-                    yield key, err
-            if not inflight:
-                continue
-            self.stats.ticks += 1
-            finished = self._tick(inflight)
-            if self.config.trim_heap:
-                trim_heap()
-            for job, outcome in finished:
-                inflight.remove(job)
-                yield job.key, outcome
+                done = self.admit(key, make)
+                if done is not None:
+                    yield done
+            if self.inflight:
+                yield from self.step()
 
-    def _tick(self, inflight: list[_Job]) -> list[tuple[_Job, Result | Exception]]:
+    def has_room(self) -> bool:
+        """Whether another image may be admitted (``max_in_flight``)."""
+        return len(self.inflight) < self.config.max_in_flight
+
+    def admit(self, key: Any, make: Callable[[], Steps]) -> tuple[Any, Result | Exception] | None:
+        """Start an image: its steps run up to their first model call, which joins the next tick.
+        Returns ``(key, outcome)`` if it finished or failed before any call, else None."""
+        job = _Job(key, None)
+        try:
+            job.steps = make()
+            job.call = next(job.steps)
+        except StopIteration as done:
+            return key, done.value
+        except Exception as err:  # one image's failure is that image's result
+            return key, err
+        self.inflight.append(job)
+        return None
+
+    def drop(self, key: Any) -> bool:
+        """Take an image out of flight (its caller gave up): its state is freed, and it joins no
+        further call. Returns whether it was in flight."""
+        for job in self.inflight:
+            if job.key == key:
+                self.inflight.remove(job)
+                job.steps.close()
+                return True
+        return False
+
+    def step(self) -> list[tuple[Any, Result | Exception]]:
+        """One tick: decide which calls run (``_decide``), execute each as one batch, advance every
+        image it carried. Returns the images that finished, as ``(key, outcome)``."""
+        self.stats.ticks += 1
+        finished = []
+        for chunk in self._decide(self.inflight):
+            for job, reply in self._run_group(chunk):
+                outcome = self._advance(job, reply)
+                if outcome is not None:
+                    finished.append((job, outcome))
+        if self.config.trim_heap:
+            trim_heap()
+        for job, _ in finished:
+            self.inflight.remove(job)
+        return [(job.key, outcome) for job, outcome in finished]
+
+    def _decide(self, inflight: list[_Job]) -> list[list[_Job]]:
+        """The tick's batches: the images waiting at the earliest call in ``CALL_ORDER``, grouped
+        by call key (role, method, params) and chunked to ``max_batch_items`` requests."""
         first = min(RANK[(j.call.role, j.call.method)] for j in inflight)
         groups: OrderedDict[tuple, list[_Job]] = OrderedDict()
         for job in inflight:
             if RANK[(job.call.role, job.call.method)] == first:
                 groups.setdefault(job.call.key, []).append(job)
-        finished = []
-        for jobs in groups.values():
-            for chunk in self._chunks(jobs):
-                for job, reply in self._run_group(chunk):
-                    outcome = self._advance(job, reply)
-                    if outcome is not None:
-                        finished.append((job, outcome))
-        return finished
+        return [chunk for jobs in groups.values() for chunk in self._chunks(jobs)]
 
     def _chunks(self, jobs: list[_Job]) -> list[list[_Job]]:
         """Split a group so that no call carries more than ``max_batch_items`` requests."""
@@ -240,6 +269,8 @@ class Scheduler:
                 raise
             return [(job, reply) for sub in ([j] for j in jobs) for job, reply in self._run_isolated(sub[0])]
         elapsed = time.perf_counter() - t0
+        if self.on_batch is not None:
+            self.on_batch(f"{first.role}.{first.method}", len(jobs), elapsed)
         total = sum(j.call.size for j in jobs) or 1
         return [(j, Reply(r, elapsed * j.call.size / total)) for j, r in zip(jobs, results)]
 

@@ -6,6 +6,7 @@
     int-engine models verify DIR                     check a zoo against its manifest
     int-engine sample --out FILE                     write a synthetic camouflage scene to try things on
     int-engine config show [--preset P] [--config F] [--set k=v]   the resolved config as YAML
+    int-engine serve [--models DIR] [--host 127.0.0.1] [--port 8000]  POST /v1/segment over HTTP
     int-engine --version | -v/-vv | --log-level LEVEL (or INT_ENGINE_LOG_LEVEL)
 
 Exit codes: 0 success; N (1..100) = number of images that failed (capped at 100);
@@ -26,7 +27,7 @@ __all__ = ["FATAL", "main", "build_parser", "expand_inputs", "_config", "_ablati
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
     from ..log import LEVELS
-    from . import bench, config_cmd, models, segment, tools
+    from . import bench, config_cmd, models, segment, serve, tools
 
     parser = argparse.ArgumentParser(prog="int-engine", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"int-engine {__version__}")
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     tools.add_parsers(sub)
     models.add_parser(sub)
     config_cmd.add_parser(sub)
+    serve.add_parser(sub)
     return parser
 
 
