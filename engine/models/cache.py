@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from platformdirs import user_cache_dir
 
+from ..log import get_logger
 from .zoo import ZOO_VERSION, build_tiny_zoo, is_complete_zoo
+
+log = get_logger("models")
 
 TINY_WARNING = (
     "warning: using the tiny random-weight model zoo at {path}: its masks are meaningless; "
@@ -31,10 +35,17 @@ def ensure_tiny_zoo(path: str | Path | None = None, seed: int = 0) -> Path:
 
     It is built in a temporary sibling directory and renamed into place, so an
     interrupted build never leaves a half-written zoo that looks complete.
+
+    A build is logged (logger ``int_engine.models``): an INFO line as it starts, so a first
+    run that pauses says why, and a WARNING line with where and how long once done, since a
+    build in the middle of a run is worth seeing at the CLI's default level.
     """
     target = Path(path) if path else default_zoo_dir(seed)
     if is_complete_zoo(target, seed):
+        log.debug("tiny zoo: using %s", target)
         return target
+    log.info("tiny zoo: none at %s; building it (first use, once)", target)
+    start = time.perf_counter()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".building-", dir=target.parent))
     try:
@@ -45,4 +56,5 @@ def ensure_tiny_zoo(path: str | Path | None = None, seed: int = 0) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    log.warning("tiny zoo: built at %s in %.1fs (first use; later runs reuse it)", target, time.perf_counter() - start)
     return target

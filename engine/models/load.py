@@ -1,4 +1,5 @@
-"""Loading the five roles from local paths, offline, through each backend's ``load``.
+"""Loading the five roles from local paths (or the local Hugging Face cache), offline, through
+each backend's ``load``.
 
 The tiny zoo and a user's real checkpoints go through exactly this code. Backends are
 imported lazily so that ``import int_engine`` stays light and an optional backend's
@@ -11,6 +12,7 @@ import difflib
 import importlib
 import inspect
 import os
+import time
 import types
 import typing
 from pathlib import Path
@@ -18,7 +20,11 @@ from typing import Any
 
 from ..config import ROLES, ModelsConfig
 from ..errors import ConfigError, ModelLoadError
+from ..log import get_logger
 from ..protocols import Models
+from .hub import looks_like_repo_id, resolve_repo
+
+log = get_logger("models")
 
 # (role, backend name) -> "module:Class" under int_engine.backends
 BACKENDS: dict[tuple[str, str], str] = {
@@ -66,10 +72,19 @@ def backend_class(role: str, backend: str) -> type:
 
 
 def role_path(cfg: ModelsConfig, role: str, models_dir: str | Path | None) -> Path | None:
-    """The role's path: its own ``path`` if set, else ``<models_dir>/<role>``."""
+    """The role's path: its own ``path`` if set, else ``<models_dir>/<role>``.
+
+    A ``path`` that exists locally is used as is; one that does not but reads as a Hugging
+    Face repo id (``org/name[@revision]``) is that repo's snapshot in the local hub cache
+    (``hub.resolve_repo``: offline, ModelLoadError if it is not cached). Any other missing
+    path is returned unchanged for the backend to report.
+    """
     rc = cfg.role(role)
     if rc.path:
-        return Path(rc.path).expanduser()
+        local = Path(rc.path).expanduser()
+        if not local.exists() and looks_like_repo_id(rc.path):
+            return resolve_repo(role, rc.path)
+        return local
     if (role, rc.backend) in PATHLESS:
         return None
     if models_dir is None:
@@ -146,11 +161,24 @@ def check_options(cfg: ModelsConfig) -> None:
 
 
 def load_role(cfg: ModelsConfig, role: str, models_dir: str | Path | None = None):
-    """Load one role through its backend's ``load``, its options checked first."""
+    """Load one role through its backend's ``load``, its options checked first; logs one INFO
+    line (role, backend, dtype, device, path, seconds) on logger ``int_engine.models``."""
     check_role_options(cfg, role)
     rc = cfg.role(role)
     cls = backend_class(role, rc.backend)
-    return cls.load(role_path(cfg, role, models_dir), device=cfg.device_of(role), dtype=cfg.dtype_of(role), **rc.options)
+    path = role_path(cfg, role, models_dir)
+    device, dtype = cfg.device_of(role), cfg.dtype_of(role)
+    start = time.perf_counter()
+    model = cls.load(path, device=device, dtype=dtype, **rc.options)
+    seconds = time.perf_counter() - start
+    # The config's own spelling too when it was a repo id: the snapshot path alone hides it.
+    from_hub = path is not None and rc.path and path != Path(rc.path).expanduser()
+    where = "(no model files)" if path is None else (f"{rc.path} -> {path}" if from_hub else str(path))
+    # ``extra``: the same facts as fields, for a service that logs records as structured data.
+    fields = {"role": role, "backend": rc.backend, "dtype": dtype, "device": device, "model_path": str(path), "seconds": seconds}
+    log.info("%-9s loaded in %.2fs: backend %s, dtype %s, device %s, path %s", role, seconds, rc.backend, dtype, device,
+             where, extra=fields)
+    return model
 
 
 def load_models(cfg: ModelsConfig, models_dir: str | Path | None = None) -> Models:
