@@ -191,7 +191,8 @@ class EngineConfig:
         try:
             data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
         except (json.JSONDecodeError, yaml.YAMLError) as err:
-            raise ConfigError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {err}") from None
+            where = " ".join(str(err).split())  # YAML's message spans lines: one line, as every error here
+            raise ConfigError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {where}") from None
         if data is None:
             data = {}
         if not isinstance(data, dict):

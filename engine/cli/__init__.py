@@ -4,6 +4,7 @@
     int-engine bench --dataset NAME --out RUN        metrics, throughput and a report on a dataset
     int-engine models tiny --out DIR                 build the tiny random-weight zoo
     int-engine models verify DIR                     check a zoo against its manifest
+    int-engine models check DIR|CONFIG               every role's files present (no weights loaded)
     int-engine sample --out FILE                     write a synthetic camouflage scene to try things on
     int-engine config show [--preset P] [--config F] [--set k=v]   the resolved config as YAML
     int-engine serve [--models DIR] [--host 127.0.0.1] [--port 8000]  POST /v1/segment over HTTP
