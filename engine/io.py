@@ -9,6 +9,7 @@ become an RGB image raises ``ImageError`` whose message starts with the file nam
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import warnings
@@ -87,12 +88,25 @@ def from_pixels(pixels: np.ndarray, max_side: int = 1536, min_side: int = 32, ma
     ``max_side`` bounds an array's memory as it bounds a file's."""
     arr = np.asarray(pixels)
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"expected uint8 [H, W, 3] RGB pixels, got {arr.dtype} {arr.shape}")
+        raise ValueError(f"{source}: expected uint8 [H, W, 3] RGB pixels, got {arr.dtype} {arr.shape}")
     if arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ValueError(f"image has no pixels ({arr.shape[1]}x{arr.shape[0]})")
+        raise ValueError(f"{source}: image has no pixels ({arr.shape[1]}x{arr.shape[0]})")
     conversions: list[str] = []
     working = _working_size(arr, max_side, min_side, conversions, max_aspect)
     return LoadedImage(source, np.ascontiguousarray(working), (int(arr.shape[0]), int(arr.shape[1])), tuple(conversions))
+
+
+def from_pil(image: Image.Image, max_side: int = 1536, min_side: int = 32, max_aspect: float = MAX_ASPECT,
+             source: str = "<PIL image>") -> LoadedImage:
+    """A PIL image as ``read_image`` would load the file it came from: the same conversions to
+    RGB uint8 [H, W, 3] (recorded), then ``from_pixels``'s working size."""
+    conversions: list[str] = []
+    try:
+        rgb = _to_rgb(image, conversions)
+    except (OSError, ValueError) as err:
+        raise ImageError(f"{source}: cannot convert {image.mode} {image.size} image to RGB: {err}") from None
+    loaded = from_pixels(rgb, max_side, min_side, max_aspect, source)
+    return dataclasses.replace(loaded, conversions=tuple(conversions) + loaded.conversions)
 
 
 def _to_rgb(im: Image.Image, conversions: list[str]) -> np.ndarray:
@@ -189,13 +203,19 @@ def pad_to_aspect(image: np.ndarray, max_aspect: float, min_side: int = 1) -> tu
     ph, pw = padded_shape(h, w, max_aspect, min_side)
     if (ph, pw) == (h, w):
         return image, (0, 0, h, w)
-    top, left = (ph - h) // 2, (pw - w) // 2
+    top, left, _, _ = centred_region(h, w, (ph, pw))
     mean = image.reshape(h * w, -1).astype(np.float64).mean(axis=0)
     fill = np.round(mean).astype(image.dtype) if np.issubdtype(image.dtype, np.integer) else mean.astype(image.dtype)
     out = np.empty((ph, pw) + image.shape[2:], image.dtype)
     out[...] = fill.reshape(image.shape[2:]) if image.ndim > 2 else fill[0]
     out[top : top + h, left : left + w] = image
     return out, (top, left, h, w)
+
+
+def centred_region(height: int, width: int, frame: tuple[int, int]) -> Region:
+    """Where ``pad_to_aspect`` puts a ``height`` x ``width`` image in a ``frame`` (H', W'):
+    centred, (top, left, height, width). Overlays map the trace's boxes back with it."""
+    return (frame[0] - height) // 2, (frame[1] - width) // 2, height, width
 
 
 def crop_to_region(mask: np.ndarray, region: Region) -> np.ndarray:
@@ -247,19 +267,56 @@ def write_png(path: str | Path, array: np.ndarray) -> None:
     Image.fromarray(array).save(p, format="PNG", optimize=False, compress_level=6)
 
 
-def overlay(image: np.ndarray, binary: np.ndarray, color: tuple[int, int, int] = (255, 32, 32)) -> np.ndarray:
-    """The image with the binary mask's contour drawn on it and its inside lightly tinted.
+MASK_COLOUR = (255, 32, 32)  # RGB: the mask's contour and tint
+BOX_COLOUR = (255, 210, 0)  # RGB: the detections' boxes and the picked name's label
 
-    image: uint8 [H, W, 3]; binary: bool [H, W]. Returns uint8 [H, W, 3].
+
+def overlay(image: np.ndarray, binary: np.ndarray, color: tuple[int, int, int] = MASK_COLOUR,
+            boxes: np.ndarray | None = None, label: str | None = None,
+            box_color: tuple[int, int, int] = BOX_COLOUR) -> np.ndarray:
+    """The image with the binary mask's contour drawn on it and its inside lightly tinted, then
+    ``boxes`` as rectangles and ``label`` (the picked name) on a filled tag at the first box's
+    top-left corner (the image's, with no box).
+
+    image: uint8 [H, W, 3] RGB; binary: bool [H, W]; boxes: float [N, 4] (x0, y0, x1, y1) in
+    the image's pixels, x1 / y1 exclusive. Returns uint8 [H, W, 3].
     """
-    out = image.copy()
-    m = binary.astype(bool)
+    image, m = np.asarray(image), np.asarray(binary).astype(bool)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"overlay: expected uint8 [H, W, 3] RGB pixels, got {image.dtype} {image.shape}")
+    if m.shape != image.shape[:2]:
+        raise ValueError(f"overlay: mask {m.shape[1]}x{m.shape[0]} does not match image {image.shape[1]}x{image.shape[0]}")
+    out = np.ascontiguousarray(image).copy()
     tint = np.array(color, np.float32)
     out[m] = (0.75 * out[m].astype(np.float32) + 0.25 * tint).astype(np.uint8)
     contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    thickness = max(1, round(max(image.shape[:2]) / 300))
+    h, w = m.shape
+    thickness = max(1, round(max(h, w) / 300))
     cv2.drawContours(out, contours, -1, color, thickness)
+    corners = []
+    for x0, y0, x1, y1 in np.asarray(boxes if boxes is not None else np.zeros((0, 4)), np.float64).reshape(-1, 4):
+        # pixels a box covers: [floor(x0), ceil(x1) - 1]; drawn after the mask so its edges stay visible
+        left, top = int(np.clip(np.floor(x0), 0, w - 1)), int(np.clip(np.floor(y0), 0, h - 1))
+        right, bottom = int(np.clip(np.ceil(x1) - 1, 0, w - 1)), int(np.clip(np.ceil(y1) - 1, 0, h - 1))
+        if right >= left and bottom >= top:
+            cv2.rectangle(out, (left, top), (right, bottom), box_color, thickness)
+            corners.append((left, top))
+    if label:
+        _draw_label(out, label, corners[0] if corners else (0, 0), box_color)
     return out
+
+
+def _draw_label(out: np.ndarray, text: str, corner: tuple[int, int], colour: tuple[int, int, int]) -> None:
+    """Black ``text`` on a ``colour`` tag just above ``corner`` (inside the image when there is no
+    room above); in place. OpenCV's fonts are ASCII only: other characters become '?'."""
+    text = text.encode("ascii", "replace").decode("ascii")
+    h, w = out.shape[:2]
+    scale = max(0.3, max(h, w) / 1000)
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    x, y = corner
+    top = y - th - base - 2 if y - th - base - 2 >= 0 else y
+    cv2.rectangle(out, (x, top), (min(w - 1, x + tw + 2), min(h - 1, top + th + base + 2)), colour, -1)
+    cv2.putText(out, text, (x + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Generator
+from pathlib import Path
+from typing import Any, Callable, Generator, Iterable
 
 import cv2
 import numpy as np
 import torch
 
-from . import fuse, masks, patches, prompts
+from . import fuse, masks, outputs, patches, prompts
 from .calls import ModelCall, mine_call, run_model
 from .config import EngineConfig
 from .io import LoadedImage, clear_padding, crop_to_region, pad_to_aspect, padding_note, to_original_size
@@ -39,6 +40,22 @@ class Result:
     binary: np.ndarray
     iteration_masks: list[np.ndarray]
     trace: ImageTrace
+
+    def save(self, folder: str | Path, what: Iterable[str] | str = ("soft", "binary", "overlay"),
+             image: np.ndarray | None = None) -> list[Path]:
+        """Write the files ``int-engine segment`` writes per image into ``folder``: ``what`` from
+        soft, binary, overlay, rle, iterations, and ``trace.json``; ``image`` uint8 [H, W, 3] (the
+        original pixels) for the overlay, else ``trace.source`` is read. Returns the paths written."""
+        return outputs.save_result(self, folder, what, image)
+
+    def to_rle(self) -> dict:
+        """COCO RLE of ``binary``: ``{"size": [H, W], "counts": str}`` (pycocotools' encoding)."""
+        return outputs.to_rle(self.binary)
+
+    def overlay(self, image: np.ndarray) -> np.ndarray:
+        """uint8 [H, W, 3]: ``image`` (uint8 [H, W, 3], original size) with the mask, the kept
+        iteration's boxes and its picked name drawn on it."""
+        return outputs.result_overlay(self, image)
 
 
 @dataclass

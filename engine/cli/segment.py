@@ -11,68 +11,129 @@ import numpy as np
 from .common import FATAL, _config, _models_dir, _output_dirs, expand_inputs
 
 
+def _fatal(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return FATAL
+
+
+def _out_refusal(out: Path, args: argparse.Namespace) -> str | None:
+    """Why ``out`` cannot take this run's outputs, or None: a non-empty folder would mix two
+    runs' files, so it needs --exist-ok (overwrite) or --resume (keep what is complete)."""
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is a file, not a folder"
+    if out.is_dir() and any(out.iterdir()) and not (args.exist_ok or args.resume):
+        return (f"--out {out} is not empty; pass --exist-ok to overwrite it, or --resume to keep the images "
+                f"already done there and segment the rest")
+    return None
+
+
+def _resume_refusal(out: Path, cfg, models_dir: Path | None) -> str | None:
+    """With --resume, why the earlier run's ``OUT/config.yaml`` forbids adding to ``out`` (its
+    settings or checkpoints differ: the folder would hold masks of two configs), or None."""
+    from ..run_info import CONFIG_FILE, checkpoint_hashes, config_yaml, resolved_config
+
+    path = out / CONFIG_FILE
+    if not path.is_file():
+        return None
+    resolved = resolved_config(cfg, models_dir)
+    if path.read_text(encoding="utf-8") == config_yaml(resolved, checkpoint_hashes(resolved)):
+        return None
+    return (f"--resume: {path} differs from this run's config (settings or checkpoints); resume with "
+            f"--config {path} and no other settings, or write to a new --out")
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..api import IntEngine
     from ..errors import IntEngineError
-    from ..io import mask_to_uint8, overlay, read_image, write_json, write_png
+    from ..io import read_image, write_json
+    from ..outputs import check_save, is_saved
     from ..pipeline import image_steps
+    from ..run_info import write_run_info
 
     try:
-        cfg = _config(args)
-        engine = IntEngine(cfg, models_dir=_models_dir(args, cfg))
-    except IntEngineError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return FATAL
+        what = check_save(args.save)
+    except ValueError as err:
+        return _fatal(f"--save {args.save!r}: {err}")
     out = Path(args.out)
+    refusal = _out_refusal(out, args)
+    if refusal:
+        return _fatal(refusal)
     images = expand_inputs(args.images)
     if not images:
-        print(f"error: no image files in {', '.join(args.images)}", file=sys.stderr)
-        return FATAL
+        return _fatal(f"no image files in {', '.join(args.images)}")
     folders = _output_dirs(images, out)
-    originals: dict[int, np.ndarray] = {}  # held only while the image is in flight
+    try:
+        cfg = _config(args)
+        models_dir = _models_dir(args, cfg)
+        refusal = _resume_refusal(out, cfg, models_dir) if args.resume else None
+        if refusal:
+            return _fatal(refusal)
+        todo = [i for i in range(len(images)) if not (args.resume and is_saved(folders[i], what))]
+        skipped = len(images) - len(todo)
+        if args.resume:
+            print(f"--resume: {skipped} of {len(images)} images already done in {out}, skipped", file=sys.stderr)
+        engine = IntEngine(cfg, models_dir=models_dir) if todo else None
+    except IntEngineError as err:
+        return _fatal(str(err))
+    try:
+        write_run_info(out, cfg, models_dir)
+    except OSError as err:  # --out not writable: nothing could be saved either
+        if engine:
+            engine.close()
+        return _fatal(f"--out {out}: cannot write {err.filename or out}: {err.strerror or err}")
+    overlays = "overlay" in what
+    originals: dict[int, np.ndarray] = {}  # held only while the image is in flight, and only for overlays
 
     def make(i: int):
         def steps():
-            image = read_image(images[i], cfg.max_side, cfg.min_side, keep_original=True, max_aspect=cfg.max_aspect)
-            originals[i] = image.original
+            image = read_image(images[i], cfg.max_side, cfg.min_side, keep_original=overlays, max_aspect=cfg.max_aspect)
+            if overlays:
+                originals[i] = image.original
             return image_steps(image.pixels, cfg, image.path, image.original_size, image.conversions)
         return steps
 
     failed: list[tuple[str, str]] = []
-    bar = tqdm(total=len(images), unit="img", disable=args.quiet)
-    for i, outcome in engine.run_jobs((i, make(i)) for i in range(len(images))):
+    bar = tqdm(total=len(todo), unit="img", disable=args.quiet)
+    results = engine.run_jobs((i, make(i)) for i in todo) if engine else iter(())
+    for i, outcome in results:
         original = originals.pop(i, None)
         bar.update(1)
-        if isinstance(outcome, Exception):
-            message = str(outcome) if isinstance(outcome, IntEngineError) else f"{images[i]}: {type(outcome).__name__}: {outcome}"
-            failed.append((images[i], message))
-            tqdm.write(f"error: {message}", file=sys.stderr)
-            continue
-        folder = folders[i]
-        write_png(folder / "soft.png", mask_to_uint8(outcome.soft))
-        write_png(folder / "binary.png", outcome.binary.astype(np.uint8) * 255)
-        write_png(folder / "overlay.png", overlay(original, outcome.binary))
-        write_json(folder / "trace.json", outcome.trace.to_dict())
+        if not isinstance(outcome, Exception):
+            try:  # the same writer as Result.save; a folder that cannot be written fails that image only
+                outcome.save(folders[i], what, image=original)
+                continue
+            except (OSError, ValueError) as err:
+                outcome = err
+        message = str(outcome) if isinstance(outcome, IntEngineError) else f"{images[i]}: {type(outcome).__name__}: {outcome}"
+        failed.append((images[i], message))
+        tqdm.write(f"error: {message}", file=sys.stderr)
     bar.close()
-    engine.close()
-    done = len(images) - len(failed)
-    write_json(out / "summary.json", {"images": len(images), "succeeded": done,
+    if engine:
+        engine.close()
+    done = len(todo) - len(failed)
+    write_json(out / "summary.json", {"images": len(images), "succeeded": done + skipped, "skipped": skipped,
                                       "failed": [{"image": p, "error": e} for p, e in failed]})
-    print(f"{done} of {len(images)} images segmented into {out}" + (f"; {len(failed)} failed" if failed else ""),
-          file=sys.stderr)
+    print(f"{done} of {len(images)} images segmented into {out}" + (f"; {skipped} skipped (already done)" if skipped else "")
+          + (f"; {len(failed)} failed" if failed else ""), file=sys.stderr)
     return min(len(failed), 100)
-
 
 
 def add_parser(sub) -> None:
     seg = sub.add_parser("segment", help="segment images with INT")
     seg.add_argument("images", nargs="+", help="image files, or folders of them")
-    seg.add_argument("--out", required=True, help="output folder: one sub-folder per image")
+    seg.add_argument("--out", required=True,
+                     help="output folder: one sub-folder per image, config.yaml, env.json, summary.json")
+    seg.add_argument("--save", default="soft,binary,overlay",
+                     help="comma-separated outputs per image from soft, binary, overlay, rle (mask.rle.json, COCO RLE), "
+                          "iterations (iterations/<k>.png); trace.json is always written (default: %(default)s)")
+    seg.add_argument("--exist-ok", action="store_true", help="write into a non-empty --out, overwriting its files")
+    seg.add_argument("--resume", action="store_true",
+                     help="write into a non-empty --out, skipping images whose folder holds every --save output")
     seg.add_argument("--task", help='task-generic prompt, e.g. "camouflaged animal"')
     seg.add_argument("--preset", help="cod | polyp | skin | gensam | promac")
-    seg.add_argument("--config", help="YAML or JSON EngineConfig")
+    seg.add_argument("--config", help="YAML or JSON EngineConfig (e.g. an earlier run's OUT/config.yaml)")
     seg.add_argument("--models", help="folder with vlm/ inpaint/ detector/ segmenter/ clip/ (default: the tiny zoo)")
     seg.add_argument("--iterations", type=int)
     seg.add_argument("--seed", type=int)
@@ -82,4 +143,3 @@ def add_parser(sub) -> None:
     seg.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field (repeatable)")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     seg.set_defaults(func=cmd_segment)
-
