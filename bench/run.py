@@ -2,22 +2,30 @@
 
 The run folder is a contract other tools read:
     RUN/run.json          what was run (dataset, folders, config) — a resume must match it
+    RUN/config.yaml       the effective config with resolved checkpoint paths (``--config`` re-runs it)
+    RUN/env.json          versions, git sha, devices (``int_engine.run_info``)
     RUN/results.jsonl     one line per image, appended and flushed as each finishes
     RUN/pred/<GT stem>.png 8-bit soft masks at GT size
-    RUN/summary.json      metrics (MAE, adpFm, meanEm, Sm, ...) and throughput
+    RUN/metrics.csv       one row per image: its metrics, picked iteration, seconds (or its error)
+    RUN/curves.npz        dataset PR and F-measure curves over 256 thresholds
+    RUN/summary.json      metrics (MAE, adpFm, meanEm, Sm, ..., Dice, IoU) and throughput
     RUN/summary.md        the paper's Table 1 layout
-    RUN/report.html       one self-contained page: table and a gallery of best/worst images
+    RUN/report.html       one self-contained page: tables, charts and best/worst images
 A run killed at any point (even SIGKILL) and resumed with ``resume=True`` skips the images
-already recorded and ends with the same table as an uninterrupted run.
+already recorded and ends with the same table as an uninterrupted run. Everything but
+results.jsonl, pred/ and sessions.jsonl is rewritten whole at the end of each session, from
+those, so a resumed run's files are complete and hold each image once.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import resource
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,11 +36,13 @@ from ..config import EngineConfig
 from ..errors import ConfigError, IntEngineError
 from ..io import mask_to_uint8, read_image
 from ..pipeline import image_steps
+from ..run_info import write_run_info
 from ..work import work_delta, work_of
 from .datasets import Dataset, Pair
 from .metrics import PER_IMAGE_KEYS, DatasetMetrics, image_metrics
 
 RESULTS, SUMMARY, RUN_INFO = "results.jsonl", "summary.json", "run.json"
+METRICS_CSV, CURVES = "metrics.csv", "curves.npz"
 
 
 def read_gray(path: Path) -> np.ndarray:
@@ -135,9 +145,12 @@ def run_bench(
     resume: bool = False,
     models_label: str | None = None,
     on_image: Callable[[dict], None] | None = None,
+    models_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Benchmark ``engine`` on ``dataset`` into ``out``; returns the summary (also written).
 
+    ``models_dir``: the folder the engine's checkpoints were loaded from (as given to
+    ``IntEngine``), for RUN/config.yaml's resolved paths.
     ``on_image`` is called with each new results line (the CLI's progress bar hooks in here).
     Images run through the engine's scheduler (``max_in_flight`` at once); each line is
     appended as its image finishes. A failing image is recorded with its error and the run goes on.
@@ -151,6 +164,11 @@ def run_bench(
         _check_resume(out, info)
     (out / "pred").mkdir(parents=True, exist_ok=True)
     (out / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    # Before any image: a run killed part-way still says what made it (RUN/config.yaml, RUN/env.json).
+    try:
+        write_run_info(out, engine.config, models_dir)
+    except OSError as err:
+        raise IntEngineError(f"{out}: cannot write {err.filename or 'config.yaml / env.json'}: {err.strerror or err}") from None
     done = load_results(out)
     _rewrite_results(out, done)
     start = time.perf_counter()
@@ -178,17 +196,78 @@ def run_bench(
                          work=work_delta(work_before, work_of(models)), image_iterations=image_iterations)
 
 
-def dataset_metrics(out: Path, pairs: list[Pair], done: dict[str, dict]) -> tuple[dict[str, float], int]:
-    """The dataset's metrics from the saved prediction PNGs (in dataset order)."""
+@dataclass
+class Scores:
+    """A run's figures from its saved prediction PNGs (PySODMetrics, ``bench/metrics.py``)."""
+
+    summary: dict[str, float]  # SUMMARY_KEYS; empty when no image was scored
+    per_image: dict[str, dict[str, float]]  # GT name -> PER_IMAGE_KEYS, for scored images
+    curves: dict[str, np.ndarray] | None  # DatasetMetrics.curves(); None when no image was scored
+
+    @property
+    def scored(self) -> int:
+        return len(self.per_image)
+
+
+def dataset_metrics(out: Path, pairs: list[Pair], done: dict[str, dict]) -> Scores:
+    """The dataset's metrics from the saved prediction PNGs (in dataset order).
+
+    Computed again from pred/ rather than from the results lines, so that figures of a resumed
+    run (or of rows written by an older version) come from one code path over the same files.
+    """
     acc = DatasetMetrics()
-    n = 0
+    per_image: dict[str, dict[str, float]] = {}
     for pair in pairs:
         row = done.get(pair.name)
         if not row or not row["ok"]:
             continue
-        acc.add(read_gray(out / "pred" / f"{pair.name}.png"), read_gray(pair.gt))
-        n += 1
-    return (acc.summary() if n else {}), n
+        m = acc.add(read_gray(out / "pred" / f"{pair.name}.png"), read_gray(pair.gt))
+        per_image[pair.name] = {k: m[k] for k in PER_IMAGE_KEYS}
+    if not per_image:
+        return Scores({}, {}, None)
+    return Scores(acc.summary(), per_image, acc.curves())
+
+
+def write_metrics_csv(out: Path, pairs: list[Pair], done: dict[str, dict], per_image: dict[str, dict[str, float]]) -> Path:
+    """RUN/metrics.csv: a row per recorded image in dataset order (each image once).
+
+    Columns: name, ok, every PER_IMAGE_KEYS metric (blank for a failed image), final_iteration
+    (0-based index of the iteration whose mask was kept) and its pick, iterations, seconds (first
+    to last step of the image), seconds_<stage> (its share of each batch), error. Written whole
+    (atomically) from results.jsonl and the saved PNGs, so a resumed run's file is complete.
+    """
+    rows = [done[p.name] for p in pairs if p.name in done]
+    stages = sorted({s for r in rows if r["ok"] for s in r.get("seconds", {})})
+    header = ["name", "ok", *PER_IMAGE_KEYS, "final_iteration", "pick", "iterations", "seconds",
+              *(f"seconds_{s}" for s in stages), "error"]
+    path, tmp = out / METRICS_CSV, out / (METRICS_CSV + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for r in rows:
+            m = per_image.get(r["name"], {})
+            k, picks = r.get("final_iteration", -1), r.get("picks") or []
+            pick = picks[k] if isinstance(k, int) and 0 <= k < len(picks) else ""
+            writer.writerow([
+                r["name"], int(r["ok"]), *(m.get(key, "") for key in PER_IMAGE_KEYS),
+                k if r["ok"] else "", pick, r.get("iterations", ""), r.get("seconds_total", ""),
+                *(r.get("seconds", {}).get(s, "") for s in stages), r.get("error") or "",
+            ])
+    os.replace(tmp, path)
+    return path
+
+
+def write_curves(out: Path, curves: dict[str, np.ndarray] | None) -> Path | None:
+    """RUN/curves.npz: ``thresholds, precision, recall, fmeasure, emeasure`` (float64 [256], see
+    ``DatasetMetrics.curves``); removed when no image was scored, so a stale file never stays."""
+    path = out / CURVES
+    if curves is None:
+        path.unlink(missing_ok=True)
+        return None
+    tmp = out / (CURVES + ".tmp.npz")
+    np.savez(tmp, **curves)
+    os.replace(tmp, path)
+    return path
 
 
 def peak_rss_mb() -> float:

@@ -1,5 +1,6 @@
 """`int-engine bench`: datasets, the run folder contract, resume after SIGKILL, broken files."""
 
+import csv
 import json
 import os
 import signal
@@ -15,7 +16,9 @@ import pytest
 from int_engine.bench.datasets import DATASETS, find_dataset
 from int_engine.bench.synthetic import make_scene, write_synthetic_dataset
 from int_engine.cli import FATAL, main
+from int_engine.config import EngineConfig
 from int_engine.errors import ConfigError
+from int_engine.run_info import resolved_config
 
 FAST = ["--iterations", "1", "--set", "max_new_tokens=8", "--set", "models.inpaint.options.steps=2", "--quiet"]
 
@@ -100,8 +103,20 @@ def test_bench_synthetic_writes_the_run_folder_contract(tiny_zoo, tmp_path, caps
     t = summary["throughput"]
     assert t["images_per_s"] > 0 and t["peak_rss_mb"] > 100 and {"propose", "detect", "segment"} <= set(t["seconds_per_image_by_stage"])
     page = (run / "report.html").read_text()
-    assert page.count("data:image/png;base64,") >= 4 * 6 and "http://" not in page and "https://" not in page
-    assert page.count("soft max / binary area: ") >= 6
+    assert page.count("data:image/png;base64,") == 4 * 8 and "http://" not in page and "https://" not in page
+    assert page.count("soft max / binary area: ") == 8  # 8 images: best 4 and worst 4, none twice
+    assert "<pre>" not in page and page.count("<svg") == 3
+    # metrics.csv: a row per image, its figures averaging to the summary's
+    with open(run / "metrics.csv", encoding="utf-8", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert sorted(r["name"] for r in table) == sorted(r["name"] for r in rows)
+    for key in ("MAE", "Sm", "adpFm", "wFm", "Dice", "IoU"):
+        assert np.mean([float(r[key]) for r in table]) == pytest.approx(summary[key], abs=1e-9), key
+    by_name = {r["name"]: r for r in rows}
+    assert all(int(r["final_iteration"]) == by_name[r["name"]]["final_iteration"] for r in table)
+    with np.load(run / "curves.npz") as curves:
+        assert {"thresholds", "precision", "recall", "fmeasure"} <= set(curves.files)
+        assert curves["fmeasure"].shape == (256,) and curves["fmeasure"].max() == pytest.approx(summary["maxFm"], abs=1e-12)
     assert (run / "summary.md").read_text().startswith("# int-engine bench: Synthetic")
     # model work per image-iteration (int_engine.work): 9 views through the detector, each view's map from CLIP
     w = summary["work_per_image_iteration"]
@@ -122,6 +137,16 @@ def test_summary_equals_pysodmetrics_on_the_saved_pngs(tiny_zoo, tmp_path):
             m.step(pred=pred, gt=gt)
     ref = {"MAE": mae.get_results()["mae"], "adpFm": fm.get_results()["fm"]["adp"], "maxFm": fm.get_results()["fm"]["curve"].max(),
            "meanEm": em.get_results()["em"]["curve"].mean(), "Sm": sm.get_results()["sm"], "wFm": wfm.get_results()["wfm"]}
+    # Dice / IoU in numpy: min-max normalised prediction > 0.5 against GT > 128, averaged over images
+    dice, iou = [], []
+    for pred_path in sorted((run / "pred").glob("*.png")):
+        p = cv2.imread(str(pred_path), cv2.IMREAD_GRAYSCALE) / 255
+        g = cv2.imread(str(tmp_path / "data/COD10K-v3/Test/GT_Object" / pred_path.name), cv2.IMREAD_GRAYSCALE) > 128
+        b = (p - p.min()) / (p.max() - p.min()) > 0.5 if p.max() > p.min() else p > 0.5
+        tp, fp, fn = (b & g).sum(), (b & ~g).sum(), (~b & g).sum()
+        dice.append(2 * tp / (2 * tp + fp + fn))
+        iou.append(tp / (tp + fp + fn))
+    ref.update(Dice=np.mean(dice), IoU=np.mean(iou))
     summary = json.loads((run / "summary.json").read_text())
     for key, value in ref.items():
         assert summary[key] == pytest.approx(float(value), abs=1e-6), key
@@ -162,16 +187,33 @@ def test_an_existing_run_needs_resume_and_a_changed_config_is_refused(tiny_zoo, 
     assert "different config" in capsys.readouterr().err
 
 
-def test_compare_prints_both_tables_with_deltas(tiny_zoo, tmp_path, capsys):
+def test_compare_prints_a_row_per_run(tiny_zoo, tmp_path, capsys):
     base = ["bench", "--dataset", "synthetic", "--data-root", str(tmp_path / "d"), "--limit", "2", "--models", str(tiny_zoo), *FAST]
     assert main(base + ["--out", str(tmp_path / "a")]) == 0
     assert main(base + ["--out", str(tmp_path / "b"), "--ablation", "smg=off"]) == 0
     capsys.readouterr()
-    assert main(["bench", "--compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
-    out = capsys.readouterr().out
-    a = json.loads((tmp_path / "a/summary.json").read_text())
-    b = json.loads((tmp_path / "b/summary.json").read_text())
-    assert f"{a['Sm']:8.3f} {b['Sm']:8.3f} {b['Sm'] - a['Sm']:+8.3f}" in out and "M ↓" in out
+    assert main(["bench", "--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--compare-out", str(tmp_path / "cmp")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("| Run | Dataset | Images | M ↓ |") and len(out) == 4
+    for line, run in zip(out[2:], ("a", "b")):
+        s = json.loads((tmp_path / run / "summary.json").read_text())
+        assert line.startswith(f"| {tmp_path / run} | Synthetic | 2 |")
+        assert all(f"{s[k]:.3f}" in line for k in ("MAE", "Sm", "Dice", "IoU"))
+    assert (tmp_path / "cmp" / "compare.tex").is_file() and (tmp_path / "cmp" / "compare.csv").is_file()
+
+
+def test_bench_run_describes_itself(tiny_zoo, tmp_path):
+    run = tmp_path / "run"
+    assert main(["bench", "--dataset", "synthetic", "--data-root", str(tmp_path / "d"), "--limit", "1", "--out", str(run),
+                 "--models", str(tiny_zoo), *FAST, "--set", "reweight_w=0.25"]) == 0
+    assert (run / "config.yaml").is_file() and (run / "env.json").is_file()
+    engine_cfg = EngineConfig.from_dict(json.loads((run / "run.json").read_text())["config"])  # the engine's config
+    assert engine_cfg.reweight_w == 0.25
+    written = EngineConfig.from_file(run / "config.yaml")
+    assert written == resolved_config(engine_cfg, tiny_zoo)
+    assert written.models.role("segmenter").path == str((tiny_zoo / "segmenter").resolve())
+    env = json.loads((run / "env.json").read_text())
+    assert env["packages"]["pysodmetrics"] and env["python"]
 
 
 def _bench_cmd(tiny_zoo, data, out, *extra):
@@ -200,8 +242,18 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_table(tiny_zoo, tmp
     assert resumed.returncode == 0, resumed.stderr
     a = json.loads((tmp_path / "full/summary.json").read_text())
     b = json.loads((tmp_path / "killed/summary.json").read_text())
-    for key in ("MAE", "adpFm", "meanEm", "Sm", "wFm", "maxFm", "scored"):
+    for key in ("MAE", "adpFm", "meanEm", "Sm", "wFm", "maxFm", "Dice", "IoU", "scored"):
         assert a[key] == b[key], key
     assert b["throughput"]["this_session_images"] == 6 - done_before
     names = [json.loads(l)["name"] for l in results.read_text().splitlines()]
     assert sorted(names) == sorted(set(names)) and len(names) == 6
+    # metrics.csv of the resumed run: every image once, the same figures as the uninterrupted run's
+    tables = []
+    for run in ("full", "killed"):
+        with open(tmp_path / run / "metrics.csv", encoding="utf-8", newline="") as f:
+            tables.append({r["name"]: r for r in csv.DictReader(f)})
+    assert sorted(tables[1]) == sorted(names)
+    for name, row in tables[0].items():
+        assert all(tables[1][name][k] == row[k] for k in ("MAE", "Sm", "Dice", "IoU", "final_iteration", "pick")), name
+    with np.load(tmp_path / "full/curves.npz") as x, np.load(tmp_path / "killed/curves.npz") as y:
+        np.testing.assert_array_equal(x["precision"], y["precision"])

@@ -1,24 +1,35 @@
-"""bench/metrics.py against PySODMetrics 1.6.2 (the reference), per image and per dataset, to 1e-6.
+"""bench/metrics.py: PySODMetrics computes the figures; these tests check how they are wired.
 
-Both paths see the same uint8 pairs. Where the prediction's size differs from the GT's, the
-reference gets it resized with cv2.resize(..., INTER_LINEAR) first, as its users' eval
-scripts do; ours resizes internally the same way.
+* The figures equal those of the hand-written implementation it replaced, on saved predictions
+  (tests/data/metrics_before_pysod.json, computed by that code before it was deleted).
+* MAE, Dice and IoU equal values derived by hand on hand-made masks; the curves too.
+* Per image and per dataset, the module's figures equal PySODMetrics' deprecated ``Fmeasure``
+  class and its other evaluators run directly (FmeasureV2's handlers are a separate code path),
+  to 1e-6. Where the prediction's size differs from the GT's, the reference gets it resized with
+  cv2.resize(..., INTER_LINEAR) first, as its users' eval scripts do; ours resizes the same way.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from int_engine.bench.datasets import Pair
 from int_engine.bench.metrics import PER_IMAGE_KEYS, SUMMARY_KEYS, DatasetMetrics, image_metrics
+from int_engine.bench.run import dataset_metrics
 
 ref = pytest.importorskip("py_sod_metrics", reason="py_sod_metrics is the reference implementation")
 
 ATOL = 1e-6
+BEFORE = Path(__file__).parent / "data" / "metrics_before_pysod.json"
+BEFORE_PNGS = Path(__file__).parent / "data" / "metrics_before_pysod"
+OLD_KEYS = ("MAE", "adpFm", "meanFm", "maxFm", "adpEm", "meanEm", "maxEm", "Sm", "wFm")  # Dice / IoU are new
 N_PAIRS = 240
 
 
@@ -98,17 +109,31 @@ def _pairs() -> list[tuple[np.ndarray, np.ndarray]]:
     return pairs
 
 
+def _dice_iou(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
+    """Dice and IoU written out in numpy: min-max normalised prediction > 0.5 against GT > 128
+    (0 where the denominator is 0)."""
+    p = pred / 255
+    if p.max() != p.min():
+        p = (p - p.min()) / (p.max() - p.min())
+    b, g = p > 0.5, gt > 128
+    tp, fp, fn = int((b & g).sum()), int((b & ~g).sum()), int((~b & g).sum())
+    return (2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0), (tp / (tp + fp + fn) if tp + fp + fn else 0.0)
+
+
 def _reference(pairs):
-    """Run PySODMetrics' evaluators over the pairs; returns them (per-image lists inside)."""
+    """Run PySODMetrics' evaluators over the pairs; returns them (per-image lists inside), plus
+    per-image (Dice, IoU) computed in numpy under ``"dice_iou"``."""
     evaluators = dict(
         fm=ref.Fmeasure(), em=ref.Emeasure(), sm=ref.Smeasure(), wfm=ref.WeightedFmeasure(), mae=ref.MAE()
     )
+    dice_iou = []
     for pred, gt in pairs:
         if pred.shape != gt.shape:
             pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
         for e in evaluators.values():
             e.step(pred, gt)
-    return evaluators
+        dice_iou.append(_dice_iou(pred, gt))
+    return {**evaluators, "dice_iou": np.array(dice_iou)}
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +161,8 @@ def test_per_image_values_match_reference(both):
         "precision": ev["fm"].precisions,
         "recall": ev["fm"].recalls,
         "em_curve": ev["em"].changeable_ems,
+        "Dice": ev["dice_iou"][:, 0],
+        "IoU": ev["dice_iou"][:, 1],
     }
     for key, values in expected.items():
         got = np.array([m[key] for m in per_image], np.float64)
@@ -155,12 +182,17 @@ def test_dataset_summary_matches_reference(both):
         "maxEm": em["curve"].max(),
         "Sm": ev["sm"].get_results()["sm"],
         "wFm": ev["wfm"].get_results()["wfm"],
+        "Dice": ev["dice_iou"][:, 0].mean(),
+        "IoU": ev["dice_iou"][:, 1].mean(),
     }
     summary = ours.summary()
     assert tuple(summary) == SUMMARY_KEYS
     for key in SUMMARY_KEYS:
         assert abs(summary[key] - expected[key]) <= ATOL, (key, summary[key], expected[key])
-    np.testing.assert_allclose(ours.curves()["fm_curve"], fm["curve"], rtol=0, atol=ATOL)
+    pr = ev["fm"].get_results()["pr"]
+    curves = ours.curves()  # ascending thresholds: PySODMetrics' 255..0 curves flipped
+    for key, want in (("fmeasure", fm["curve"]), ("precision", pr["p"]), ("recall", pr["r"]), ("emeasure", em["curve"])):
+        np.testing.assert_allclose(curves[key], want[::-1], rtol=0, atol=ATOL, err_msg=key)
     # Dataset maxFm is the max of the mean curve, strictly below the mean of per-image maxima here.
     assert summary["maxFm"] < np.mean([m["maxFm"] for m in both[3]]) - 1e-3
 
@@ -221,3 +253,118 @@ def test_bad_inputs_raise(pred, gt, error, text):
 def test_summary_without_images_raises():
     with pytest.raises(ValueError, match="no images"):
         DatasetMetrics().summary()
+    with pytest.raises(ValueError, match="no images"):
+        DatasetMetrics().curves()
+
+
+# --- the figures of the replaced hand-written implementation -----------------------------------
+
+def _before() -> tuple[dict, list[tuple[str, np.ndarray, np.ndarray]]]:
+    fixture = json.loads(BEFORE.read_text(encoding="utf-8"))
+    pairs = [(n, cv2.imread(str(BEFORE_PNGS / "pred" / f"{n}.png"), cv2.IMREAD_GRAYSCALE),
+              cv2.imread(str(BEFORE_PNGS / "gt" / f"{n}.png"), cv2.IMREAD_GRAYSCALE)) for n in fixture["names"]]
+    assert all(p is not None and g is not None for _, p, g in pairs)
+    return fixture, pairs
+
+
+def test_figures_equal_the_hand_written_implementation_on_saved_predictions():
+    """Per image and per dataset, PySODMetrics' figures equal the old module's (seen: <= 2.2e-16)."""
+    fixture, pairs = _before()
+    assert len(pairs) == 9 and set(fixture["summary"]) == set(OLD_KEYS)
+    acc = DatasetMetrics()
+    for name, pred, gt in pairs:
+        m = acc.add(pred, gt)
+        for key in OLD_KEYS:
+            assert m[key] == pytest.approx(fixture["per_image"][name][key], abs=1e-12), (name, key)
+    summary = acc.summary()
+    for key in OLD_KEYS:
+        assert summary[key] == pytest.approx(fixture["summary"][key], abs=1e-12), key
+    # the fixture is not degenerate: a good prediction and an exact adaptive threshold are in it
+    assert fixture["per_image"]["good-0"]["adpFm"] > 0.5 and fixture["per_image"]["narrow-1"]["adpFm"] == 1.0
+
+
+def test_a_saved_run_folders_summary_is_unchanged(tmp_path):
+    """The bench's own path (RUN/pred/*.png -> dataset_metrics) gives the old summary figures."""
+    fixture, _ = _before()
+    run = tmp_path / "run"
+    shutil.copytree(BEFORE_PNGS / "pred", run / "pred")
+    pairs = [Pair(n, BEFORE_PNGS / "gt" / f"{n}.png", BEFORE_PNGS / "gt" / f"{n}.png") for n in fixture["names"]]
+    done = {n: {"name": n, "ok": True} for n in fixture["names"]}
+    done["skipped"] = {"name": "skipped", "ok": False}  # a failed image is not scored
+    scores = dataset_metrics(run, pairs + [Pair("skipped", run / "x.png", run / "x.png")], done)
+    assert scores.scored == 9 and list(scores.per_image) == fixture["names"]
+    for key in OLD_KEYS:
+        assert scores.summary[key] == pytest.approx(fixture["summary"][key], abs=1e-12), key
+        for name in fixture["names"]:
+            assert scores.per_image[name][key] == pytest.approx(fixture["per_image"][name][key], abs=1e-12)
+    assert 0 < scores.summary["IoU"] < scores.summary["Dice"] < 1
+
+
+# --- hand-made masks, values derived by hand -----------------------------------------------------
+
+def _square_case() -> tuple[np.ndarray, np.ndarray]:
+    """4x4 GT with a 2x2 object; a 0/255 prediction hitting 3 of its pixels plus 2 outside it.
+
+    TP = 3, FP = 2, FN = 1, TN = 10: MAE = 3/16, Dice = 6/9, IoU = 3/6, P = 3/5, R = 3/4.
+    """
+    gt = np.zeros((4, 4), np.uint8)
+    gt[1:3, 1:3] = 255
+    pred = np.zeros((4, 4), np.uint8)
+    pred[1, 1] = pred[1, 2] = pred[2, 1] = 255  # TP
+    pred[0, 3] = pred[3, 0] = 255  # FP
+    return pred, gt
+
+
+def test_mae_dice_iou_equal_hand_derived_values():
+    pred, gt = _square_case()
+    m = image_metrics(pred, gt)
+    assert m["MAE"] == pytest.approx(3 / 16, abs=1e-15)
+    assert m["Dice"] == pytest.approx(2 / 3, abs=1e-15) and m["IoU"] == pytest.approx(1 / 2, abs=1e-15)
+    # soft codes {0, 51, 255} already span 0..255 (no stretch): 51 -> 0.2 is background at 0.5
+    soft = pred.copy()
+    soft[0, 0] = soft[3, 3] = 51
+    m = image_metrics(soft, gt)
+    assert m["MAE"] == pytest.approx((3 + 2 * 0.2) / 16, abs=1e-15) and m["Dice"] == pytest.approx(2 / 3, abs=1e-15)
+
+
+def test_dice_thresholds_the_normalised_map_strictly_above_half():
+    _, gt = _square_case()
+    # codes {0, 1, 2} min-max stretch to {0, 0.5, 1}: 0.5 is not > 0.5
+    pred = np.zeros((4, 4), np.uint8)
+    pred[1, 1], pred[1, 2], pred[2, 1], pred[2, 2] = 2, 2, 1, 1
+    m = image_metrics(pred, gt)
+    assert m["Dice"] == pytest.approx(2 * 2 / (2 * 2 + 0 + 2)) and m["IoU"] == pytest.approx(2 / 4)
+    # a faint map (max 102, i.e. 0.4) is stretched to [0, 1] first, as PySODMetrics does for every metric
+    faint = np.where(gt > 128, 102, 0).astype(np.uint8)
+    assert image_metrics(faint, gt)["Dice"] == 1.0 and image_metrics(faint, gt)["MAE"] == 0.0
+    # empty GT and empty prediction: 0 by PySODMetrics' zero-denominator rule (documented)
+    empty = np.zeros((4, 4), np.uint8)
+    m = image_metrics(empty, empty)
+    assert m["Dice"] == 0.0 and m["IoU"] == 0.0 and m["MAE"] == 0.0
+
+
+def test_dataset_dice_iou_are_means_over_images():
+    pred, gt = _square_case()
+    acc = DatasetMetrics()
+    acc.add(pred, gt)  # Dice 2/3, IoU 1/2
+    acc.add(gt, gt)  # Dice 1, IoU 1
+    s = acc.summary()
+    assert s["Dice"] == pytest.approx((2 / 3 + 1) / 2, abs=1e-15) and s["IoU"] == pytest.approx(3 / 4, abs=1e-15)
+    assert s["MAE"] == pytest.approx(3 / 32, abs=1e-15)
+
+
+def test_curves_are_ascending_with_hand_derived_values():
+    pred, gt = _square_case()
+    acc = DatasetMetrics()
+    acc.add(pred, gt)
+    c = acc.curves()
+    assert set(c) == {"thresholds", "precision", "recall", "fmeasure", "emeasure"}
+    assert all(v.shape == (256,) and v.dtype == np.float64 for v in c.values())
+    np.testing.assert_array_equal(c["thresholds"], np.arange(256) / 255)
+    # threshold 0: every pixel is foreground (P = 4/16, R = 1); above it the 0/255 map gives P 3/5, R 3/4
+    assert c["precision"][0] == pytest.approx(4 / 16) and c["recall"][0] == 1.0
+    np.testing.assert_allclose(c["precision"][1:], 3 / 5, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(c["recall"][1:], 3 / 4, rtol=0, atol=1e-15)
+    f = 1.3 * (3 / 5) * (3 / 4) / (0.3 * (3 / 5) + 3 / 4)
+    np.testing.assert_allclose(c["fmeasure"][1:], f, rtol=0, atol=1e-15)
+    assert acc.summary()["maxFm"] == pytest.approx(f, abs=1e-15)

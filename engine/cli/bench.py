@@ -14,21 +14,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from ..api import IntEngine
     from ..bench.datasets import find_dataset, folder_dataset
-    from ..bench.report import compare
+    from ..bench.compare import compare
     from ..bench.run import run_bench
     from ..bench.synthetic import write_synthetic_dataset
     from ..errors import IntEngineError
     from ..models.cache import cache_root
 
     if args.compare:
-        try:
-            print(compare(*args.compare))
-        except (OSError, KeyError, ValueError) as err:
-            print(f"error: cannot compare {args.compare[0]} and {args.compare[1]}: {err}", file=sys.stderr)
+        if len(args.compare) < 2:
+            print(f"error: --compare needs at least two run folders (got only {args.compare[0]})", file=sys.stderr)
             return FATAL
+        try:
+            print(compare(args.compare, args.compare_out), end="")
+        except (OSError, KeyError, ValueError) as err:
+            print(f"error: cannot compare {' '.join(args.compare)}: {err}", file=sys.stderr)
+            return FATAL
+        if args.compare_out:
+            print(f"wrote compare.md, compare.csv, compare.tex to {args.compare_out}", file=sys.stderr)
         return 0
+    if args.compare_out:
+        print("error: --compare-out goes with --compare RUN RUN...", file=sys.stderr)
+        return FATAL
     if not args.dataset or not args.out:
-        print("error: bench needs --dataset and --out (or --compare RUN_A RUN_B)", file=sys.stderr)
+        print("error: bench needs --dataset and --out (or --compare RUN RUN...)", file=sys.stderr)
         return FATAL
     try:
         if args.dataset == "synthetic":
@@ -69,7 +77,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     try:
         summary = run_bench(engine, dataset, args.out, limit=args.limit, resume=args.resume,
-                            models_label=str(models_dir) if models_dir else None, on_image=progress)
+                            models_label=str(models_dir) if models_dir else None, on_image=progress,
+                            models_dir=models_dir)
     except IntEngineError as err:
         print(f"error: {err}", file=sys.stderr)
         return FATAL
@@ -80,17 +89,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return min(len(summary["failed"]), 100)
 
 
-
 def add_parser(sub) -> None:
     bench = sub.add_parser("bench", help="benchmark on a dataset: metrics, throughput, report")
     bench.add_argument("--dataset", help="cod10k | camo | chameleon | kvasir | cvc-colondb | isic | synthetic | folder")
     bench.add_argument("--data-root", help="folder holding the downloaded dataset (synthetic: where to generate it)")
     bench.add_argument("--images", help="--dataset folder: the images")
     bench.add_argument("--masks", help="--dataset folder: the GT masks (paired by file name)")
-    bench.add_argument("--out", help="run folder (results.jsonl, pred/, summary.json, summary.md, report.html)")
+    bench.add_argument("--out", help="run folder (results.jsonl, pred/, metrics.csv, curves.npz, summary.json, summary.md, "
+                                     "report.html, config.yaml, env.json)")
     bench.add_argument("--limit", type=int, help="only the first N images")
     bench.add_argument("--resume", action="store_true", help="continue a run in --out, skipping finished images")
-    bench.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="print two runs' tables side by side")
+    bench.add_argument("--compare", nargs="+", metavar="RUN",
+                       help="print two or more runs' metrics as one Markdown table (rows: runs)")
+    bench.add_argument("--compare-out", metavar="DIR", help="with --compare: also write compare.md, compare.csv, compare.tex here")
     bench.add_argument("--synthetic-count", type=int, help="synthetic: number of scenes (default: --limit or 100)")
     bench.add_argument("--synthetic-seed", type=int, default=0)
     for flag, kw in (("--task", {}), ("--preset", {}), ("--config", {}), ("--models", {}), ("--iterations", {"type": int}),
