@@ -10,19 +10,21 @@ Models are loaded once, in the constructor; ``segment`` only runs them.
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Union
 
 import numpy as np
-import torch
 from PIL import Image
 
 from . import pipeline
-from .config import EngineConfig
+from .config import EngineConfig, request_config
+from .core import EngineClosed, EngineCore
 from .io import LoadedImage, from_pil, from_pixels, read_image
 from .models.load import load_models
 from .protocols import Models
-from .scheduler import Scheduler
 
 # what segment accepts: a path, uint8 [H, W, 3] RGB pixels, a PIL image, or an image already loaded
 ImageInput = Union[str, Path, np.ndarray, Image.Image, LoadedImage]
@@ -37,14 +39,40 @@ class IntEngine:
             whose ``config.models.<role>.path`` is unset.
         models: already-loaded models (e.g. shared between engines, or scripted ones in tests);
             when given, nothing is loaded.
+        max_queue: requests waiting for admission at most (``submit`` beyond it raises
+            ``EngineBusy``); images in flight are bounded by ``config.max_in_flight``.
+
+    Every way in (``segment``, ``segment_many``, ``submit``, ``segment_async``) goes through one
+    engine core (``int_engine.core``): a thread that owns the models and batches whatever is in
+    flight, so calls from many threads or an event loop share the model batches.
     """
 
-    def __init__(self, config: EngineConfig | None = None, models_dir: str | Path | None = None, models: Models | None = None) -> None:
+    def __init__(self, config: EngineConfig | None = None, models_dir: str | Path | None = None, models: Models | None = None,
+                 max_queue: int = 256) -> None:
         self.config = config or EngineConfig()
         self.models = models if models is not None else load_models(self.config.models, models_dir)
+        self.max_queue = max_queue
+        self._core: EngineCore | None = None
+        self._core_lock = threading.Lock()
+        self._closed = False
 
-    def close(self) -> None:
-        """Release models that hold engines or processes (the vLLM backend); idempotent."""
+    @property
+    def core(self) -> EngineCore:
+        """The engine core, started on first use; EngineClosed after ``close``."""
+        with self._core_lock:
+            if self._closed:
+                raise EngineClosed("this IntEngine is closed")
+            if self._core is None:
+                self._core = EngineCore(self.models, self.config, self.max_queue)
+            return self._core
+
+    def close(self, drain: bool = True) -> None:
+        """Stop the core (finishing queued and in-flight images with ``drain``, else cancelling
+        them) and release models that hold engines or processes (the vLLM backend); idempotent."""
+        with self._core_lock:
+            core, self._core, self._closed = self._core, None, True
+        if core is not None:
+            core.close(drain=drain)
         for role in ("vlm", "inpainter", "detector", "segmenter", "clip"):
             close = getattr(getattr(self.models, role), "close", None)
             if callable(close):
@@ -76,12 +104,30 @@ class IntEngine:
         raise TypeError(f"{source or 'image'}: expected a path, uint8 [H, W, 3] array, PIL image or LoadedImage, "
                         f"got {type(image).__name__}")
 
-    def segment(self, image: ImageInput) -> pipeline.Result:
-        """Segment one image: a path, uint8 [H, W, 3] RGB pixels, a PIL image or a loaded image."""
-        torch.manual_seed(self.config.seed)
-        # pixels get a file's working size: an array and its PNG give the same masks, and a
-        # 1 x 20000 strip is not padded to 5000 x 20000 at full resolution
-        return pipeline.segment_image(self.load(image), self.models, self.config)
+    def submit(self, image: ImageInput, source: str | None = None, block: bool = False, **options: Any) -> "Future[pipeline.Result]":
+        """Queue one image; its ``Future`` completes with the ``Result`` (or the image's error).
+
+        ``options`` are this request's algorithm settings (``config.REQUEST_OPTIONS``: task,
+        preset, iterations, seed, ablation), applied to the engine's config for this image only;
+        bad ones raise ConfigError here. A path is read here, so a missing file raises at once.
+        Raises ``EngineBusy`` when the queue is full (``block=True`` waits for room instead) and
+        ``EngineClosed`` after ``close``. ``future.cancel()`` takes the image out at the next tick.
+        """
+        cfg = request_config(self.config, **options) if options else self.config
+        loaded = self.load(image, source)
+        return self.core.submit(lambda: pipeline.image_steps(loaded.pixels, cfg, loaded.path, loaded.original_size,
+                                                             loaded.conversions), block=block)
+
+    async def segment_async(self, image: ImageInput, **options: Any) -> pipeline.Result:
+        """``submit`` for asyncio: awaits the result; cancelling the awaiting task (a timeout, a
+        client gone) cancels the request in the core."""
+        return await asyncio.wrap_future(self.submit(image, **options))
+
+    def segment(self, image: ImageInput, **options: Any) -> pipeline.Result:
+        """Segment one image: a path, uint8 [H, W, 3] RGB pixels, a PIL image or a loaded image
+        (pixels get a file's working size: an array and its PNG give the same masks). Blocks;
+        shares the core's batches with whatever else is in flight."""
+        return self.submit(image, block=True, **options).result()
 
     def segment_many(self, images: Iterable[ImageInput | tuple[str, ImageInput]] | Mapping[str, ImageInput]
                      ) -> Iterator[tuple[str, pipeline.Result | Exception]]:
@@ -113,9 +159,27 @@ class IntEngine:
         yield from self.run_jobs(job(i, item) for i, item in enumerate(items))
 
     def run_jobs(self, jobs: Iterable[tuple[Any, Callable[[], Any]]]) -> Iterator[tuple[Any, pipeline.Result | Exception]]:
-        """The scheduler over ``(key, make_steps)`` jobs, ``make_steps`` returning
-        ``pipeline.image_steps(...)``; called only when the job is admitted."""
-        torch.manual_seed(self.config.seed)
-        scheduler = Scheduler(self.models, self.config)
-        yield from scheduler.run(jobs)
-        self.last_stats = scheduler.stats
+        """Run ``(key, make_steps)`` jobs (``make_steps`` returns ``pipeline.image_steps(...)``,
+        called on the core's thread when the job is admitted) through the core; yields ``(key,
+        outcome)`` in completion order. At most ``max_in_flight`` + ``max_queue`` jobs are
+        submitted ahead, so a dataset's images are read as they are admitted."""
+        pending: dict[Future, Any] = {}
+        source = iter(jobs)
+        ahead = self.config.max_in_flight + max(1, min(self.max_queue, self.config.max_in_flight))
+        exhausted = False
+        while pending or not exhausted:
+            while not exhausted and len(pending) < ahead:
+                try:
+                    key, make = next(source)
+                except StopIteration:
+                    exhausted = True
+                    break
+                pending[self.core.submit(make, block=True)] = key
+            if not pending:
+                break
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for future in done:
+                key = pending.pop(future)
+                error = future.exception()
+                yield key, (error if error is not None else future.result())
+        self.last_stats = self.core.scheduler.stats

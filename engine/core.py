@@ -85,19 +85,24 @@ class EngineCore:
 
     # ---- callers' side (any thread) ------------------------------------------------------
 
-    def submit(self, make_steps: Callable[[], Steps]) -> "Future[Result]":
+    def submit(self, make_steps: Callable[[], Steps], block: bool = False) -> "Future[Result]":
         """Queue one image (``make_steps`` returns its ``pipeline.image_steps`` generator; it is
         called on the loop's thread when the image is admitted). Raises EngineBusy when the queue
-        is full and EngineClosed once ``close`` began."""
+        is full (``block=True`` waits for room instead) and EngineClosed once ``close`` began."""
         with self._lock:
             if not self._admitting:
                 raise EngineClosed("the engine is shutting down and admits no new requests")
             request = _Request(next(self._ids), make_steps, Future(), time.perf_counter())
-            try:
-                self._queue.put_nowait(request)
-            except queue.Full:
-                raise EngineBusy(f"request queue full ({self._queue.maxsize} waiting)") from None
             self.stats.submitted += 1
+        try:
+            # outside the lock: a blocked put must not stop close() from taking it
+            self._queue.put(request, block=block)
+        except queue.Full:
+            self.stats.submitted -= 1
+            raise EngineBusy(f"request queue full ({self._queue.maxsize} waiting)") from None
+        if not self._thread.is_alive():  # closed while this put waited: nobody will run it
+            request.future.cancel()
+            raise EngineClosed("the engine closed before the request was admitted")
         return request.future
 
     @property

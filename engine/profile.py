@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from .errors import ConfigError
+from . import pipeline
 from .trace import STAGES, ImageTrace
 
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
@@ -76,8 +77,10 @@ def profile(engine, image_path: str | Path, out: str | Path) -> tuple[str, Image
     if engine.config.models.sync_device == "cuda" and torch.cuda.is_available():
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     image = engine.read(image_path)
+    # the eager pipeline on this thread: the profiler records the thread it is started on, and
+    # engine.segment would run the image on the engine core's thread
     with torch.profiler.profile(activities=activities, record_shapes=False) as prof:
-        result = engine.segment(image)
+        result = pipeline.segment_image(image, engine.models, engine.config)
     prof.export_chrome_trace(str(out / "trace.json"))
     stages, rows = stage_table(result.trace)
     stacked_bars(stages, rows, out / "stages.png", f"{Path(image_path).name}: seconds per iteration by stage")

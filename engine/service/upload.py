@@ -52,7 +52,8 @@ def decode_image(data: bytes, limits: Limits, working: dict[str, Any]) -> Loaded
     except RequestError:
         raise
     except Image.DecompressionBombError as err:
-        raise RequestError(413, f"image rejected as a decompression bomb: {err}") from None
+        raise RequestError(413, f"image header claims more pixels than the {limits.max_pixels:,}-pixel limit "
+                                f"(a decompression bomb?): {err}") from None
     except UnidentifiedImageError:
         raise RequestError(400, "not an image: no decoder recognises the uploaded bytes") from None
     except (OSError, ValueError, SyntaxError) as err:

@@ -1,0 +1,152 @@
+"""The real server (``int-engine serve``, uvicorn on loopback, the tiny zoo): 64 concurrent
+requests all answered with the library's masks and batched; SIGTERM drains; schemathesis."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+
+from int_engine.api import IntEngine  # noqa: E402
+from int_engine.bench.synthetic import make_scene  # noqa: E402
+from int_engine.config import EngineConfig  # noqa: E402
+from int_engine.models.cache import ensure_tiny_zoo  # noqa: E402
+
+from service_helpers import png_bytes  # noqa: E402
+
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``int-engine serve`` in a subprocess on a free loopback port."""
+
+    def __init__(self, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "int_engine.cli", "serve", "--port", str(self.port), *args],
+                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}: {self.proc.stdout.read()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("server did not become ready in 240 s")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def zoo() -> Path:
+    return ensure_tiny_zoo()
+
+
+def images(n: int) -> list[np.ndarray]:
+    return [make_scene(s, 48, 64)[0] for s in range(n)]
+
+
+def post(url: str, data: bytes, timeout: float = 300.0) -> httpx.Response:
+    return httpx.post(url + "/v1/segment", files={"image": ("x.png", data, "image/png")}, timeout=timeout)
+
+
+def test_64_concurrent_requests_all_answered_with_the_librarys_masks_in_shared_batches(zoo):
+    pics = images(16)
+    data = [png_bytes(p) for p in pics]
+    server = Server("--iterations", "1", "--max-queue", "48")
+    try:
+        with ThreadPoolExecutor(64) as pool:  # bounded: 64 requests, one each, then the pool stops
+            futures = [pool.submit(post, server.url, data[k % 16]) for k in range(64)]
+            done, not_done = wait(futures, timeout=600)
+        assert not not_done, f"{len(not_done)} requests never answered"
+        responses = [f.result() for f in futures]
+        codes = [r.status_code for r in responses]
+        assert set(codes) <= {200, 429} and codes.count(200) >= 48, codes
+        metrics = httpx.get(server.url + "/metrics").text
+    finally:
+        assert server.stop() == 0
+    with IntEngine(EngineConfig(iterations=1), models_dir=zoo) as engine:
+        want = [engine.segment(p) for p in pics]
+    for k, r in enumerate(responses):
+        if r.status_code != 200:
+            assert r.headers["retry-after"] == "1"
+            continue
+        body, w = r.json(), want[k % 16]
+        assert body["binary_rle"] == w.to_rle()
+        soft = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["soft_png"]))))
+        assert np.abs(soft.astype(int) - np.round(w.soft * 255).astype(int)).max() <= 1
+    line = next(l for l in metrics.splitlines() if l.startswith('int_engine_batch_images_bucket{call="segmenter.segment",le="1.0"}'))
+    count = next(l for l in metrics.splitlines() if l.startswith('int_engine_batch_images_count{call="segmenter.segment"}'))
+    single, batches = float(line.split()[-1]), float(count.split()[-1])
+    assert batches > single, "no segmenter batch carried more than one image"
+    print(f"64 requests: {codes.count(200)} x 200, {codes.count(429)} x 429; segmenter batches {batches:.0f}, "
+          f"{batches - single:.0f} with more than one image")
+
+
+def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0(zoo):
+    data = [png_bytes(p) for p in images(4)]
+    server = Server("--iterations", "3", "--grace", "120")
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(post, server.url, d) for d in data]
+        deadline = time.time() + 60
+        while time.time() < deadline and httpx.get(server.url + "/readyz").json().get("in_flight", 0) < 1:
+            time.sleep(0.02)
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        late = post(server.url, data[0], timeout=30)
+        codes = [f.result(timeout=300).status_code for f in futures]
+    assert late.status_code == 503 and "shutting down" in late.json()["error"]["message"]
+    assert codes == [200] * 4
+    assert server.proc.wait(120) == 0
+
+
+@pytest.mark.skipif(shutil.which("schemathesis") is None and not Path(sys.executable).with_name("schemathesis").exists(),
+                    reason="schemathesis is not installed (the [dev] extra installs it)")
+def test_schemathesis_finds_no_server_error_and_no_undocumented_status(zoo, tmp_path):
+    server = Server("--iterations", "1", "--max-pixels", "200000")
+    try:
+        exe = shutil.which("schemathesis") or str(Path(sys.executable).with_name("schemathesis"))
+        run = subprocess.run([exe, "run", server.url + "/openapi.json", "--max-examples", "15",
+                              "--checks", "not_a_server_error,status_code_conformance,content_type_conformance",
+                              "--request-timeout", "120", "--generation-deterministic", "--no-color"],
+                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    finally:
+        assert server.stop() == 0
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    cases = re.search(r"(\d+) generated, (\d+) passed", run.stdout)
+    assert cases and int(cases.group(1)) > 20 and cases.group(1) == cases.group(2), run.stdout[-1500:]
+    print(f"schemathesis: {cases.group(0)}")
