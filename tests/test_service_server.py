@@ -150,3 +150,25 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_status(zoo, tmp_
     cases = re.search(r"(\d+) generated, (\d+) passed", run.stdout)
     assert cases and int(cases.group(1)) > 20 and cases.group(1) == cases.group(2), run.stdout[-1500:]
     print(f"schemathesis: {cases.group(0)}")
+
+
+def test_a_client_that_disconnects_has_its_image_cancelled(zoo):
+    """A client that gives up (here: its own 1 s timeout) closes the connection: the server
+    cancels the image, which leaves the scheduler, and the next request is answered."""
+    data = png_bytes(images(1)[0])
+    server = Server("--iterations", "4")
+    try:
+        with pytest.raises(httpx.TimeoutException):
+            post(server.url, data, timeout=1.0)
+        deadline, cancelled = time.time() + 60, 0.0
+        while time.time() < deadline:
+            metrics = httpx.get(server.url + "/metrics").text
+            cancelled = float(next(l for l in metrics.splitlines() if l.startswith("int_engine_requests_cancelled ")).split()[-1])
+            flight = float(next(l for l in metrics.splitlines() if l.startswith("int_engine_images_in_flight ")).split()[-1])
+            if cancelled >= 1 and flight == 0:
+                break
+            time.sleep(0.2)
+        assert cancelled == 1 and flight == 0
+        assert post(server.url, data).status_code == 200
+    finally:
+        assert server.stop() == 0

@@ -66,8 +66,33 @@ OPTION_PROPERTIES = {
 }
 STATUSES = {400: "bad image or body", 401: "missing or wrong API key", 413: "body or image too large",
             415: "content type is neither multipart/form-data nor application/json", 422: "bad or unknown option",
-            429: "queue full: retry after Retry-After seconds", 500: "engine failure (a model or engine fault)",
+            429: "queue full: retry after Retry-After seconds",
+            499: "client closed the connection (logged, never received)", 500: "engine failure (a model or engine fault)",
             503: "shutting down", 504: "timed out"}
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its result was ready."""
+
+
+async def _wait(request: Request, future, timeout_s: float):
+    """The future's result, polling every 0.5 s whether the client is still there. On timeout
+    (asyncio.TimeoutError) or a disconnect (ClientGone) the future is cancelled, so the image
+    leaves the scheduler at its next tick instead of computing for nobody."""
+    loop = asyncio.get_running_loop()
+    wrapped = asyncio.wrap_future(future)  # cancelling it cancels the core's future
+    deadline = loop.time() + timeout_s
+    while True:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            wrapped.cancel()
+            raise asyncio.TimeoutError
+        done, _ = await asyncio.wait({wrapped}, timeout=min(0.5, remaining))
+        if done:
+            return wrapped.result()
+        if await request.is_disconnected():
+            wrapped.cancel()
+            raise ClientGone
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -97,7 +122,7 @@ def create_app(engine: "IntEngine", settings: ServiceSettings | None = None) -> 
     answer 503 to new work (the server sets it on SIGTERM)."""
     settings = settings or ServiceSettings()
     core = engine.core
-    metrics = ServiceMetrics(lambda: core.queue_depth, lambda: core.in_flight)
+    metrics = ServiceMetrics(lambda: core.queue_depth, lambda: core.in_flight, lambda: core.stats.cancelled)
     core.on_batch = metrics.observe_batch
     working = {"max_side": engine.config.max_side, "min_side": engine.config.min_side, "max_aspect": engine.config.max_aspect}
     app = FastAPI(title="int-engine", version=__version__,
@@ -202,10 +227,11 @@ def create_app(engine: "IntEngine", settings: ServiceSettings | None = None) -> 
         except EngineClosed as err:
             return _error(503, str(err))
         try:
-            # on timeout wait_for cancels the wrapped future, and so the request in the core
-            result = await asyncio.wait_for(asyncio.wrap_future(future), settings.timeout_s)
+            result = await _wait(request, future, settings.timeout_s)
         except asyncio.TimeoutError:
             return _error(504, f"no result within {settings.timeout_s:g} s; the request was cancelled")
+        except ClientGone:
+            return _error(499, "client disconnected; the request was cancelled")  # nobody reads it
         except IntEngineError as err:  # the image failed in the engine: that request's answer
             return _error(422, f"the image could not be segmented: {err}")
         except Exception as err:  # a model or engine fault, not the request's: said as such

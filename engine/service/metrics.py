@@ -17,7 +17,8 @@ class ServiceMetrics:
     """requests by status, request latency, per-stage seconds, queue depth, images in flight,
     images per model batch."""
 
-    def __init__(self, queue_depth: Callable[[], float], in_flight: Callable[[], float]) -> None:
+    def __init__(self, queue_depth: Callable[[], float], in_flight: Callable[[], float],
+                 cancelled: Callable[[], float] = lambda: 0.0) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("int_engine_requests", "Segmentation requests by HTTP status", ["status"], registry=r)
@@ -32,6 +33,8 @@ class ServiceMetrics:
         queue.set_function(queue_depth)
         flight = Gauge("int_engine_images_in_flight", "Images held by the scheduler", registry=r)
         flight.set_function(in_flight)
+        gone = Gauge("int_engine_requests_cancelled", "Requests taken out of the scheduler (timeout, client gone)", registry=r)
+        gone.set_function(cancelled)
         for stage in STAGES:  # present from the start, so a scrape sees every series
             self.stage_seconds.labels(stage)
 

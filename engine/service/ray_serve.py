@@ -1,0 +1,255 @@
+"""``int-engine serve --ray``: the service's FastAPI app (``create_app``) as a Ray Serve deployment.
+
+Each replica is a Ray actor that loads its own ``IntEngine`` once (its own models, its own
+engine core batching the requests that replica holds) and serves the very app the
+single-process server does: the same endpoints, statuses, JSON errors and per-replica
+``/metrics``. Ray Serve's proxy listens on ``--host``/``--port`` and routes each request to a
+replica; a replica that dies is replaced by Ray Serve's controller, and the requests it held
+fail (500) instead of hanging, because the proxy's ``request_timeout_s`` bounds every request.
+
+Ray is imported only by :func:`import_ray`, after the environment for a local, loopback-only
+cluster is set: Ray reads some of those variables when it is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import FrameType, ModuleType
+from typing import TYPE_CHECKING, Any
+
+from ..config import ROLES, EngineConfig
+from ..log import get_logger
+from .app import ServiceSettings, create_app
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+log = get_logger("service")
+
+APP_NAME = "int-engine"
+REPLICA_HEADER = "x-int-engine-replica"  # which replica answered: Ray Serve's routing, made visible
+# A local cluster: no usage report, no auth token written to ~/.ray, and every Ray port on
+# 127.0.0.1 (Ray otherwise binds its node to the machine's outward address).
+LOCAL_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# CPU share of a CPU-only cluster given to replicas; the rest keeps the proxy, the controller
+# and Ray's own workers running (replicas holding every CPU starve them and requests hang).
+REPLICA_CPU_SHARE = 0.75
+
+
+@dataclass
+class RaySettings:
+    """How the deployment is laid out on Ray.
+
+    replicas: fixed replica count (ignored when ``max_replicas`` is set); min/max_replicas:
+    autoscaling bounds; replica_cpus: CPUs reserved per replica (None: a share of the cluster's,
+    or 1 beside each replica's GPU); address: an existing cluster (None: start a local one on
+    loopback); temp_dir: the local cluster's session/log folder; object_store_bytes: its
+    object store."""
+
+    replicas: int = 1
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    replica_cpus: float | None = None
+    address: str | None = None
+    temp_dir: str | None = None
+    object_store_bytes: int = 1 << 30
+
+
+def import_ray(local: bool) -> tuple[ModuleType, ModuleType]:
+    """``(ray, ray.serve)``; for a local cluster the loopback-only environment is set first
+    (``setdefault``: the caller's own values win). Raises ImportError without the [ray] extra."""
+    if local:
+        for key, value in LOCAL_RAY_ENV.items():
+            os.environ.setdefault(key, value)
+    import ray
+    from ray import serve
+
+    return ray, serve
+
+
+def cuda_devices(config: EngineConfig) -> list[str]:
+    """The distinct CUDA devices the config's roles run on, in order ("cuda" counts as "cuda:0")."""
+    devices = {_cuda_index(config.models.device_of(role)) for role in ROLES}
+    return [f"cuda:{i}" for i in sorted(d for d in devices if d is not None)]
+
+
+def _cuda_index(device: str) -> int | None:
+    if not device.startswith("cuda"):
+        return None
+    return int(device.partition(":")[2] or 0)
+
+
+def replica_config(config: EngineConfig) -> EngineConfig:
+    """The config as a replica sees it: Ray gives it its GPUs as ``cuda:0..k-1`` (it sets
+    CUDA_VISIBLE_DEVICES), so the k devices the config names are renumbered in order."""
+    renumber = {_cuda_index(d): f"cuda:{k}" for k, d in enumerate(cuda_devices(config))}
+    if not renumber:
+        return config
+
+    def moved(device: str | None) -> str | None:
+        index = _cuda_index(device) if device else None
+        return renumber[index] if index is not None else device
+
+    models = replace(config.models, device=moved(config.models.device) or config.models.device,
+                     **{role: replace(config.models.role(role), device=moved(config.models.role(role).device))
+                        for role in ROLES})
+    return replace(config, models=models)
+
+
+def _bind_replica_grpc_to_node_ip() -> None:
+    """Ray Serve 2.60 starts each replica's inter-deployment gRPC server (unused by this HTTP
+    app unless RAY_SERVE_USE_GRPC_BY_DEFAULT=1) on ``[::]:0``, every interface, with no setting
+    to change it (ray-project/ray#64544); bound to the node's own address instead, a local
+    cluster listens on 127.0.0.1 only and a multi-node one still reaches it. Called in the
+    replica's constructor, which Ray Serve runs before it starts that server."""
+    from ray.serve._private import replica as serve_replica
+    from ray.util import get_node_ip_address
+
+    add_port = getattr(serve_replica, "add_port_to_grpc_server", None)
+    if add_port is None or getattr(add_port, "binds_node_ip", False):
+        return  # another Ray release (nothing to narrow) or already narrowed in this process
+    host = get_node_ip_address()
+    host = f"[{host}]" if ":" in host else host
+
+    def add_port_on_node_ip(server: Any, address: str) -> int:
+        if address.startswith("[::]:"):
+            address = f"{host}:{address[len('[::]:'):]}"
+        return add_port(server, address)
+
+    add_port_on_node_ip.binds_node_ip = True  # type: ignore[attr-defined]
+    serve_replica.add_port_to_grpc_server = add_port_on_node_ip
+
+
+class IntEngineReplica:
+    """One replica: its own ``IntEngine`` and the service app around it. Ray Serve wraps this
+    class with ``serve.ingress()`` (no app given: ``__serve_build_asgi_app__`` builds it once
+    the engine is loaded, inside the replica) and ``serve.deployment``."""
+
+    def __init__(self, config: EngineConfig, models_dir: str | None, settings: ServiceSettings, max_queue: int,
+                 torch_threads: int) -> None:
+        import torch
+        from ray import serve
+
+        from ..api import IntEngine
+
+        # the replica's CPU reservation, not every core: replicas share the machine
+        torch.set_num_threads(torch_threads)
+        _bind_replica_grpc_to_node_ip()
+        self.engine = IntEngine(replica_config(config), models_dir=models_dir, max_queue=max_queue)
+        self.settings = settings
+        self.replica_id = serve.get_replica_context().replica_id.unique_id
+        self.service_app: "FastAPI | None" = None  # not ``app``: Ray's wrapper has a property of that name
+        log.warning("replica %s (pid %d) loaded its models", self.replica_id, os.getpid())
+
+    def __serve_build_asgi_app__(self) -> "FastAPI":
+        """The single-process server's app around this replica's engine, each answer naming
+        the replica (``X-Int-Engine-Replica``) so that routing and failover can be seen."""
+        app = create_app(self.engine, self.settings)
+        replica = self.replica_id
+
+        @app.middleware("http")
+        async def name_replica(request, call_next):
+            response = await call_next(request)
+            response.headers[REPLICA_HEADER] = replica
+            return response
+
+        self.service_app = app
+        return app
+
+    def check_health(self) -> None:
+        """Ray Serve's periodic probe: a replica whose engine core stopped is replaced."""
+        core = self.engine.core  # EngineClosed once closed: unhealthy
+        if not core._thread.is_alive():  # the core exposes no liveness of its own
+            raise RuntimeError("the engine core's thread has stopped")
+
+    def __del__(self) -> None:
+        """Called by Ray Serve when the replica stops, after its requests in flight finished
+        or its graceful_shutdown_timeout_s ran out: new work gets 503, the core drains."""
+        if self.service_app is not None:
+            self.service_app.state.draining = True
+        self.engine.close(drain=True)
+
+
+def build_app(config: EngineConfig, models_dir: Path | None, settings: ServiceSettings, max_queue: int,
+              ray_settings: RaySettings, grace_s: float, cluster_cpus: float) -> Any:
+    """The Ray Serve application: ``IntEngineReplica`` as a deployment sized for the cluster."""
+    from ray import serve
+
+    gpus = len(cuda_devices(config))
+    if ray_settings.replica_cpus is not None:
+        cpus = ray_settings.replica_cpus
+    elif gpus:
+        cpus = 1.0
+    else:
+        cpus = REPLICA_CPU_SHARE * cluster_cpus / max(ray_settings.max_replicas or ray_settings.replicas, 1)
+    options: dict[str, Any] = {
+        "name": "IntEngine",
+        "ray_actor_options": {"num_cpus": cpus, "num_gpus": gpus},
+        # the replica's own core queues and batches; past its queue the app answers 429
+        "max_ongoing_requests": config.max_in_flight + max_queue,
+        "graceful_shutdown_timeout_s": grace_s,
+        "health_check_period_s": 5.0,
+        "max_constructor_retry_count": 3,  # a zoo that cannot load fails the deploy, not forever
+    }
+    if ray_settings.max_replicas is not None:
+        options["autoscaling_config"] = {
+            "min_replicas": ray_settings.min_replicas if ray_settings.min_replicas is not None else 1,
+            "max_replicas": ray_settings.max_replicas,
+            # a replica batches: scale when it holds more than a full batch of images
+            "target_ongoing_requests": config.max_in_flight,
+        }
+    else:
+        options["num_replicas"] = ray_settings.replicas
+    deployment = serve.deployment(**options)(serve.ingress()(IntEngineReplica))
+    return deployment.bind(config, str(models_dir) if models_dir else None, settings, max_queue,
+                           max(1, int(cpus)))
+
+
+def serve_on_ray(config: EngineConfig, models_dir: Path | None, settings: ServiceSettings, max_queue: int = 64,
+                 ray_settings: RaySettings | None = None, host: str = "127.0.0.1", port: int = 8000,
+                 grace_s: float = 30.0) -> int:
+    """Deploy on Ray Serve and serve until SIGTERM/SIGINT; returns the exit code (0).
+
+    A local cluster is started (loopback only) unless ``ray_settings.address`` names one; on
+    the signal the application is removed (``serve.shutdown`` for a local cluster, only this
+    application on an existing one, whose Serve others may share) and Ray is left."""
+    ray_settings = ray_settings or RaySettings()
+    local = ray_settings.address is None
+    ray, serve = import_ray(local)
+    if local:
+        ray.init(address="local", include_dashboard=False, _temp_dir=ray_settings.temp_dir,
+                 object_store_memory=ray_settings.object_store_bytes, _node_ip_address="127.0.0.1",
+                 log_to_driver=False)
+    else:
+        ray.init(address=ray_settings.address, log_to_driver=False)
+    stop = threading.Event()
+
+    def on_signal(sig: int, frame: FrameType | None) -> None:
+        log.warning("signal %d: stopping the Ray Serve application", sig)
+        stop.set()
+
+    try:
+        # the proxy's own bound on a request, past the app's timeout (which answers 504 first):
+        # a request held by a replica that died or hangs still gets an answer (408 or 500)
+        serve.start(http_options={"host": host, "port": port, "request_timeout_s": settings.timeout_s + 30.0})
+        application = build_app(config, models_dir, settings, max_queue, ray_settings, grace_s,
+                                float(ray.cluster_resources().get("CPU", 1.0)))
+        serve.run(application, name=APP_NAME, route_prefix="/")
+        for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which sets handlers of its own
+            signal.signal(sig, on_signal)
+        log.warning("serving on Ray Serve at http://%s:%d with %s (POST /v1/segment, GET /healthz /readyz /metrics)",
+                    host, port, f"{ray_settings.min_replicas or 1}..{ray_settings.max_replicas} replicas"
+                    if ray_settings.max_replicas else f"{ray_settings.replicas} replica(s)")
+        while not stop.wait(0.5):  # a timed wait: the signal handler runs between waits
+            pass
+    finally:
+        if local:
+            serve.shutdown()
+        else:
+            serve.delete(APP_NAME)
+        ray.shutdown()
+    return 0
