@@ -67,7 +67,7 @@ OPTION_PROPERTIES = {
 STATUSES = {400: "bad image or body", 401: "missing or wrong API key", 413: "body or image too large",
             415: "content type is neither multipart/form-data nor application/json", 422: "bad or unknown option",
             429: "queue full: retry after Retry-After seconds",
-            499: "client closed the connection (logged, never received)", 500: "engine failure (a model or engine fault)",
+            499: "client closed the connection (the answer is never received)", 500: "engine failure (a model or engine fault)",
             503: "shutting down", 504: "timed out"}
 
 
