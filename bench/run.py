@@ -34,8 +34,7 @@ import numpy as np
 
 from ..config import EngineConfig
 from ..errors import ConfigError, IntEngineError
-from ..io import mask_to_uint8, read_image
-from ..pipeline import image_steps
+from ..io import LoadedImage, mask_to_uint8
 from ..run_info import write_run_info
 from ..work import work_delta, work_of
 from .datasets import Dataset, Pair
@@ -97,13 +96,12 @@ def _check_resume(out: Path, info: dict[str, Any]) -> None:
             raise ConfigError(f"{out}: cannot resume: this run was started with a different {key}; use a new --out")
 
 
-def _steps(engine, pair: Pair) -> Callable[[], Any]:
-    """The pair's step generator, made when the scheduler admits it (images read lazily)."""
-    def make():
+def _reader(engine) -> Callable[[Pair, str], LoadedImage]:
+    """How ``engine.segment_many`` reads a pair when it admits it (images read lazily)."""
+    def read(pair: Pair, name: str) -> LoadedImage:
         read_gray(pair.gt)  # a broken GT fails this image before any model time is spent
-        image = read_image(pair.image, engine.config.max_side, engine.config.min_side)
-        return image_steps(image.pixels, engine.config, image.path, image.original_size, image.conversions)
-    return make
+        return engine.read(pair.image)
+    return read
 
 
 def finish_pair(pair: Pair, result, out: Path) -> dict[str, Any]:
@@ -177,7 +175,7 @@ def run_bench(
     by_name = {p.name: p for p in todo}
     models = getattr(engine, "models", None)
     work_before, image_iterations = work_of(models), 0  # int_engine.work counters of this session
-    for name, outcome in engine.run_jobs((p.name, _steps(engine, p)) for p in todo):
+    for name, outcome in engine.segment_many(((p.name, p) for p in todo), load=_reader(engine)):
         pair = by_name[name]
         try:
             row = _error_row(pair, outcome) if isinstance(outcome, Exception) else finish_pair(pair, outcome, out)

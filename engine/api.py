@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from . import pipeline
+from .calls import ROLE_FIELD
 from .config import EngineConfig, request_config
 from .core import EngineClosed, EngineCore
 from .io import LoadedImage, from_pil, from_pixels, read_image
@@ -73,8 +74,8 @@ class IntEngine:
             core, self._core, self._closed = self._core, None, True
         if core is not None:
             core.close(drain=drain)
-        for role in ("vlm", "inpainter", "detector", "segmenter", "clip"):
-            close = getattr(getattr(self.models, role), "close", None)
+        for field in ROLE_FIELD.values():
+            close = getattr(getattr(self.models, field), "close", None)
             if callable(close):
                 close()
 
@@ -84,8 +85,12 @@ class IntEngine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def read(self, path: str | Path) -> LoadedImage:
-        return read_image(path, self.config.max_side, self.config.min_side, max_aspect=self.config.max_aspect)
+    def read(self, path: str | Path, keep_original: bool = False) -> LoadedImage:
+        """The image file at ``path`` at this engine's working size (``config.max_side``,
+        ``min_side``, ``max_aspect``); ``keep_original`` also keeps its decoded pixels, uint8
+        [H, W, 3] at the stored size, as ``.original`` (for overlays). Raises ImageError."""
+        return read_image(path, self.config.max_side, self.config.min_side, keep_original=keep_original,
+                          max_aspect=self.config.max_aspect)
 
     def load(self, image: ImageInput, source: str | None = None) -> LoadedImage:
         """Any accepted input as the pipeline's ``LoadedImage``: a path is read, uint8 [H, W, 3]
@@ -115,8 +120,7 @@ class IntEngine:
         """
         cfg = request_config(self.config, **options) if options else self.config
         loaded = self.load(image, source)
-        return self.core.submit(lambda: pipeline.image_steps(loaded.pixels, cfg, loaded.path, loaded.original_size,
-                                                             loaded.conversions), block=block)
+        return self.core.submit(lambda: _steps(loaded, cfg), block=block)
 
     async def segment_async(self, image: ImageInput, **options: Any) -> pipeline.Result:
         """``submit`` for asyncio: awaits the result; cancelling the awaiting task (a timeout, a
@@ -129,7 +133,8 @@ class IntEngine:
         shares the core's batches with whatever else is in flight."""
         return self.submit(image, block=True, **options).result()
 
-    def segment_many(self, images: Iterable[ImageInput | tuple[str, ImageInput]] | Mapping[str, ImageInput]
+    def segment_many(self, images: Iterable[ImageInput | tuple[str, Any]] | Mapping[str, Any],
+                     load: Callable[[Any, str], LoadedImage] | None = None
                      ) -> Iterator[tuple[str, pipeline.Result | Exception]]:
         """Segment many images through the scheduler (``config.max_in_flight`` at once, one
         batch per model per tick). Yields ``(key, Result)`` as images finish, in completion
@@ -140,21 +145,24 @@ class IntEngine:
         the path (``str(path)``; a loaded image's ``path``), else, for an array or a PIL image, its
         index in ``images`` as a string (``"0"``, ``"1"``, ...); it is also the trace's ``source``.
         Images are read or converted only when admitted, so a bad one fails alone.
+
+        ``load(image, key) -> LoadedImage`` replaces ``IntEngine.load`` for turning an item into
+        the pipeline's input; it is called on the core's thread when the item is admitted, and
+        what it raises is that item's error. With it, a named pair's image may be anything it
+        takes: e.g. ``self.read(path, keep_original=True)`` to keep the pixels for overlays, or
+        a reader that checks a ground truth first.
         """
         items = images.items() if isinstance(images, Mapping) else images
+        read = load or self.load
+        cfg = self.config
 
-        def job(index: int, item: ImageInput | tuple[str, ImageInput]) -> tuple[str, Callable[[], Any]]:
+        def job(index: int, item: Any) -> tuple[str, Callable[[], pipeline.Steps]]:
             if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
                 key, image = item
             else:
                 image = item
                 key = item.path if isinstance(item, LoadedImage) else str(item) if isinstance(item, (str, Path)) else str(index)
-
-            def make():
-                img = self.load(image, key)
-                return pipeline.image_steps(img.pixels, self.config, img.path, img.original_size, img.conversions)
-
-            return key, make
+            return key, lambda: _steps(read(image, key), cfg)
 
         yield from self.run_jobs(job(i, item) for i, item in enumerate(items))
 
@@ -183,3 +191,9 @@ class IntEngine:
                 error = future.exception()
                 yield key, (error if error is not None else future.result())
         self.last_stats = self.core.scheduler.stats
+
+
+def _steps(image: LoadedImage, cfg: EngineConfig) -> pipeline.Steps:
+    """``image``'s step generator (``pipeline.image_steps``) under ``cfg``: the one place outside
+    the pipeline and the scheduler where an image becomes steps (masks at its original size)."""
+    return pipeline.image_steps(image.pixels, cfg, image.path, image.original_size, image.conversions)

@@ -1,35 +1,132 @@
-"""Model calls as data: what a step asks of a model, and how a call is executed.
+"""Model calls as data: which calls there are, in which order a tick takes them, and how one runs.
 
 The algorithm (``pipeline.image_steps``) yields ``ModelCall``s and receives their results;
 a driver decides how to run them: the eager driver one call at a time, the scheduler one
 batch per model for many images, the sequential reference one item at a time.
+
+``Call`` declares every kind of call once: its role, method, SPEC stage and (through
+``ROLE_FIELD``) the ``Models`` attribute that answers it. Its member order is the scheduler's
+tick order. Nothing else restates the roles or the calls.
+
+Importing this module does not import torch (``int_engine.models.load`` uses ``ROLE_FIELD``
+and stays light): negative mining (``mine``) is imported when a mining call first runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import torch
 
-from .mining import mine
+from .config import ROLES
 from .protocols import Models
 
-# role -> protocol attribute of Models; "mine" is the negative-mining math (no model)
-ROLE_FIELD = {"vlm": "vlm", "inpaint": "inpainter", "detector": "detector", "segmenter": "segmenter", "clip": "clip"}
+if TYPE_CHECKING:
+    import torch
+
+# role (config.ROLES: the names in ModelsConfig, model calls, traces and work counters) ->
+# attribute of Models; only "inpaint" is spelled differently there. "mine" is the negative-mining
+# math, not a model, so it has no entry.
+ROLE_FIELD: dict[str, str] = {role: {"inpaint": "inpainter"}.get(role, role) for role in ROLES}
+MINE_ROLE = "mine"
+
+
+class CallKind(enum.Enum):
+    """What a ``Call`` member knows: ``value`` is (role, method, SPEC stage).
+
+    It has no members itself, so that a table in another order can be made from it
+    (``CallKind("Call", [(m.name, m.value) for m in order])``), as the tick-order test does.
+    """
+
+    @property
+    def role(self) -> str:
+        """The model role (``config.ROLES``), or ``"mine"`` for negative mining."""
+        return self.value[0]
+
+    @property
+    def method(self) -> str:
+        """The method of the role's protocol (``protocols``) that answers the call."""
+        return self.value[1]
+
+    @property
+    def stage(self) -> str:
+        """The SPEC stage its time is charged to (``trace.STAGES``)."""
+        return self.value[2]
+
+    @property
+    def field(self) -> str | None:
+        """The ``Models`` attribute that answers it; None for negative mining (no model)."""
+        return ROLE_FIELD.get(self.role)
+
+    @property
+    def label(self) -> str:
+        """``"role.method"``, as traces, stats and metrics print it."""
+        return f"{self.role}.{self.method}"
+
+    @property
+    def rank(self) -> int:
+        """Its position in the tick order (the member order of its table)."""
+        return type(self)._member_names_.index(self.name)
+
+    @classmethod
+    def of(cls, role: str, method: str) -> "CallKind":
+        """The member for ``role.method``; ValueError for a call the table does not declare."""
+        for kind in cls:
+            if kind.role == role and kind.method == method:
+                return kind
+        raise ValueError(f"{role}.{method} is not a declared model call (int_engine.calls.Call)")
+
+    def call(self, items: tuple[list, ...], params: tuple = ()) -> "ModelCall":
+        """This call with ``items`` (parallel per-request lists) and shared ``params``."""
+        return ModelCall(self.stage, self.role, self.method, items, params)
+
+
+class Call(CallKind):
+    """Every model call of an iteration, in the order the iteration makes them (SPEC steps 2-9).
+
+    A tick runs the earliest of these that any in-flight image is waiting at, so images that
+    skipped a stage (no contrast, a single candidate) wait for the others at the next one, and
+    every call stays one batch for all the images in flight.
+    """
+
+    GENERATE = ("vlm", "generate", "propose")  # step 2: P_B and P_A for every view
+    INPAINT = ("inpaint", "inpaint", "inpaint")  # step 3: the contrast views X'_k
+    SCORE = ("vlm", "score", "score")  # step 4: s(c | X_k), s(c | X'_k)
+    MINE = (MINE_ROLE, "mine", "mine")  # steps 5-6: negative mining (one fused launch per tick)
+    DETECT = ("detector", "detect", "detect")  # step 7: boxes for the picked name
+    SIMILARITY_MAPS = ("clip", "similarity_maps", "segment")  # step 8: CLIP point prompts
+    SEGMENT = ("segmenter", "segment", "segment")  # step 8: SAM with points and boxes
+    IMAGE_TEXT_SIMILARITY = ("clip", "image_text_similarity", "weight")  # step 9: mask weights
+
+
+def call_kind(role: str, method: str) -> CallKind:
+    """The declared kind of ``role.method`` (looked up in this module's ``Call`` when called)."""
+    return Call.of(role, method)
 
 
 @dataclass(frozen=True)
 class ModelCall:
     """``role.method(*items, *params)``: ``items`` are parallel lists (one entry per request),
-    ``params`` scalars shared by all requests; ``stage`` names the SPEC step for timing."""
+    ``params`` scalars shared by all requests; ``stage`` names the SPEC step for timing.
+
+    ``kind`` is the declared ``Call`` member, found when the call is made: a call that is not
+    declared, or whose stage differs from the declaration, raises ValueError at once.
+    """
 
     stage: str
     role: str
     method: str
     items: tuple[list, ...]
     params: tuple = ()
+    kind: CallKind = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        kind = call_kind(self.role, self.method)
+        if kind.stage != self.stage:
+            raise ValueError(f"{kind.label} is declared in stage {kind.stage!r}, made in {self.stage!r}")
+        object.__setattr__(self, "kind", kind)  # frozen: set once, here
 
     @property
     def size(self) -> int:
@@ -40,13 +137,27 @@ class ModelCall:
         """Calls with the same key can be concatenated into one batch."""
         return (self.role, self.method, self.params)
 
+    @property
+    def label(self) -> str:
+        """``"role.method"``."""
+        return self.kind.label
+
+
+def mine(s_before: "torch.Tensor", s_after: "torch.Tensor", history: "torch.Tensor", eps: float
+         ) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+    """``mining.mine`` (float [B, V, C] scores, [B, C] history -> pick [B], scores and new history
+    [B, C]), imported on first use so that importing this module does not import torch."""
+    from .mining import mine as reference
+
+    return reference(s_before, s_after, history, eps)
+
 
 def run_model(models: Models, call: ModelCall) -> Any:
     """Execute one call as it is (one batch)."""
-    if call.role == "mine":
+    if call.kind.field is None:  # negative mining: one image's [1, V, C] through the torch reference
         s_before, s_after, history, eps = call.items[0][0], call.items[1][0], call.items[2][0], call.params[0]
         return [mine(s_before, s_after, history, eps)]
-    fn: Callable = getattr(getattr(models, ROLE_FIELD[call.role]), call.method)
+    fn: Callable = getattr(getattr(models, call.kind.field), call.method)
     return fn(*call.items, *call.params)
 
 
@@ -73,6 +184,7 @@ def split(result: Any, sizes: list[int]) -> list[Any]:
     return out
 
 
-def mine_call(s_before: torch.Tensor, s_after: torch.Tensor, history: torch.Tensor, eps: float) -> ModelCall:
-    """Steps 4-6 as a call, so that a scheduler can run one fused launch for many images."""
-    return ModelCall("mine", "mine", "mine", ([s_before], [s_after], [history]), (eps,))
+def mine_call(s_before: "torch.Tensor", s_after: "torch.Tensor", history: "torch.Tensor", eps: float) -> ModelCall:
+    """Steps 4-6 of one image as a call (s_before, s_after float [1, V, C], history [1, C]), so
+    that the scheduler can mine many images in one fused launch (``mining.mine_batch``)."""
+    return Call.MINE.call(([s_before], [s_after], [history]), (eps,))

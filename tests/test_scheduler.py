@@ -7,9 +7,9 @@ import torch
 
 from int_engine.calls import mine_call, run_each
 from int_engine.config import EngineConfig, apply_overrides
-from int_engine.mining import mine
+from int_engine.mining import mine, mine_batch
 from int_engine.pipeline import drive, image_steps, run
-from int_engine.scheduler import Scheduler, mine_batch
+from int_engine.scheduler import Scheduler
 from int_engine.testing import ColourWorld, Thing, scripted_models
 from int_engine.testing.scenes import compose, ellipse
 

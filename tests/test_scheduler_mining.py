@@ -13,12 +13,12 @@ import pytest
 import torch
 
 import int_engine.kernels
-import int_engine.scheduler as scheduler_module
+import int_engine.mining as mining_module
 from int_engine.calls import mine_call
 from int_engine.config import EngineConfig
-from int_engine.mining import mine
+from int_engine.mining import mine, mine_batch, mining_device, mining_dtypes
 from int_engine.pipeline import run
-from int_engine.scheduler import Scheduler, mine_batch, mining_device, mining_dtypes
+from int_engine.scheduler import Scheduler
 from int_engine.testing import scripted_models
 from test_scheduler import WORLD, jobs, scenes  # the same scenes: every image-iteration mines
 
@@ -86,7 +86,7 @@ def assert_same_as_eager(out, images, models, cfg):
 @pytest.mark.parametrize("dtypes", [(torch.float64, torch.float64), (torch.float32, torch.float64)], ids=["cpu-dtypes", "cuda-dtypes"])
 def test_interpreter_runs_one_kernel_launch_per_mining_tick(monkeypatch, interpret, received, dtypes):
     # cuda-dtypes: the float32 scores CUDA gets, through the interpreter on this CPU.
-    monkeypatch.setattr(scheduler_module, "mining_dtypes", lambda device: dtypes)
+    monkeypatch.setattr(mining_module, "mining_dtypes", lambda device: dtypes)
     cfg = EngineConfig(iterations=2, max_in_flight=4)
     images, models = scenes(4), scripted_models(WORLD)
     sched = Scheduler(models, cfg)
@@ -136,16 +136,16 @@ def test_the_tick_is_built_on_the_mining_device_in_its_dtypes(monkeypatch, recei
     # Pretend the mining device is a CUDA-like one: the configured device and its dtypes reach
     # mine_fused, and the pipeline still gets CPU int64 / float64 outputs.
     asked = []
-    monkeypatch.setattr(scheduler_module, "mining_device", lambda config: asked.append(config) or torch.device("cpu"))
-    monkeypatch.setattr(scheduler_module, "mining_dtypes", lambda device: (torch.float32, torch.float64))
+    monkeypatch.setattr(mining_module, "mining_device", lambda config: asked.append(config) or torch.device("cpu"))
+    monkeypatch.setattr(mining_module, "mining_dtypes", lambda device: (torch.float32, torch.float64))
     results = []
-    real_batch = scheduler_module.mine_batch
+    real_batch = mining_module.mine_batch
 
     def batch(calls, device):
         results.append(real_batch(calls, device))
         return results[-1]
 
-    monkeypatch.setattr(scheduler_module, "mine_batch", batch)
+    monkeypatch.setattr(mining_module, "mine_batch", batch)
     cfg = EngineConfig(iterations=1, max_in_flight=3)
     sched = Scheduler(scripted_models(WORLD), cfg)
     assert len(dict(sched.run(jobs(scenes(3), cfg)))) == 3

@@ -47,9 +47,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     from ..api import IntEngine
     from ..errors import IntEngineError
-    from ..io import read_image, write_json
+    from ..io import LoadedImage, write_json
     from ..outputs import check_save, is_saved
-    from ..pipeline import image_steps
     from ..run_info import write_run_info
 
     try:
@@ -84,21 +83,22 @@ def cmd_segment(args: argparse.Namespace) -> int:
             engine.close()
         return _fatal(f"--out {out}: cannot write {err.filename or out}: {err.strerror or err}")
     overlays = "overlay" in what
-    originals: dict[int, np.ndarray] = {}  # held only while the image is in flight, and only for overlays
+    originals: dict[str, np.ndarray] = {}  # held only while the image is in flight, and only for overlays
 
-    def make(i: int):
-        def steps():
-            image = read_image(images[i], cfg.max_side, cfg.min_side, keep_original=overlays, max_aspect=cfg.max_aspect)
-            if overlays:
-                originals[i] = image.original
-            return image_steps(image.pixels, cfg, image.path, image.original_size, image.conversions)
-        return steps
+    def read(path: str, key: str) -> LoadedImage:
+        """The image, read when the engine admits it; its original pixels kept for the overlay."""
+        image = engine.read(path, keep_original=overlays)
+        if overlays:
+            originals[key] = image.original
+        return image
 
     failed: list[tuple[str, str]] = []
     bar = tqdm(total=len(todo), unit="img", disable=args.quiet)
-    results = engine.run_jobs((i, make(i)) for i in todo) if engine else iter(())
-    for i, outcome in results:
-        original = originals.pop(i, None)
+    # keyed by the image's index: the same file given twice has two output folders
+    results = engine.segment_many(((str(i), images[i]) for i in todo), load=read) if engine else iter(())
+    for key, outcome in results:
+        i = int(key)
+        original = originals.pop(key, None)
         bar.update(1)
         if not isinstance(outcome, Exception):
             try:  # the same writer as Result.save; a folder that cannot be written fails that image only

@@ -18,6 +18,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from ..calls import ROLE_FIELD
 from ..config import ROLES, ModelsConfig
 from ..errors import ConfigError, ModelLoadError
 from ..log import get_logger
@@ -37,7 +38,6 @@ BACKENDS: dict[tuple[str, str], str] = {
     ("clip", "open_clip"): "clip_open:OpenClipModel",
 }
 PATHLESS = {("inpaint", "telea")}
-FIELD = {"vlm": "vlm", "inpaint": "inpainter", "detector": "detector", "segmenter": "segmenter", "clip": "clip"}
 
 
 def offline() -> None:
@@ -186,4 +186,4 @@ def load_models(cfg: ModelsConfig, models_dir: str | Path | None = None) -> Mode
     loaded, and ModelLoadError naming the role and path on a failed load."""
     check_options(cfg)
     offline()
-    return Models(**{FIELD[role]: load_role(cfg, role, models_dir) for role in ROLES})
+    return Models(**{ROLE_FIELD[role]: load_role(cfg, role, models_dir) for role in ROLES})
