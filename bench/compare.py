@@ -15,8 +15,14 @@ from .report import EXTRAS, TABLE
 
 # (summary key, LaTeX column title); order and keys as report.TABLE + report.EXTRAS
 LATEX_TITLES = {
-    "MAE": r"$M\downarrow$", "adpFm": r"$F_\beta\uparrow$", "meanEm": r"$E_\phi\uparrow$", "Sm": r"$S_\alpha\uparrow$",
-    "wFm": r"$F^w_\beta\uparrow$", "maxFm": r"max$F_\beta\uparrow$", "Dice": r"mDice$\uparrow$", "IoU": r"mIoU$\uparrow$",
+    "MAE": r"$M\downarrow$",
+    "adpFm": r"$F_\beta\uparrow$",
+    "meanEm": r"$E_\phi\uparrow$",
+    "Sm": r"$S_\alpha\uparrow$",
+    "wFm": r"$F^w_\beta\uparrow$",
+    "maxFm": r"max$F_\beta\uparrow$",
+    "Dice": r"mDice$\uparrow$",
+    "IoU": r"mIoU$\uparrow$",
 }
 METRICS = TABLE + EXTRAS
 FILES = ("compare.md", "compare.csv", "compare.tex")
@@ -102,8 +108,18 @@ def to_csv(runs: list[Run]) -> str:
     return buf.getvalue()
 
 
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_TEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 
 
 def tex_escape(text: str) -> str:
@@ -115,9 +131,13 @@ def to_latex(runs: list[Run]) -> str:
     """The table as a LaTeX ``tabular`` (booktabs rules; best value of each column in bold)."""
     best = _best(runs)
     cols = "ll" + "r" * (len(METRICS) + 2)
-    lines = ["% int-engine bench --compare; needs \\usepackage{booktabs}", f"\\begin{{tabular}}{{{cols}}}", "\\toprule",
-             " & ".join(["Run", "Dataset", "Images", *(LATEX_TITLES[k] for k, _, _ in METRICS), "images/s"]) + r" \\",
-             "\\midrule"]
+    lines = [
+        "% int-engine bench --compare; needs \\usepackage{booktabs}",
+        f"\\begin{{tabular}}{{{cols}}}",
+        "\\toprule",
+        " & ".join(["Run", "Dataset", "Images", *(LATEX_TITLES[k] for k, _, _ in METRICS), "images/s"]) + r" \\",
+        "\\midrule",
+    ]
     for i, r in enumerate(runs):
         cells = [tex_escape(r.label), tex_escape(str(r.summary["dataset"])), str(r.summary.get("scored", ""))]
         for key, _, _ in METRICS:

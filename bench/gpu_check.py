@@ -68,8 +68,9 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
 
 
 def largest_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, float]:
-    return {k: float(np.abs(np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64)).max()) if np.size(a[k]) else 0.0
-            for k in a}
+    return {
+        k: float(np.abs(np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64)).max()) if np.size(a[k]) else 0.0 for k in a
+    }
 
 
 def release() -> None:
@@ -95,8 +96,11 @@ def check_dtypes(zoo: Path, image: np.ndarray) -> dict[str, Any]:
     for role in ROLES:
         rows, reference = {}, None
         for dtype in ("float32", "float16", "bfloat16"):
-            cfg = apply_overrides(EngineConfig(), ["models.device=cuda", f"models.dtype={dtype}"]
-                                  + (["models.inpaint.options.steps=4"] if role == "inpaint" else []))
+            cfg = apply_overrides(
+                EngineConfig(),
+                ["models.device=cuda", f"models.dtype={dtype}"]
+                + (["models.inpaint.options.steps=4"] if role == "inpaint" else []),
+            )
             result, rows[dtype], model = measure(role, cfg, zoo, image, reference)
             reference = reference or result
             del model
@@ -119,7 +123,11 @@ def check_runtimes(zoo: Path, image: np.ndarray, work: Path, compile_too: bool) 
     for role in ("segmenter", "inpaint"):
         rows, reference = {}, None
         for runtime in ["eager", *formats]:
-            options = [] if runtime == "eager" else [f"models.{role}.options.runtime={runtime}", f"models.{role}.options.artifacts={work}"]
+            options = (
+                []
+                if runtime == "eager"
+                else [f"models.{role}.options.runtime={runtime}", f"models.{role}.options.artifacts={work}"]
+            )
             if role == "inpaint":
                 options.append("models.inpaint.options.steps=4")
             cfg = apply_overrides(EngineConfig(), ["models.device=cuda", *options])
@@ -152,7 +160,9 @@ def check_mining() -> dict[str, Any]:
 def check_engine(zoo: Path, image: np.ndarray) -> dict[str, Any]:
     from int_engine import IntEngine
 
-    cfg = apply_overrides(EngineConfig(iterations=2), ["models.device=cuda", "models.dtype=float16", "models.inpaint.options.steps=10"])
+    cfg = apply_overrides(
+        EngineConfig(iterations=2), ["models.device=cuda", "models.dtype=float16", "models.inpaint.options.steps=10"]
+    )
     with IntEngine(cfg, models_dir=zoo) as engine:
         engine.segment(image)  # warm-up
         result, seconds, peak = timed(lambda: engine.segment(image))

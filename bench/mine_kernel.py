@@ -79,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         diff = max((g - r).abs().max().item() for g, r in zip(got[1:], ref[1:]))
         t_ref = median_ms(lambda: mine(sb, sa, hist), args.runs)
         t_fused = median_ms(lambda: mine_fused(sb, sa, hist), args.runs)
-        print(f"{f'{b}x{v}x{c}':>14} {t_ref:10.4f} {t_fused:10.4f} {t_ref / t_fused:6.1f}x  {diff:10.2e}  "
-              f"{torch.equal(got[0], ref[0])}")
+        print(
+            f"{f'{b}x{v}x{c}':>14} {t_ref:10.4f} {t_fused:10.4f} {t_ref / t_fused:6.1f}x  {diff:10.2e}  "
+            f"{torch.equal(got[0], ref[0])}"
+        )
     return 0
 
 

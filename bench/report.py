@@ -26,8 +26,16 @@ EXTRAS = (("wFm", "wFβ ↑", False), ("maxFm", "maxFβ ↑", False), ("Dice", "
 GALLERY_MAX = 6  # images per best / worst list
 
 
-def write_reports(out: Path, dataset: Dataset, pairs: list[Pair], done: dict[str, dict], wall: float, processed: int,
-                  work: dict[str, float] | None = None, image_iterations: int = 0) -> dict[str, Any]:
+def write_reports(
+    out: Path,
+    dataset: Dataset,
+    pairs: list[Pair],
+    done: dict[str, dict],
+    wall: float,
+    processed: int,
+    work: dict[str, float] | None = None,
+    image_iterations: int = 0,
+) -> dict[str, Any]:
     """Score the saved predictions and write metrics.csv, curves.npz, summary.json, summary.md
     and report.html; returns the summary.
 
@@ -87,8 +95,9 @@ def write_reports(out: Path, dataset: Dataset, pairs: list[Pair], done: dict[str
     return summary
 
 
-def _record_session(out: Path, images: int, seconds: float, work: dict[str, float] | None = None,
-                    image_iterations: int = 0) -> list[dict[str, Any]]:
+def _record_session(
+    out: Path, images: int, seconds: float, work: dict[str, float] | None = None, image_iterations: int = 0
+) -> list[dict[str, Any]]:
     """Append this session's (images, wall seconds, work counters over its image-iterations) to
     RUN/sessions.jsonl; return all sessions."""
     path = out / "sessions.jsonl"
@@ -126,21 +135,27 @@ def stage_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def _counts(summary: dict[str, Any]) -> str:
-    return (f"{summary['scored']} of {summary['images']} images scored; {len(summary['failed'])} failed"
-            + (f"; {len(summary['unpaired_images'])} images without GT" if summary["unpaired_images"] else "")
-            + f"; {len(summary['empty_masks'])} with an empty binary mask.")
+    return (
+        f"{summary['scored']} of {summary['images']} images scored; {len(summary['failed'])} failed"
+        + (f"; {len(summary['unpaired_images'])} images without GT" if summary["unpaired_images"] else "")
+        + f"; {len(summary['empty_masks'])} with an empty binary mask."
+    )
 
 
 def _throughput(summary: dict[str, Any]) -> str:
     t = summary["throughput"]
-    return (f"Throughput: {t['images_per_s']:.3f} images/s ({t['seconds_per_image']:.2f} s/image wall clock; "
-            f"latency {t['latency_seconds_per_image']:.2f} s/image in flight), peak RSS {t['peak_rss_mb']:.0f} MB.")
+    return (
+        f"Throughput: {t['images_per_s']:.3f} images/s ({t['seconds_per_image']:.2f} s/image wall clock; "
+        f"latency {t['latency_seconds_per_image']:.2f} s/image in flight), peak RSS {t['peak_rss_mb']:.0f} MB."
+    )
 
 
 def _work(summary: dict[str, Any]) -> str:
-    return ("Work per image-iteration: "
-            + (", ".join(f"{k} {v:.4g}" for k, v in summary.get("work_per_image_iteration", {}).items()) or "not counted")
-            + ".")
+    return (
+        "Work per image-iteration: "
+        + (", ".join(f"{k} {v:.4g}" for k, v in summary.get("work_per_image_iteration", {}).items()) or "not counted")
+        + "."
+    )
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -150,7 +165,7 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]
 def markdown(summary: dict[str, Any]) -> str:
     """RUN/summary.md: the metric table, counts, throughput, work and the per-stage table."""
     lines = [
-        f"# int-engine bench: {summary['dataset']} (task: \"{summary['task']}\")",
+        f'# int-engine bench: {summary["dataset"]} (task: "{summary["task"]}")',
         "",
         *_md_table(*metric_table(summary)),
         "",
@@ -184,14 +199,17 @@ def svg_bars(items: Sequence[tuple[str, float]], unit: str, width: int = 560) ->
     for i, (label, v) in enumerate(items):
         y = gap + i * (bar + gap)
         w = (width - left - right) * max(v, 0.0) / top
-        parts.append(f'<text x="{left - 6}" y="{y + 13}" text-anchor="end" font-size="12">{html.escape(label)}</text>'
-                     f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar}" fill="#4a7fb5"><title>{v:.4g} {unit}</title></rect>'
-                     f'<text x="{left + w + 4:.1f}" y="{y + 13}" font-size="12">{v:.3f} {html.escape(unit)}</text>')
+        parts.append(
+            f'<text x="{left - 6}" y="{y + 13}" text-anchor="end" font-size="12">{html.escape(label)}</text>'
+            f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar}" fill="#4a7fb5"><title>{v:.4g} {unit}</title></rect>'
+            f'<text x="{left + w + 4:.1f}" y="{y + 13}" font-size="12">{v:.3f} {html.escape(unit)}</text>'
+        )
     return "".join(parts) + "</svg>"
 
 
-def svg_curve(x: np.ndarray, y: np.ndarray, xlabel: str, ylabel: str, mark: tuple[float, float, str] | None = None,
-              size: int = 300) -> str:
+def svg_curve(
+    x: np.ndarray, y: np.ndarray, xlabel: str, ylabel: str, mark: tuple[float, float, str] | None = None, size: int = 300
+) -> str:
     """A line plot on [0, 1] x [0, 1] as inline SVG, with axes, ticks and an optional marked point."""
     pad = 40
     span = size - 2 * pad
@@ -199,25 +217,35 @@ def svg_curve(x: np.ndarray, y: np.ndarray, xlabel: str, ylabel: str, mark: tupl
     def px(u: float, v: float) -> tuple[float, float]:
         return pad + span * u, size - pad - span * v
 
-    parts = [f'<svg width="{size}" height="{size}" role="img">',
-             f'<rect x="{pad}" y="{pad}" width="{span}" height="{span}" fill="none" stroke="#999"/>']
+    parts = [
+        f'<svg width="{size}" height="{size}" role="img">',
+        f'<rect x="{pad}" y="{pad}" width="{span}" height="{span}" fill="none" stroke="#999"/>',
+    ]
     for t in (0.0, 0.25, 0.5, 0.75, 1.0):
         (gx, gy0), (_, gy1) = px(t, 0), px(t, 1)
-        parts.append(f'<line x1="{gx:.1f}" y1="{gy0:.1f}" x2="{gx:.1f}" y2="{gy1:.1f}" stroke="#eee"/>'
-                     f'<text x="{gx:.1f}" y="{gy0 + 14:.1f}" font-size="10" text-anchor="middle">{t:g}</text>')
+        parts.append(
+            f'<line x1="{gx:.1f}" y1="{gy0:.1f}" x2="{gx:.1f}" y2="{gy1:.1f}" stroke="#eee"/>'
+            f'<text x="{gx:.1f}" y="{gy0 + 14:.1f}" font-size="10" text-anchor="middle">{t:g}</text>'
+        )
         (hx0, hy), (hx1, _) = px(0, t), px(1, t)
-        parts.append(f'<line x1="{hx0:.1f}" y1="{hy:.1f}" x2="{hx1:.1f}" y2="{hy:.1f}" stroke="#eee"/>'
-                     f'<text x="{hx0 - 4:.1f}" y="{hy + 3:.1f}" font-size="10" text-anchor="end">{t:g}</text>')
+        parts.append(
+            f'<line x1="{hx0:.1f}" y1="{hy:.1f}" x2="{hx1:.1f}" y2="{hy:.1f}" stroke="#eee"/>'
+            f'<text x="{hx0 - 4:.1f}" y="{hy + 3:.1f}" font-size="10" text-anchor="end">{t:g}</text>'
+        )
     ok = np.isfinite(x) & np.isfinite(y)
     points = " ".join("{:.1f},{:.1f}".format(*px(float(u), float(v))) for u, v in zip(x[ok], y[ok]))
     parts.append(f'<polyline points="{points}" fill="none" stroke="#c0392b" stroke-width="1.5"/>')
     if mark is not None:
         mx, my = px(mark[0], mark[1])
-        parts.append(f'<circle cx="{mx:.1f}" cy="{my:.1f}" r="3.5" fill="#222"/>'
-                     f'<text x="{mx + 6:.1f}" y="{my - 6:.1f}" font-size="11">{html.escape(mark[2])}</text>')
-    parts.append(f'<text x="{size / 2}" y="{size - 6}" font-size="12" text-anchor="middle">{html.escape(xlabel)}</text>'
-                 f'<text x="12" y="{size / 2}" font-size="12" text-anchor="middle" '
-                 f'transform="rotate(-90 12 {size / 2})">{html.escape(ylabel)}</text>')
+        parts.append(
+            f'<circle cx="{mx:.1f}" cy="{my:.1f}" r="3.5" fill="#222"/>'
+            f'<text x="{mx + 6:.1f}" y="{my - 6:.1f}" font-size="11">{html.escape(mark[2])}</text>'
+        )
+    parts.append(
+        f'<text x="{size / 2}" y="{size - 6}" font-size="12" text-anchor="middle">{html.escape(xlabel)}</text>'
+        f'<text x="12" y="{size / 2}" font-size="12" text-anchor="middle" '
+        f'transform="rotate(-90 12 {size / 2})">{html.escape(ylabel)}</text>'
+    )
     return "".join(parts) + "</svg>"
 
 
@@ -265,9 +293,11 @@ def _gallery_row(out: Path, row: dict, metrics: dict[str, float]) -> str:
     cells = "".join(f'<td><img src="{_thumb(a)}" alt=""></td>' for a in (rgb, gt, pred, over))
     picks = " → ".join(html.escape(p) for p in row["picks"])
     masks = " → ".join(f"{m:.2f} / {100 * a:.1f}%" for m, a in zip(row.get("soft_max", []), row.get("binary_area", [])))
-    return (f'<tr class="image" data-name="{html.escape(row["name"])}">{cells}<td><b>{html.escape(row["name"])}</b><br>'
-            f"Sα {metrics['Sm']:.3f}, MAE {metrics['MAE']:.3f}, Dice {metrics['Dice']:.3f}, IoU {metrics['IoU']:.3f}"
-            f"<br>picked: {picks}<br>soft max / binary area: {masks}</td></tr>")
+    return (
+        f'<tr class="image" data-name="{html.escape(row["name"])}">{cells}<td><b>{html.escape(row["name"])}</b><br>'
+        f"Sα {metrics['Sm']:.3f}, MAE {metrics['MAE']:.3f}, Dice {metrics['Dice']:.3f}, IoU {metrics['IoU']:.3f}"
+        f"<br>picked: {picks}<br>soft max / binary area: {masks}</td></tr>"
+    )
 
 
 def _gallery(out: Path, title: str, rows: list[dict], per_image: dict[str, dict[str, float]], cls: str) -> str:
@@ -278,13 +308,20 @@ def _gallery(out: Path, title: str, rows: list[dict], per_image: dict[str, dict[
     return f'<h2>{html.escape(title)}</h2><table class="gallery {cls}"><thead>{head}</thead><tbody>{body}</tbody></table>'
 
 
-def html_report(out: Path, summary: dict[str, Any], pairs: list[Pair], done: dict[str, dict],
-                per_image: dict[str, dict[str, float]], curves: dict[str, np.ndarray] | None) -> str:
+def html_report(
+    out: Path,
+    summary: dict[str, Any],
+    pairs: list[Pair],
+    done: dict[str, dict],
+    per_image: dict[str, dict[str, float]],
+    curves: dict[str, np.ndarray] | None,
+) -> str:
     """One page, no network: tables, the per-stage and curve charts, the worst and best images by Sα.
 
     ``per_image``: GT name -> metrics of the scored images (``Scores.per_image``); ``curves``:
     ``Scores.curves`` (None when nothing was scored).
     """
+
     def sm_key(r: dict) -> tuple[int, float]:
         sm = per_image[r["name"]]["Sm"]
         return (0, 0.0) if math.isnan(sm) else (1, sm)  # a NaN Sα (PySODMetrics' quirk) ranks worst
@@ -295,8 +332,9 @@ def html_report(out: Path, summary: dict[str, Any], pairs: list[Pair], done: dic
 
     by_stage = summary["throughput"]["seconds_per_image_by_stage"]
     stages = sorted(by_stage.items(), key=lambda kv: (STAGES.index(kv[0]) if kv[0] in STAGES else len(STAGES), kv[0]))
-    failed = "".join(f"<li><code>{html.escape(f['image'])}</code>: {html.escape(f['error'] or '')}</li>"
-                     for f in summary["failed"])
+    failed = "".join(
+        f"<li><code>{html.escape(f['image'])}</code>: {html.escape(f['error'] or '')}</li>" for f in summary["failed"]
+    )
     name = html.escape(summary["dataset"])
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>int-engine bench: {name}</title>
@@ -304,7 +342,7 @@ def html_report(out: Path, summary: dict[str, Any], pairs: list[Pair], done: dic
 table.grid{{border-collapse:collapse}} table.grid td,table.grid th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
 table.grid td:first-child{{text-align:left}} .charts svg{{margin-right:2em}}</style>
 </head><body>
-<h1>int-engine bench: {name} (task: "{html.escape(summary['task'])}")</h1>
+<h1>int-engine bench: {name} (task: "{html.escape(summary["task"])}")</h1>
 {_html_table(*metric_table(summary))}
 <p>{html.escape(_counts(summary))}</p>
 <p>{html.escape(_throughput(summary))}</p>
@@ -312,8 +350,8 @@ table.grid td:first-child{{text-align:left}} .charts svg{{margin-right:2em}}</st
 <h2>Seconds per image by stage</h2>
 {svg_bars(stages, "s")}
 {_html_table(*stage_table(summary))}
-{'<h2>Precision–recall and Fβ against threshold</h2>' + curve_charts(curves) if curves is not None else ''}
-{'<h2>Failed images</h2><ul>' + failed + '</ul>' if failed else ''}
+{"<h2>Precision–recall and Fβ against threshold</h2>" + curve_charts(curves) if curves is not None else ""}
+{"<h2>Failed images</h2><ul>" + failed + "</ul>" if failed else ""}
 {_gallery(out, f"Worst {len(worst)} by Sα", worst, per_image, "worst")}
 {_gallery(out, f"Best {len(best)} by Sα", best, per_image, "best")}
 </body></html>

@@ -64,8 +64,12 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile("w+", prefix="serve_load-", suffix=".log", delete=False)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "int_engine.cli", "serve", "--port", str(self.port), *args],
-                                     env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "int_engine.cli", "serve", "--port", str(self.port), *args],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         self.ready_timeout_s = ready_timeout_s
 
     def wait_ready(self) -> None:
@@ -166,7 +170,7 @@ def process_cpu_s(pid: int) -> float | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()  # after "(comm)", which may hold spaces
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "(comm)", which may hold spaces
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -238,12 +242,20 @@ def level_figures(runs: list[LevelRun], side: dict[str, list[float]], requests: 
         for st in r.statuses:
             statuses[str(st)] = statuses.get(str(st), 0) + 1
     return {
-        "concurrency": runs[0].concurrency, "requests": requests * len(runs),
-        "images_per_s": statistics.median(ips), "images_per_s_runs": ips,
-        "latency_s": {"p50": percentile(ok_lat, 50), "p95": percentile(ok_lat, 95), "p99": percentile(ok_lat, 99),
-                      "mean": statistics.fmean(ok_lat) if ok_lat else float("nan")},
-        "non_200": sum(len(r.statuses) - r.ok for r in runs), "statuses": statuses,
-        "segment_many_images_per_s": statistics.median(lib_ips), "segment_many_images_per_s_runs": lib_ips,
+        "concurrency": runs[0].concurrency,
+        "requests": requests * len(runs),
+        "images_per_s": statistics.median(ips),
+        "images_per_s_runs": ips,
+        "latency_s": {
+            "p50": percentile(ok_lat, 50),
+            "p95": percentile(ok_lat, 95),
+            "p99": percentile(ok_lat, 99),
+            "mean": statistics.fmean(ok_lat) if ok_lat else float("nan"),
+        },
+        "non_200": sum(len(r.statuses) - r.ok for r in runs),
+        "statuses": statuses,
+        "segment_many_images_per_s": statistics.median(lib_ips),
+        "segment_many_images_per_s_runs": lib_ips,
         "ratio": statistics.median(a / b for a, b in zip(ips, lib_ips)),
         **{name: median_or_none(values) for name, values in side.items() if name != "segment_many_s"},
     }
@@ -255,18 +267,26 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def print_table(levels: list[dict[str, Any]]) -> None:
     """Throughput and latency per level, then where the CPU goes (ms per image)."""
-    print(f"{'clients':>7s} {'service img/s':>13s} {'p50 s':>7s} {'p95 s':>7s} {'p99 s':>7s} {'non-200':>7s} "
-          f"{'segment_many img/s':>18s} {'ratio':>6s}")
+    print(
+        f"{'clients':>7s} {'service img/s':>13s} {'p50 s':>7s} {'p95 s':>7s} {'p99 s':>7s} {'non-200':>7s} "
+        f"{'segment_many img/s':>18s} {'ratio':>6s}"
+    )
     for f in levels:
         lat = f["latency_s"]
-        print(f"{f['concurrency']:7d} {f['images_per_s']:13.3f} {lat['p50']:7.3f} {lat['p95']:7.3f} {lat['p99']:7.3f} "
-              f"{f['non_200']:7d} {f['segment_many_images_per_s']:18.3f} {f['ratio']:6.2f}")
-    print(f"{'clients':>7s} {'images/segmenter batch':>22s} {'segment_many':>12s} {'CPU ms/image: server':>20s} "
-          f"{'client':>7s} {'segment_many':>12s}")
+        print(
+            f"{f['concurrency']:7d} {f['images_per_s']:13.3f} {lat['p50']:7.3f} {lat['p95']:7.3f} {lat['p99']:7.3f} "
+            f"{f['non_200']:7d} {f['segment_many_images_per_s']:18.3f} {f['ratio']:6.2f}"
+        )
+    print(
+        f"{'clients':>7s} {'images/segmenter batch':>22s} {'segment_many':>12s} {'CPU ms/image: server':>20s} "
+        f"{'client':>7s} {'segment_many':>12s}"
+    )
     for f in levels:
-        print(f"{f['concurrency']:7d} {_fmt(f['server_images_per_segmenter_batch'], '22.2f')} "
-              f"{_fmt(f['segment_many_images_per_segmenter_batch'], '12.2f')} {_fmt(f['server_cpu_ms_per_image'], '20.1f')} "
-              f"{_fmt(f['client_cpu_ms_per_request'], '7.1f')} {_fmt(f['segment_many_cpu_ms_per_image'], '12.1f')}")
+        print(
+            f"{f['concurrency']:7d} {_fmt(f['server_images_per_segmenter_batch'], '22.2f')} "
+            f"{_fmt(f['segment_many_images_per_segmenter_batch'], '12.2f')} {_fmt(f['server_cpu_ms_per_image'], '20.1f')} "
+            f"{_fmt(f['client_cpu_ms_per_request'], '7.1f')} {_fmt(f['segment_many_cpu_ms_per_image'], '12.1f')}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -295,8 +315,15 @@ def main(argv: list[str] | None = None) -> int:
     scenes = [make_scene(s, *args.size)[0] for s in range(args.images)]
     data = [png_bytes(im) for im in scenes]  # encoded once: the clients send bytes, not pixels
     images = [scenes[k % args.images] for k in range(args.requests)]  # what the sweep sends, in order
-    server_args = ["--models", str(zoo), "--iterations", str(args.iterations), "--max-queue", str(args.max_queue),
-                   *[a for kv in args.set for a in ("--set", kv)]]
+    server_args = [
+        "--models",
+        str(zoo),
+        "--iterations",
+        str(args.iterations),
+        "--max-queue",
+        str(args.max_queue),
+        *[a for kv in args.set for a in ("--set", kv)],
+    ]
 
     server = ServerProcess(server_args)  # starts loading while the library loads here
     library: Library | None = None
@@ -304,9 +331,20 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[int, list[LevelRun]] = {n: [] for n in args.levels}
     # per level, one value per repeat; CPU seconds say where the time goes, and they move less
     # than wall seconds when other work shares the machine
-    side: dict[int, dict[str, list[float]]] = {n: {k: [] for k in (
-        "segment_many_s", "server_images_per_segmenter_batch", "segment_many_images_per_segmenter_batch",
-        "server_cpu_ms_per_image", "client_cpu_ms_per_request", "segment_many_cpu_ms_per_image")} for n in args.levels}
+    side: dict[int, dict[str, list[float]]] = {
+        n: {
+            k: []
+            for k in (
+                "segment_many_s",
+                "server_images_per_segmenter_batch",
+                "segment_many_images_per_segmenter_batch",
+                "server_cpu_ms_per_image",
+                "client_cpu_ms_per_request",
+                "segment_many_cpu_ms_per_image",
+            )
+        }
+        for n in args.levels
+    }
     try:
         library = Library(cfg, zoo)
         library.run(images[: args.warmup])
@@ -335,8 +373,11 @@ def main(argv: list[str] | None = None) -> int:
                 f["segment_many_cpu_ms_per_image"].append(1e3 * (own_cpu_s() - c0) / args.requests)
                 f["segment_many_s"].append(seconds)
                 f["segment_many_images_per_segmenter_batch"].append(per_batch)
-                print(f"  {n:3d} clients: service {run.ok / run.wall_s:7.3f} images/s, segment_many "
-                      f"{args.requests / seconds:7.3f} images/s", file=sys.stderr)
+                print(
+                    f"  {n:3d} clients: service {run.ok / run.wall_s:7.3f} images/s, segment_many "
+                    f"{args.requests / seconds:7.3f} images/s",
+                    file=sys.stderr,
+                )
     finally:
         exit_code = server.stop()
         if exit_code != 0:
@@ -351,14 +392,25 @@ def main(argv: list[str] | None = None) -> int:
     same = sum(body["binary_rle"] == want[k] for k, body in answered)
     levels = [level_figures(runs[n], side[n], args.requests) for n in args.levels]
     figures = {
-        "zoo": str(zoo), "image_size": list(args.size), "iterations": args.iterations, "requests_per_level": args.requests,
-        "distinct_images": args.images, "repeats": args.repeats, "max_queue": args.max_queue,
-        "max_in_flight": cfg.max_in_flight, "overrides": args.set, "levels": levels,
-        "masks_equal": same, "masks_compared": len(answered), "server_exit_code": exit_code,
+        "zoo": str(zoo),
+        "image_size": list(args.size),
+        "iterations": args.iterations,
+        "requests_per_level": args.requests,
+        "distinct_images": args.images,
+        "repeats": args.repeats,
+        "max_queue": args.max_queue,
+        "max_in_flight": cfg.max_in_flight,
+        "overrides": args.set,
+        "levels": levels,
+        "masks_equal": same,
+        "masks_compared": len(answered),
+        "server_exit_code": exit_code,
     }
-    print(f"zoo {zoo}: {args.requests} requests per level, images {args.size[0]}x{args.size[1]}, "
-          f"{args.iterations} iteration(s), max_in_flight {cfg.max_in_flight}, max_queue {args.max_queue}, "
-          f"medians of {args.repeats} repeat(s)")
+    print(
+        f"zoo {zoo}: {args.requests} requests per level, images {args.size[0]}x{args.size[1]}, "
+        f"{args.iterations} iteration(s), max_in_flight {cfg.max_in_flight}, max_queue {args.max_queue}, "
+        f"medians of {args.repeats} repeat(s)"
+    )
     print_table(levels)
     print(f"binary masks equal to the library's: {same} of {len(answered)}; server exit code {exit_code}")
     if args.json:

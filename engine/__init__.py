@@ -17,6 +17,15 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "EngineConfig", "ModelsConfig", "RoleConfig", "apply_overrides", "preset_config",
-    "ConfigError", "ImageError", "IntEngineError", "ModelLoadError", "IntEngine", "__version__",
+    "EngineConfig",
+    "ModelsConfig",
+    "RoleConfig",
+    "apply_overrides",
+    "preset_config",
+    "ConfigError",
+    "ImageError",
+    "IntEngineError",
+    "ModelLoadError",
+    "IntEngine",
+    "__version__",
 ]

@@ -48,8 +48,13 @@ class IntEngine:
     flight, so calls from many threads or an event loop share the model batches.
     """
 
-    def __init__(self, config: EngineConfig | None = None, models_dir: str | Path | None = None, models: Models | None = None,
-                 max_queue: int = 256) -> None:
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        models_dir: str | Path | None = None,
+        models: Models | None = None,
+        max_queue: int = 256,
+    ) -> None:
         self.config = config or EngineConfig()
         self.models = models if models is not None else load_models(self.config.models, models_dir)
         self.max_queue = max_queue
@@ -89,8 +94,9 @@ class IntEngine:
         """The image file at ``path`` at this engine's working size (``config.max_side``,
         ``min_side``, ``max_aspect``); ``keep_original`` also keeps its decoded pixels, uint8
         [H, W, 3] at the stored size, as ``.original`` (for overlays). Raises ImageError."""
-        return read_image(path, self.config.max_side, self.config.min_side, keep_original=keep_original,
-                          max_aspect=self.config.max_aspect)
+        return read_image(
+            path, self.config.max_side, self.config.min_side, keep_original=keep_original, max_aspect=self.config.max_aspect
+        )
 
     def load(self, image: ImageInput, source: str | None = None) -> LoadedImage:
         """Any accepted input as the pipeline's ``LoadedImage``: a path is read, uint8 [H, W, 3]
@@ -106,10 +112,13 @@ class IntEngine:
             return from_pil(image, c.max_side, c.min_side, c.max_aspect, source or "<PIL image>")
         if isinstance(image, np.ndarray):
             return from_pixels(image, c.max_side, c.min_side, c.max_aspect, source or "<array>")
-        raise TypeError(f"{source or 'image'}: expected a path, uint8 [H, W, 3] array, PIL image or LoadedImage, "
-                        f"got {type(image).__name__}")
+        raise TypeError(
+            f"{source or 'image'}: expected a path, uint8 [H, W, 3] array, PIL image or LoadedImage, got {type(image).__name__}"
+        )
 
-    def submit(self, image: ImageInput, source: str | None = None, block: bool = False, **options: Any) -> "Future[pipeline.Result]":
+    def submit(
+        self, image: ImageInput, source: str | None = None, block: bool = False, **options: Any
+    ) -> "Future[pipeline.Result]":
         """Queue one image; its ``Future`` completes with the ``Result`` (or the image's error).
 
         ``options`` are this request's algorithm settings (``config.REQUEST_OPTIONS``: task,
@@ -133,9 +142,11 @@ class IntEngine:
         shares the core's batches with whatever else is in flight."""
         return self.submit(image, block=True, **options).result()
 
-    def segment_many(self, images: Iterable[ImageInput | tuple[str, Any]] | Mapping[str, Any],
-                     load: Callable[[Any, str], LoadedImage] | None = None
-                     ) -> Iterator[tuple[str, pipeline.Result | Exception]]:
+    def segment_many(
+        self,
+        images: Iterable[ImageInput | tuple[str, Any]] | Mapping[str, Any],
+        load: Callable[[Any, str], LoadedImage] | None = None,
+    ) -> Iterator[tuple[str, pipeline.Result | Exception]]:
         """Segment many images through the scheduler (``config.max_in_flight`` at once, one
         batch per model per tick). Yields ``(key, Result)`` as images finish, in completion
         order, or ``(key, error)`` for an image that cannot be read or fails; the others go on.

@@ -143,8 +143,9 @@ class ModelCall:
         return self.kind.label
 
 
-def mine(s_before: "torch.Tensor", s_after: "torch.Tensor", history: "torch.Tensor", eps: float
-         ) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+def mine(
+    s_before: "torch.Tensor", s_after: "torch.Tensor", history: "torch.Tensor", eps: float
+) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
     """``mining.mine`` (float [B, V, C] scores, [B, C] history -> pick [B], scores and new history
     [B, C]), imported on first use so that importing this module does not import torch."""
     from .mining import mine as reference
@@ -163,8 +164,10 @@ def run_model(models: Models, call: ModelCall) -> Any:
 
 def run_each(models: Models, call: ModelCall) -> Any:
     """Execute a call one request at a time (the sequential reference's way)."""
-    parts = [run_model(models, ModelCall(call.stage, call.role, call.method, tuple([it[j]] for it in call.items), call.params))
-             for j in range(call.size)]
+    parts = [
+        run_model(models, ModelCall(call.stage, call.role, call.method, tuple([it[j]] for it in call.items), call.params))
+        for j in range(call.size)
+    ]
     return concat(parts)
 
 

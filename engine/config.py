@@ -65,7 +65,7 @@ class ModelsConfig:
 
     @property
     def sync_device(self) -> str:
-        """"cuda" when any role runs on a CUDA device (timers then synchronise the GPU), else "cpu"."""
+        """ "cuda" when any role runs on a CUDA device (timers then synchronise the GPU), else "cpu"."""
         return "cuda" if any(self.device_of(r).startswith("cuda") for r in ROLES) else "cpu"
 
 
@@ -326,8 +326,10 @@ def request_config(base: EngineConfig, **options: Any) -> EngineConfig:
     cannot be set per request."""
     unknown = [k for k in options if k not in REQUEST_OPTIONS]
     if unknown:
-        raise ConfigError(f"unknown request option {unknown[0]!r}{_did_you_mean(unknown[0], REQUEST_OPTIONS)}; "
-                          f"allowed: {', '.join(REQUEST_OPTIONS)}")
+        raise ConfigError(
+            f"unknown request option {unknown[0]!r}{_did_you_mean(unknown[0], REQUEST_OPTIONS)}; "
+            f"allowed: {', '.join(REQUEST_OPTIONS)}"
+        )
     cfg = base
     if options.get("preset") is not None:
         cfg = preset_config(options["preset"], cfg)
@@ -342,8 +344,10 @@ def request_config(base: EngineConfig, **options: Any) -> EngineConfig:
             data[key] = options[key]
     for switch, state in (options.get("ablation") or {}).items():
         if switch not in ABLATION_SWITCHES:
-            raise ConfigError(f"unknown ablation switch {switch!r}{_did_you_mean(switch, ABLATION_SWITCHES)}; "
-                              f"allowed: {', '.join(ABLATION_SWITCHES)}")
+            raise ConfigError(
+                f"unknown ablation switch {switch!r}{_did_you_mean(switch, ABLATION_SWITCHES)}; "
+                f"allowed: {', '.join(ABLATION_SWITCHES)}"
+            )
         if not isinstance(state, bool):
             raise ConfigError(f"ablation {switch} must be true or false, got {state!r}")
         data[switch] = state

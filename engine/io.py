@@ -42,8 +42,9 @@ class LoadedImage:
     original: np.ndarray | None = None
 
 
-def read_image(path: str | Path, max_side: int = 1536, min_side: int = 32, keep_original: bool = False,
-               max_aspect: float = MAX_ASPECT) -> LoadedImage:
+def read_image(
+    path: str | Path, max_side: int = 1536, min_side: int = 32, keep_original: bool = False, max_aspect: float = MAX_ASPECT
+) -> LoadedImage:
     """Decode ``path`` to RGB uint8 and resize it to the working size: one scale for both
     sides (the aspect ratio is kept), chosen so that the frame the pipeline pads the image to
     (``padded_shape`` with ``max_aspect``) has its long side at most ``max_side`` (area
@@ -76,13 +77,17 @@ def read_image(path: str | Path, max_side: int = 1536, min_side: int = 32, keep_
     original = rgb.shape[:2]
     pixels = _working_size(rgb, max_side, min_side, conversions, max_aspect)
     return LoadedImage(
-        str(p), np.ascontiguousarray(pixels), (int(original[0]), int(original[1])), tuple(conversions),
+        str(p),
+        np.ascontiguousarray(pixels),
+        (int(original[0]), int(original[1])),
+        tuple(conversions),
         rgb if keep_original else None,
     )
 
 
-def from_pixels(pixels: np.ndarray, max_side: int = 1536, min_side: int = 32, max_aspect: float = MAX_ASPECT,
-                source: str = "<array>") -> LoadedImage:
+def from_pixels(
+    pixels: np.ndarray, max_side: int = 1536, min_side: int = 32, max_aspect: float = MAX_ASPECT, source: str = "<array>"
+) -> LoadedImage:
     """uint8 [H, W, 3] RGB pixels as ``read_image`` would load them from a file holding them:
     resized to the same working size, so an array and its PNG give the same masks, and
     ``max_side`` bounds an array's memory as it bounds a file's."""
@@ -96,8 +101,9 @@ def from_pixels(pixels: np.ndarray, max_side: int = 1536, min_side: int = 32, ma
     return LoadedImage(source, np.ascontiguousarray(working), (int(arr.shape[0]), int(arr.shape[1])), tuple(conversions))
 
 
-def from_pil(image: Image.Image, max_side: int = 1536, min_side: int = 32, max_aspect: float = MAX_ASPECT,
-             source: str = "<PIL image>") -> LoadedImage:
+def from_pil(
+    image: Image.Image, max_side: int = 1536, min_side: int = 32, max_aspect: float = MAX_ASPECT, source: str = "<PIL image>"
+) -> LoadedImage:
     """A PIL image as ``read_image`` would load the file it came from: the same conversions to
     RGB uint8 [H, W, 3] (recorded), then ``from_pixels``'s working size."""
     conversions: list[str] = []
@@ -142,8 +148,9 @@ def _to_rgb(im: Image.Image, conversions: list[str]) -> np.ndarray:
     return arr
 
 
-def _working_size(rgb: np.ndarray, max_side: int, min_side: int, conversions: list[str],
-                  max_aspect: float = MAX_ASPECT) -> np.ndarray:
+def _working_size(
+    rgb: np.ndarray, max_side: int, min_side: int, conversions: list[str], max_aspect: float = MAX_ASPECT
+) -> np.ndarray:
     """uint8 [H, W, 3] -> uint8 [h, w, 3] at one scale for both sides.
 
     The bounds apply to the padded frame (``padded_shape``), not to the image itself: a
@@ -242,9 +249,11 @@ def padding_note(region: Region, frame: tuple[int, int], max_aspect: float) -> s
     ph, pw = frame
     if (ph, pw) == (h, w):
         return ""
-    return (f"padded {w}x{h} -> {pw}x{ph} (aspect <= {max_aspect:g}, short side >= min_side) with the image's mean "
-            f"colour, image at x={left}, y={top}; views and boxes in this trace are in the padded frame, "
-            f"masks are cropped back to {w}x{h}")
+    return (
+        f"padded {w}x{h} -> {pw}x{ph} (aspect <= {max_aspect:g}, short side >= min_side) with the image's mean "
+        f"colour, image at x={left}, y={top}; views and boxes in this trace are in the padded frame, "
+        f"masks are cropped back to {w}x{h}"
+    )
 
 
 def to_original_size(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -271,9 +280,14 @@ MASK_COLOUR = (255, 32, 32)  # RGB: the mask's contour and tint
 BOX_COLOUR = (255, 210, 0)  # RGB: the detections' boxes and the picked name's label
 
 
-def overlay(image: np.ndarray, binary: np.ndarray, color: tuple[int, int, int] = MASK_COLOUR,
-            boxes: np.ndarray | None = None, label: str | None = None,
-            box_color: tuple[int, int, int] = BOX_COLOUR) -> np.ndarray:
+def overlay(
+    image: np.ndarray,
+    binary: np.ndarray,
+    color: tuple[int, int, int] = MASK_COLOUR,
+    boxes: np.ndarray | None = None,
+    label: str | None = None,
+    box_color: tuple[int, int, int] = BOX_COLOUR,
+) -> np.ndarray:
     """The image with the binary mask's contour drawn on it and its inside lightly tinted, then
     ``boxes`` as rectangles and ``label`` (the picked name) on a filled tag at the first box's
     top-left corner (the image's, with no box).

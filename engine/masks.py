@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torchvision.ops import nms
 
 from .config import MASK_WEIGHTINGS
-from .protocols import SEGMENTER_THRESHOLD, Detections, SegmentRequest
 from .patches import View, image_boxes_to_view, view_boxes_to_image
+from .protocols import SEGMENTER_THRESHOLD, Detections, SegmentRequest
 
 
 def merge_detections(found: Sequence[Detections], views: Sequence[View], nms_iou: float) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +68,9 @@ def sam_requests(
     requests = []
     for image, view, sim in zip(view_images, views, maps):
         points, labels = clip_points(sim, n_positive, n_negative, grid)
-        requests.append(SegmentRequest(image=image, boxes=image_boxes_to_view(boxes, view, min_overlap), points=points, labels=labels))
+        requests.append(
+            SegmentRequest(image=image, boxes=image_boxes_to_view(boxes, view, min_overlap), points=points, labels=labels)
+        )
     return requests
 
 

@@ -166,8 +166,9 @@ def _pad_tick(calls: list[ModelCall]) -> tuple[torch.Tensor, torch.Tensor]:
     return scores, history
 
 
-def _to_host(pick: torch.Tensor, scores: torch.Tensor, new_history: torch.Tensor, dtype: torch.dtype
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _to_host(
+    pick: torch.Tensor, scores: torch.Tensor, new_history: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The tick's outputs on the CPU in one device->host copy: pick int64 [B], scores and
     new_history [B, C] in ``dtype`` (what ``mine`` returns on the pipeline's tensors)."""
     if scores.device.type != "cpu":
@@ -178,8 +179,9 @@ def _to_host(pick: torch.Tensor, scores: torch.Tensor, new_history: torch.Tensor
     return pick, scores.to(dtype), new_history.to(dtype)
 
 
-def mine_batch(calls: list[ModelCall], device: torch.device | str = "cpu"
-               ) -> list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+def mine_batch(
+    calls: list[ModelCall], device: torch.device | str = "cpu"
+) -> list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
     """One fused negative-mining launch for the ``Call.MINE`` calls of many images (SPEC step 6).
 
     Pads every image's [1, V, C] scores to the tick's [B, V_max, C_max] (``_pad_tick``), moves

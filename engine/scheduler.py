@@ -167,8 +167,13 @@ class Scheduler:
                 results = mining.mine_batch([j.call for j in jobs], mining.mining_device(self.config))
                 self.stats.count(first, requests=len(jobs))  # one launch, one request per image
             else:
-                merged = ModelCall(first.stage, first.role, first.method,
-                                   tuple(concat([j.call.items[i] for j in jobs]) for i in range(len(first.items))), first.params)
+                merged = ModelCall(
+                    first.stage,
+                    first.role,
+                    first.method,
+                    tuple(concat([j.call.items[i] for j in jobs]) for i in range(len(first.items))),
+                    first.params,
+                )
                 with call_range(merged):
                     results = split(self.execute(self.models, merged), [j.call.size for j in jobs])
                 self.stats.count(merged)

@@ -50,13 +50,29 @@ _TILE = MAX_VIEWS * MAX_CANDIDATES  # scores held by one program: B_block * V_bl
 
 
 def _mine_kernel(
-    sb_ptr, sa_ptr, hist_ptr, pick_ptr, scores_ptr, new_hist_ptr,
-    B, V, C,
-    sb_sb, sb_sv, sb_sc,
-    sa_sb, sa_sv, sa_sc,
-    h_sb, h_sc,
-    o_sb, o_sc,
-    EPS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr,
+    sb_ptr,
+    sa_ptr,
+    hist_ptr,
+    pick_ptr,
+    scores_ptr,
+    new_hist_ptr,
+    B,
+    V,
+    C,
+    sb_sb,
+    sb_sv,
+    sb_sc,
+    sa_sb,
+    sa_sv,
+    sa_sc,
+    h_sb,
+    h_sc,
+    o_sb,
+    o_sc,
+    EPS: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
     """BLOCK_B images per program: scores tile [BLOCK_B, BLOCK_V, BLOCK_C] -> pick, scores, W.
 
@@ -211,9 +227,23 @@ def mine_fused(
     tile = block_b * block_v * block_c
     num_warps = 1 if tile <= 128 else 2 if tile <= 512 else 4
     _kernel()[(triton.cdiv(b, block_b),)](
-        s_before, s_after, history, pick, scores, new_history,
-        b, v, c,
-        *s_before.stride(), *s_after.stride(), *history.stride(), *scores.stride(),
-        EPS=float(eps), BLOCK_B=block_b, BLOCK_V=block_v, BLOCK_C=block_c, num_warps=num_warps,
+        s_before,
+        s_after,
+        history,
+        pick,
+        scores,
+        new_history,
+        b,
+        v,
+        c,
+        *s_before.stride(),
+        *s_after.stride(),
+        *history.stride(),
+        *scores.stride(),
+        EPS=float(eps),
+        BLOCK_B=block_b,
+        BLOCK_V=block_v,
+        BLOCK_C=block_c,
+        num_warps=num_warps,
     )
     return pick, scores, new_history

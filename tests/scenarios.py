@@ -32,12 +32,14 @@ MIN_IOU = 0.8  # the bar for a found object, against the scene's exact ground tr
 
 def bark_world(*extra: Thing, frog_confusions: dict | None = None) -> ColourWorld:
     """Bark background; a frog; a snake the VLM "sees" in bark texture (Fig. 1)."""
-    return ColourWorld([
-        Thing("bark", (120, 80, 40), kind="background"),
-        Thing("frog", (70, 140, 50), confusions=frog_confusions or {}),
-        Thing("snake", (150, 40, 150), confusions={"bark": 0.08}),
-        *extra,
-    ])
+    return ColourWorld(
+        [
+            Thing("bark", (120, 80, 40), kind="background"),
+            Thing("frog", (70, 140, 50), confusions=frog_confusions or {}),
+            Thing("snake", (150, 40, 150), confusions={"bark": 0.08}),
+            *extra,
+        ]
+    )
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -55,8 +57,11 @@ def frog_scene(objects: list[np.ndarray], seed: int) -> tuple[ColourWorld, Scene
 
 def found(result: Result, scene: Scene, name: str = "frog") -> dict:
     """The figures every object scenario reports and checks: IoU >= MIN_IOU, soft maximum 1."""
-    figures = {"iou": round(iou(result.binary, scene.gt(name)), 3), "soft_max": round(float(result.soft.max()), 3),
-               "picks": picks(result)}
+    figures = {
+        "iou": round(iou(result.binary, scene.gt(name)), 3),
+        "soft_max": round(float(result.soft.max()), 3),
+        "picks": picks(result),
+    }
     assert figures["iou"] >= MIN_IOU, figures
     assert figures["soft_max"] == 1.0, figures
     return figures
@@ -92,7 +97,9 @@ def progressive() -> dict:
     removed only from iteration 2 on (when the dilated mask covers it): progressive mining keeps
     the frog; without it (pnm=False) the moth wins from iteration 2."""
     world = bark_world(Thing("moth", (150, 150, 190), bias=2.0))
-    scene = compose(world, "bark", [("frog", ellipse(H, W, 80, 36, 20, 14)), ("moth", ellipse(H, W, 113, 36, 10, 10))], H, W, seed=2)
+    scene = compose(
+        world, "bark", [("frog", ellipse(H, W, 80, 36, 20, 14)), ("moth", ellipse(H, W, 113, 36, 10, 10))], H, W, seed=2
+    )
     cfg = dict(iterations=3, inpaint_dilate_px=25)
     on = run(scene.image, scripted_models(world), EngineConfig(pnm=True, **cfg))
     off = run(scene.image, scripted_models(world), EngineConfig(pnm=False, **cfg))
@@ -165,8 +172,10 @@ def eq13() -> dict:
     CLIP points' positive and negative prompts fall on the same bark), a VLM without boxes gives
     no later iteration anything to remove, and the engine stays on its first (wrong) name."""
     world = bark_world()
-    scenes = [compose(world, "bark", [("frog", ellipse(H, W, cx, cy, 14, 10))], H, W, seed=s)
-              for s, (cx, cy) in enumerate([(120, 40), (40, 90), (110, 100)])]
+    scenes = [
+        compose(world, "bark", [("frog", ellipse(H, W, cx, cy, 14, 10))], H, W, seed=s)
+        for s, (cx, cy) in enumerate([(120, 40), (40, 90), (110, 100)])
+    ]
     first, final, recovered = [], [], []
     for scene in scenes:
         r = run(scene.image, scripted_models(world, gives_boxes=False), EngineConfig(iterations=4))
@@ -183,8 +192,11 @@ def eq13() -> dict:
         else:
             assert picks(r) == ["snake"] * 4 and not r.binary.any()
     assert recovered and all(gain > 0.5 for gain in recovered)
-    return {"iou_iteration_1": np.round(first, 3).tolist(), "iou_final": np.round(final, 3).tolist(),
-            "scenes_with_a_first_mask": len(recovered)}
+    return {
+        "iou_iteration_1": np.round(first, 3).tolist(),
+        "iou_final": np.round(final, 3).tolist(),
+        "scenes_with_a_first_mask": len(recovered),
+    }
 
 
 # --- objects that span views (the common case on COD10K and Kvasir) -------------------------------
@@ -260,6 +272,17 @@ def spanning_ious(seeds: range, **config) -> dict[str, list[float]]:
 
 SCENARIOS: dict[str, Callable[[], dict]] = {
     f.__name__: f
-    for f in (fig1, progressive, patches_quarter, two_instances, clip_weighting, eq13,
-              centred_large, across_centre_line, one_per_quarter, filling_most, no_object)
+    for f in (
+        fig1,
+        progressive,
+        patches_quarter,
+        two_instances,
+        clip_weighting,
+        eq13,
+        centred_large,
+        across_centre_line,
+        one_per_quarter,
+        filling_most,
+        no_object,
+    )
 }

@@ -15,11 +15,13 @@ from int_engine.testing import ColourWorld, Thing, scripted_models
 from int_engine.testing.scenes import compose, ellipse
 
 H, W = 64, 80
-WORLD = ColourWorld([
-    Thing("bark", (120, 80, 40), kind="background"),
-    Thing("frog", (70, 140, 50)),
-    Thing("snake", (150, 40, 150), confusions={"bark": 0.08}),
-])
+WORLD = ColourWorld(
+    [
+        Thing("bark", (120, 80, 40), kind="background"),
+        Thing("frog", (70, 140, 50)),
+        Thing("snake", (150, 40, 150), confusions={"bark": 0.08}),
+    ]
+)
 
 
 def scene(seed: int) -> np.ndarray:

@@ -11,11 +11,13 @@ from int_engine.testing.recorder import Recorder, same
 from int_engine.testing.scenes import compose, ellipse
 
 H, W = 128, 160
-WORLD = ColourWorld([
-    Thing("bark", (120, 80, 40), kind="background"),
-    Thing("frog", (70, 140, 50)),
-    Thing("snake", (150, 40, 150), confusions={"bark": 0.08}),
-])
+WORLD = ColourWorld(
+    [
+        Thing("bark", (120, 80, 40), kind="background"),
+        Thing("frog", (70, 140, 50)),
+        Thing("snake", (150, 40, 150), confusions={"bark": 0.08}),
+    ]
+)
 
 
 def recorded(scene, **cfg):
@@ -48,8 +50,13 @@ def test_psnm_off_removes_only_inpainting_and_scoring(big_frog):
     assert [it.pick for it in r_on.trace.iterations] == [it.pick for it in r_off.trace.iterations] == ["frog", "frog"]
     assert on.of("inpainter", "inpaint") and on.of("vlm", "score")
     assert not off.of("inpainter", "inpaint") and not off.of("vlm", "score")
-    for role, method in [("vlm", "generate"), ("detector", "detect"), ("segmenter", "segment"),
-                         ("clip", "similarity_maps"), ("clip", "image_text_similarity")]:
+    for role, method in [
+        ("vlm", "generate"),
+        ("detector", "detect"),
+        ("segmenter", "segment"),
+        ("clip", "similarity_maps"),
+        ("clip", "image_text_similarity"),
+    ]:
         assert_same_calls(on, off, role, method)
     assert np.array_equal(r_on.soft, r_off.soft)
 
@@ -57,8 +64,15 @@ def test_psnm_off_removes_only_inpainting_and_scoring(big_frog):
 def test_pnm_off_changes_only_the_weights_of_eq_6_7(hidden_frog):
     on, r_on = recorded(hidden_frog, iterations=3)
     off, r_off = recorded(hidden_frog, iterations=3, pnm=False)
-    for role, method in [("vlm", "generate"), ("vlm", "score"), ("inpainter", "inpaint"), ("detector", "detect"),
-                         ("segmenter", "segment"), ("clip", "similarity_maps"), ("clip", "image_text_similarity")]:
+    for role, method in [
+        ("vlm", "generate"),
+        ("vlm", "score"),
+        ("inpainter", "inpaint"),
+        ("detector", "detect"),
+        ("segmenter", "segment"),
+        ("clip", "similarity_maps"),
+        ("clip", "image_text_similarity"),
+    ]:
         assert_same_calls(on, off, role, method)
     for it_on, it_off in zip(r_on.trace.iterations[1:], r_off.trace.iterations[1:]):
         assert set(it_off.weights_before.values()) == {1.0}
@@ -70,8 +84,14 @@ def test_pnm_off_changes_only_the_weights_of_eq_6_7(hidden_frog):
 def test_smg_off_removes_only_the_clip_mask_weighting(hidden_frog):
     on, r_on = recorded(hidden_frog, iterations=1)
     off, r_off = recorded(hidden_frog, iterations=1, smg=False)
-    for role, method in [("vlm", "generate"), ("vlm", "score"), ("inpainter", "inpaint"), ("detector", "detect"),
-                         ("segmenter", "segment"), ("clip", "similarity_maps")]:
+    for role, method in [
+        ("vlm", "generate"),
+        ("vlm", "score"),
+        ("inpainter", "inpaint"),
+        ("detector", "detect"),
+        ("segmenter", "segment"),
+        ("clip", "similarity_maps"),
+    ]:
         assert_same_calls(on, off, role, method)
     assert on.of("clip", "image_text_similarity") and not off.of("clip", "image_text_similarity")
     view_masks = on.of("segmenter", "segment")[0].result
@@ -106,8 +126,9 @@ def test_cli_ablation_and_preset_flags_reach_the_config():
     from int_engine.cli import _config, build_parser
     from int_engine.errors import ConfigError
 
-    args = build_parser().parse_args(["segment", "x.png", "--out", "o", "--preset", "promac", "--ablation", "smg=off",
-                                      "--ablation", "hcg=off"])
+    args = build_parser().parse_args(
+        ["segment", "x.png", "--out", "o", "--preset", "promac", "--ablation", "smg=off", "--ablation", "hcg=off"]
+    )
     cfg = _config(args)
     assert (cfg.hcg, cfg.psnm, cfg.pnm, cfg.smg) == (False, True, False, False)
     args = build_parser().parse_args(["segment", "x.png", "--out", "o", "--ablation", "pnm=maybe"])

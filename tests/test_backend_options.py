@@ -13,14 +13,28 @@ import pytest
 from int_engine.config import ModelsConfig, RoleConfig
 from int_engine.errors import ConfigError
 from int_engine.models.load import (
-    BACKENDS, COMMON_PARAMS, backend_class, backend_options, check_options, load_models, load_role,
+    BACKENDS,
+    COMMON_PARAMS,
+    backend_class,
+    backend_options,
+    check_options,
+    load_models,
+    load_role,
 )
 
 PAIRS = sorted(BACKENDS)
 # One value of each kind an option may be declared with.
-SAMPLES = {int: 2, float: 1.5, bool: True, str: "x", Path: "x", type(None): None,
-           # the vllm backend's options are vllm.EngineArgs fields: mappings and lists among them
-           dict: {}, list: []}
+SAMPLES = {
+    int: 2,
+    float: 1.5,
+    bool: True,
+    str: "x",
+    Path: "x",
+    type(None): None,
+    # the vllm backend's options are vllm.EngineArgs fields: mappings and lists among them
+    dict: {},
+    list: [],
+}
 # Every file any **options backend's require_files looks for, empty: enough to reach its option check.
 STUB_FILES = ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json", "vocab.txt")
 
@@ -120,11 +134,24 @@ def test_vllm_options_are_the_installed_engine_args():
     allowed = backend_options(backend_class("vlm", "vllm"))
     fields = {f.name for f in dataclasses.fields(EngineArgs) if not f.name.startswith("_")}
     assert set(allowed) == fields - {"model", "tokenizer", "dtype"} | {"multiprocessing"}
-    check_options(config("vlm", "vllm", tensor_parallel_size=2, quantization="awq", cpu_offload_gb=4,
-                         limit_mm_per_prompt={"image": 1}, compilation_config={"mode": 0}, gpu_memory_utilization=0.5))
+    check_options(
+        config(
+            "vlm",
+            "vllm",
+            tensor_parallel_size=2,
+            quantization="awq",
+            cpu_offload_gb=4,
+            limit_mm_per_prompt={"image": 1},
+            compilation_config={"mode": 0},
+            gpu_memory_utilization=0.5,
+        )
+    )
     with pytest.raises(ConfigError, match=r"^models\.vlm\.options\.tensor_parallel_size: expected int, got str 'two'$"):
         check_options(config("vlm", "vllm", tensor_parallel_size="two"))
-    with pytest.raises(ConfigError, match=r"^models\.vlm\.options: unknown option 'tensor_paralel_size' \(did you mean 'tensor_parallel_size'\?\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^models\.vlm\.options: unknown option 'tensor_paralel_size' \(did you mean 'tensor_parallel_size'\?\)",
+    ):
         check_options(config("vlm", "vllm", tensor_paralel_size=2))
     with pytest.raises(ConfigError, match="unknown option 'model'"):  # the role's path is the model
         check_options(config("vlm", "vllm", model="/elsewhere"))

@@ -31,15 +31,18 @@ def _touch_pair(img_dir: Path, gt_dir: Path, stem: str, gt_stem: str | None = No
     cv2.imwrite(str(gt_dir / f"{gt_stem or stem}.png"), gt)
 
 
-@pytest.mark.parametrize("key,img_rel,gt_rel,gt_suffix", [
-    ("cod10k", "COD10K-v3/Test/Image", "COD10K-v3/Test/GT_Object", ""),
-    ("cod10k", "TestDataset/COD10K/Imgs", "TestDataset/COD10K/GT", ""),
-    ("camo", "CAMO-V.1.0-CVIU2019/Images/Test", "CAMO-V.1.0-CVIU2019/GT", ""),
-    ("chameleon", "CHAMELEON/Imgs", "CHAMELEON/GT", ""),
-    ("kvasir", "Kvasir-SEG/images", "Kvasir-SEG/masks", ""),
-    ("cvc-colondb", "TestDataset/CVC-ColonDB/images", "TestDataset/CVC-ColonDB/masks", ""),
-    ("isic", "ISIC2018_Task1-2_Test_Input", "ISIC2018_Task1_Test_GroundTruth", "_segmentation"),
-])
+@pytest.mark.parametrize(
+    "key,img_rel,gt_rel,gt_suffix",
+    [
+        ("cod10k", "COD10K-v3/Test/Image", "COD10K-v3/Test/GT_Object", ""),
+        ("cod10k", "TestDataset/COD10K/Imgs", "TestDataset/COD10K/GT", ""),
+        ("camo", "CAMO-V.1.0-CVIU2019/Images/Test", "CAMO-V.1.0-CVIU2019/GT", ""),
+        ("chameleon", "CHAMELEON/Imgs", "CHAMELEON/GT", ""),
+        ("kvasir", "Kvasir-SEG/images", "Kvasir-SEG/masks", ""),
+        ("cvc-colondb", "TestDataset/CVC-ColonDB/images", "TestDataset/CVC-ColonDB/masks", ""),
+        ("isic", "ISIC2018_Task1-2_Test_Input", "ISIC2018_Task1_Test_GroundTruth", "_segmentation"),
+    ],
+)
 def test_standard_layouts_are_recognised_and_paired(tmp_path, key, img_rel, gt_rel, gt_suffix):
     stems = ["COD10K-CAM-1-Aquatic-1-BatFish-1", "COD10K-CAM-2-Terrestrial-23-Cat-2"] if key == "cod10k" else ["a1", "b2"]
     for s in stems:
@@ -77,8 +80,22 @@ def test_synthetic_scenes_are_seeded_and_extend(tmp_path):
 
 def test_bench_synthetic_writes_the_run_folder_contract(tiny_zoo, tmp_path, capsys):
     run = tmp_path / "run"
-    code = main(["bench", "--dataset", "synthetic", "--data-root", str(tmp_path / "data"), "--limit", "8",
-                 "--out", str(run), "--models", str(tiny_zoo), *FAST])
+    code = main(
+        [
+            "bench",
+            "--dataset",
+            "synthetic",
+            "--data-root",
+            str(tmp_path / "data"),
+            "--limit",
+            "8",
+            "--out",
+            str(run),
+            "--models",
+            str(tiny_zoo),
+            *FAST,
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "| Dataset | M ↓ | Fβ ↑ | Eφ ↑ | Sα ↑ |" in printed
@@ -101,7 +118,11 @@ def test_bench_synthetic_writes_the_run_folder_contract(tiny_zoo, tmp_path, caps
     assert summary["empty_masks"] == [r["name"] for r in rows if r["empty_mask"]]
     assert f"{len(summary['empty_masks'])} with an empty binary mask" in (run / "summary.md").read_text()
     t = summary["throughput"]
-    assert t["images_per_s"] > 0 and t["peak_rss_mb"] > 100 and {"propose", "detect", "segment"} <= set(t["seconds_per_image_by_stage"])
+    assert (
+        t["images_per_s"] > 0
+        and t["peak_rss_mb"] > 100
+        and {"propose", "detect", "segment"} <= set(t["seconds_per_image_by_stage"])
+    )
     page = (run / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 4 * 8 and "http://" not in page and "https://" not in page
     assert page.count("soft max / binary area: ") == 8  # 8 images: best 4 and worst 4, none twice
@@ -120,23 +141,51 @@ def test_bench_synthetic_writes_the_run_folder_contract(tiny_zoo, tmp_path, caps
     assert (run / "summary.md").read_text().startswith("# int-engine bench: Synthetic")
     # model work per image-iteration (int_engine.work): 9 views through the detector, each view's map from CLIP
     w = summary["work_per_image_iteration"]
-    assert w["detector.images"] == 9 and 9 <= w["clip.images"] <= 18 and w["vlm.prefill_tokens"] > 0 and "Work per image-iteration: " in (run / "summary.md").read_text()
+    assert (
+        w["detector.images"] == 9
+        and 9 <= w["clip.images"] <= 18
+        and w["vlm.prefill_tokens"] > 0
+        and "Work per image-iteration: " in (run / "summary.md").read_text()
+    )
 
 
 def test_summary_equals_pysodmetrics_on_the_saved_pngs(tiny_zoo, tmp_path):
     from py_sod_metrics import MAE, Emeasure, Fmeasure, Smeasure, WeightedFmeasure
 
     run = tmp_path / "run"
-    assert main(["bench", "--dataset", "synthetic", "--data-root", str(tmp_path / "data"), "--limit", "3",
-                 "--out", str(run), "--models", str(tiny_zoo), *FAST]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--dataset",
+                "synthetic",
+                "--data-root",
+                str(tmp_path / "data"),
+                "--limit",
+                "3",
+                "--out",
+                str(run),
+                "--models",
+                str(tiny_zoo),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     fm, wfm, sm, em, mae = Fmeasure(), WeightedFmeasure(), Smeasure(), Emeasure(), MAE()
     for pred_path in sorted((run / "pred").glob("*.png")):
         pred = cv2.imread(str(pred_path), cv2.IMREAD_GRAYSCALE)
         gt = cv2.imread(str(tmp_path / "data/COD10K-v3/Test/GT_Object" / pred_path.name), cv2.IMREAD_GRAYSCALE)
         for m in (fm, wfm, sm, em, mae):
             m.step(pred=pred, gt=gt)
-    ref = {"MAE": mae.get_results()["mae"], "adpFm": fm.get_results()["fm"]["adp"], "maxFm": fm.get_results()["fm"]["curve"].max(),
-           "meanEm": em.get_results()["em"]["curve"].mean(), "Sm": sm.get_results()["sm"], "wFm": wfm.get_results()["wfm"]}
+    ref = {
+        "MAE": mae.get_results()["mae"],
+        "adpFm": fm.get_results()["fm"]["adp"],
+        "maxFm": fm.get_results()["fm"]["curve"].max(),
+        "meanEm": em.get_results()["em"]["curve"].mean(),
+        "Sm": sm.get_results()["sm"],
+        "wFm": wfm.get_results()["wfm"],
+    }
     # Dice / IoU in numpy: min-max normalised prediction > 0.5 against GT > 128, averaged over images
     dice, iou = [], []
     for pred_path in sorted((run / "pred").glob("*.png")):
@@ -164,8 +213,22 @@ def test_broken_files_are_recorded_and_every_good_image_scored(tiny_zoo, tmp_pat
     _touch_pair(images, masks, "badgt", ext=".png")
     (masks / "badgt.png").write_bytes(b"\x89PNG broken")
     run = tmp_path / "run"
-    code = main(["bench", "--dataset", "folder", "--images", str(images), "--masks", str(masks), "--out", str(run),
-                 "--models", str(tiny_zoo), *FAST])
+    code = main(
+        [
+            "bench",
+            "--dataset",
+            "folder",
+            "--images",
+            str(images),
+            "--masks",
+            str(masks),
+            "--out",
+            str(run),
+            "--models",
+            str(tiny_zoo),
+            *FAST,
+        ]
+    )
     assert code == 4
     summary = json.loads((run / "summary.json").read_text())
     assert summary["scored"] == 3
@@ -178,8 +241,20 @@ def test_broken_files_are_recorded_and_every_good_image_scored(tiny_zoo, tmp_pat
 
 
 def test_an_existing_run_needs_resume_and_a_changed_config_is_refused(tiny_zoo, tmp_path, capsys):
-    args = ["bench", "--dataset", "synthetic", "--data-root", str(tmp_path / "d"), "--limit", "2", "--out",
-            str(tmp_path / "r"), "--models", str(tiny_zoo), *FAST]
+    args = [
+        "bench",
+        "--dataset",
+        "synthetic",
+        "--data-root",
+        str(tmp_path / "d"),
+        "--limit",
+        "2",
+        "--out",
+        str(tmp_path / "r"),
+        "--models",
+        str(tiny_zoo),
+        *FAST,
+    ]
     assert main(args) == 0
     assert main(args) == FATAL and "--resume" in capsys.readouterr().err
     assert main(args + ["--resume"]) == 0
@@ -188,7 +263,18 @@ def test_an_existing_run_needs_resume_and_a_changed_config_is_refused(tiny_zoo, 
 
 
 def test_compare_prints_a_row_per_run(tiny_zoo, tmp_path, capsys):
-    base = ["bench", "--dataset", "synthetic", "--data-root", str(tmp_path / "d"), "--limit", "2", "--models", str(tiny_zoo), *FAST]
+    base = [
+        "bench",
+        "--dataset",
+        "synthetic",
+        "--data-root",
+        str(tmp_path / "d"),
+        "--limit",
+        "2",
+        "--models",
+        str(tiny_zoo),
+        *FAST,
+    ]
     assert main(base + ["--out", str(tmp_path / "a")]) == 0
     assert main(base + ["--out", str(tmp_path / "b"), "--ablation", "smg=off"]) == 0
     capsys.readouterr()
@@ -204,8 +290,27 @@ def test_compare_prints_a_row_per_run(tiny_zoo, tmp_path, capsys):
 
 def test_bench_run_describes_itself(tiny_zoo, tmp_path):
     run = tmp_path / "run"
-    assert main(["bench", "--dataset", "synthetic", "--data-root", str(tmp_path / "d"), "--limit", "1", "--out", str(run),
-                 "--models", str(tiny_zoo), *FAST, "--set", "reweight_w=0.25"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--dataset",
+                "synthetic",
+                "--data-root",
+                str(tmp_path / "d"),
+                "--limit",
+                "1",
+                "--out",
+                str(run),
+                "--models",
+                str(tiny_zoo),
+                *FAST,
+                "--set",
+                "reweight_w=0.25",
+            ]
+        )
+        == 0
+    )
     assert (run / "config.yaml").is_file() and (run / "env.json").is_file()
     engine_cfg = EngineConfig.from_dict(json.loads((run / "run.json").read_text())["config"])  # the engine's config
     assert engine_cfg.reweight_w == 0.25
@@ -219,8 +324,24 @@ def test_bench_run_describes_itself(tiny_zoo, tmp_path):
 def _bench_cmd(tiny_zoo, data, out, *extra):
     exe = str(Path(sys.executable).parent / "int-engine")
     # two images in flight: results land in waves of two, so a kill after the first wave is part-way
-    return [exe, "bench", "--dataset", "synthetic", "--data-root", str(data), "--limit", "6", "--out", str(out),
-            "--models", str(tiny_zoo), "--set", "max_in_flight=2", *FAST, *extra]
+    return [
+        exe,
+        "bench",
+        "--dataset",
+        "synthetic",
+        "--data-root",
+        str(data),
+        "--limit",
+        "6",
+        "--out",
+        str(out),
+        "--models",
+        str(tiny_zoo),
+        "--set",
+        "max_in_flight=2",
+        *FAST,
+        *extra,
+    ]
 
 
 def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_table(tiny_zoo, tmp_path):
@@ -238,7 +359,9 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_table(tiny_zoo, tmp
 
     done_before = len(load_results(tmp_path / "killed"))  # a line torn by the kill does not count
     assert 2 <= done_before < 6, "the run must be killed part-way"
-    resumed = subprocess.run(_bench_cmd(tiny_zoo, data, tmp_path / "killed", "--resume"), capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        _bench_cmd(tiny_zoo, data, tmp_path / "killed", "--resume"), capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr
     a = json.loads((tmp_path / "full/summary.json").read_text())
     b = json.loads((tmp_path / "killed/summary.json").read_text())

@@ -88,8 +88,12 @@ def test_missing_models_dir_is_fatal_and_names_role_and_path(images, tmp_path, c
 
 def test_console_script_is_installed(tmp_path):
     exe = shutil.which("int-engine") or str((__import__("pathlib").Path(sys.executable).parent / "int-engine"))
-    out = subprocess.run([exe, "sample", "--out", str(tmp_path / "s.png"), "--gt", str(tmp_path / "g.png")],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [exe, "sample", "--out", str(tmp_path / "s.png"), "--gt", str(tmp_path / "g.png")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     with Image.open(tmp_path / "s.png") as im:
         assert im.size == (320, 256) and im.mode == "RGB"
@@ -115,8 +119,21 @@ def test_misspelt_backend_option_is_one_line_and_fatal_before_loading(images, tm
 
     exe = shutil.which("int-engine") or str(Path(sys.executable).parent / "int-engine")
     env = {**os.environ, "INT_ENGINE_CACHE": str(tmp_path / "cache")}
-    out = subprocess.run([exe, "segment", str(images / "scene.png"), "--out", str(tmp_path / "o"),
-                          "--set", "models.segmenter.options.bach_size=8"], capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run(
+        [
+            exe,
+            "segment",
+            str(images / "scene.png"),
+            "--out",
+            str(tmp_path / "o"),
+            "--set",
+            "models.segmenter.options.bach_size=8",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     err = out.stderr.strip().splitlines()
     assert out.returncode == FATAL and len(err) == 1, out.stderr
     assert "bach_size" in err[0] and "'batch_size'" in err[0] and "Traceback" not in out.stderr
@@ -133,7 +150,9 @@ def test_out_holds_its_config_and_reruns_from_it_to_the_same_bytes(tiny_zoo, ima
     assert env["int_engine_version"] and env["packages"]["torch"]
     capsys.readouterr()
     # no --models and none of the flags above: everything comes from the first run's config.yaml
-    assert main(["segment", str(images / "scene.png"), "--out", str(second), "--config", str(first / "config.yaml"), "--quiet"]) == 0
+    assert (
+        main(["segment", str(images / "scene.png"), "--out", str(second), "--config", str(first / "config.yaml"), "--quiet"]) == 0
+    )
     assert "tiny random-weight model zoo" not in capsys.readouterr().err  # the paths in config.yaml were used
     assert (second / "config.yaml").read_text() == (first / "config.yaml").read_text()
     for f in ("soft.png", "binary.png"):
@@ -174,7 +193,7 @@ def test_resume_skips_complete_images_and_says_how_many(tiny_zoo, images, tmp_pa
     assert "0 of 2 images already done" in capsys.readouterr().err
     assert (out / "scene" / "mask.rle.json").is_file() and (out / "grey" / "mask.rle.json").is_file()
     # another config would mix two runs' masks in one folder: refused, naming the config file
-    code = main([*args[:-len(ONE)], "--iterations", "2", "--quiet", "--resume"])
+    code = main([*args[: -len(ONE)], "--iterations", "2", "--quiet", "--resume"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == FATAL and len(err) == 1 and str(out / "config.yaml") in err[0]
 
@@ -194,7 +213,11 @@ def test_save_rle_iterations_and_overlay_boxes(tiny_zoo, images, tmp_path):
     assert rle["size"] == [72, 90] and isinstance(rle["counts"], str)
     assert np.array_equal(coco_mask.decode(rle).astype(bool), binary)
     trace = json.loads((folder / "trace.json").read_text())
-    assert sorted(p.name for p in (folder / "iterations").iterdir()) == [f"{k}.png" for k in range(len(trace["iterations"]))] == ["0.png", "1.png"]
+    assert (
+        sorted(p.name for p in (folder / "iterations").iterdir())
+        == [f"{k}.png" for k in range(len(trace["iterations"]))]
+        == ["0.png", "1.png"]
+    )
     with Image.open(folder / "iterations" / f"{trace['final_iteration']}.png") as im, Image.open(folder / "soft.png") as soft:
         assert im.size == (90, 72) and np.array_equal(np.asarray(im), np.asarray(soft))  # eq 13 keeps that iteration's mask
     boxes = trace["iterations"][trace["final_iteration"]]["boxes"]
@@ -204,7 +227,9 @@ def test_save_rle_iterations_and_overlay_boxes(tiny_zoo, images, tmp_path):
     edge = np.zeros(binary.shape, bool)  # working size = image size here, no padding: trace boxes are pixels
     for x0, y0, x1, y1 in boxes:
         left, top, right, bottom = int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)) - 1, int(np.ceil(y1)) - 1
-        edge[top, left:right + 1] = edge[bottom, left:right + 1] = edge[top:bottom + 1, left] = edge[top:bottom + 1, right] = True
+        edge[top, left : right + 1] = edge[bottom, left : right + 1] = edge[top : bottom + 1, left] = edge[
+            top : bottom + 1, right
+        ] = True
     on_edge = np.all(over[edge] == BOX_COLOUR, axis=-1)
     assert on_edge.mean() > 0.9  # all but the picked name's letters, drawn over some of them
     assert np.any(over[edge] != image[edge], axis=-1).mean() > 0.9

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from int_engine.backends.clip_open import OpenClipModel, surgery_forward
-from int_engine.protocols import Clip
 from int_engine.errors import ModelLoadError
 from int_engine.models import tiny_clip
+from int_engine.protocols import Clip
 
 TEXTS = ["a frog", "a snake on a branch", "a frog", "polyp"]
 

@@ -9,7 +9,13 @@ from int_engine.errors import ConfigError
 def test_defaults_are_the_papers():
     c = EngineConfig()
     assert (c.task, c.iterations, c.reweight_w, c.eps, c.box_threshold, c.text_threshold) == (
-        "camouflaged animal", 4, 0.3, 1e-3, 0.35, 0.25)
+        "camouflaged animal",
+        4,
+        0.3,
+        1e-3,
+        0.35,
+        0.25,
+    )
     assert c.active_splits == ("whole", "halves_h", "halves_v", "quarters")
 
 
@@ -22,8 +28,10 @@ def test_presets():
 
 
 def test_overrides_reach_nested_fields_and_merge_options():
-    c = apply_overrides(EngineConfig(), ["iterations=2", "models.inpaint.options.steps=3",
-                                         "models.inpaint.options.size=64", "models.inpaint.backend=telea"])
+    c = apply_overrides(
+        EngineConfig(),
+        ["iterations=2", "models.inpaint.options.steps=3", "models.inpaint.options.size=64", "models.inpaint.backend=telea"],
+    )
     assert c.iterations == 2 and c.models.inpaint.options == {"steps": 3, "size": 64}
     assert c.models.inpaint.backend == "telea"
 
@@ -38,19 +46,22 @@ def test_file_round_trip_yaml_and_json(tmp_path):
     assert EngineConfig.from_file(j) == c
 
 
-@pytest.mark.parametrize("text,message", [
-    ("iterations: 0", "iterations"),
-    ("bogus: 1", "unknown config key"),
-    ("models: {vlm: {bogus: 1}}", "unknown config key"),
-    ("splits: [whole, thirds]", "splits"),
-    ("[1, 2]", "mapping"),
-    ("iterations: [", "not valid YAML"),
-    ("iterations: four", "config.iterations must be int"),
-    ("reweight_w: yes", "config.reweight_w must be float"),
-    ("models: {device: 0}", "config.models.device must be str"),
-    ("models: {sam: 1}", "unknown config key"),
-    ("models: {vlm: {options: 5}}", "options must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("iterations: 0", "iterations"),
+        ("bogus: 1", "unknown config key"),
+        ("models: {vlm: {bogus: 1}}", "unknown config key"),
+        ("splits: [whole, thirds]", "splits"),
+        ("[1, 2]", "mapping"),
+        ("iterations: [", "not valid YAML"),
+        ("iterations: four", "config.iterations must be int"),
+        ("reweight_w: yes", "config.reweight_w must be float"),
+        ("models: {device: 0}", "config.models.device must be str"),
+        ("models: {sam: 1}", "unknown config key"),
+        ("models: {vlm: {options: 5}}", "options must be a mapping"),
+    ],
+)
 def test_bad_config_files_name_the_file_and_problem(tmp_path, text, message):
     p = tmp_path / "bad.yaml"
     p.write_text(text)

@@ -40,11 +40,14 @@ def test_config_show_resolves_role_paths_against_models(capsys, tmp_path):
     assert f"path: {(tmp_path / 'vlm').resolve()}" in shown
 
 
-@pytest.mark.parametrize("args, suggestion", [
-    (["--set", "iteratons=3"], "did you mean 'iterations'?"),
-    (["--set", "models.vlm.dtpye=float16"], "did you mean 'models.vlm.dtype'?"),
-    (["--preset", "polip"], "did you mean 'polyp'?"),
-])
+@pytest.mark.parametrize(
+    "args, suggestion",
+    [
+        (["--set", "iteratons=3"], "did you mean 'iterations'?"),
+        (["--set", "models.vlm.dtpye=float16"], "did you mean 'models.vlm.dtype'?"),
+        (["--preset", "polip"], "did you mean 'polyp'?"),
+    ],
+)
 def test_a_misspelt_key_or_preset_suggests_the_right_one(capsys, args, suggestion):
     assert main(["config", "show", *args]) == FATAL
     err = capsys.readouterr().err

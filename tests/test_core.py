@@ -21,12 +21,14 @@ from int_engine.testing import ColourWorld, Thing, scripted_models
 from int_engine.testing.scenes import compose, ellipse
 
 H, W = 72, 96
-WORLD = ColourWorld([
-    Thing("bark", (120, 80, 40), kind="background"),
-    Thing("frog", (70, 140, 50)),
-    Thing("polyp", (200, 120, 120)),
-    Thing("snake", (150, 40, 150), confusions={"bark": 0.08}),
-])
+WORLD = ColourWorld(
+    [
+        Thing("bark", (120, 80, 40), kind="background"),
+        Thing("frog", (70, 140, 50)),
+        Thing("polyp", (200, 120, 120)),
+        Thing("snake", (150, 40, 150), confusions={"bark": 0.08}),
+    ]
+)
 
 
 def scene(seed: int, thing: str = "frog") -> np.ndarray:
@@ -58,8 +60,13 @@ def test_requests_with_their_own_options_equal_the_eager_pipeline_whatever_is_in
     the eager pipeline on its own config; the batches carried several requests."""
     models = slow_models(0.01)
     base = EngineConfig(iterations=2, max_in_flight=6)
-    requests = [(scene(s, ("frog", "polyp", "snake")[s % 3]),
-                 {"task": ("frog", "polyp", "snake")[s % 3], "iterations": 1 + s % 3, "seed": s % 2}) for s in range(16)]
+    requests = [
+        (
+            scene(s, ("frog", "polyp", "snake")[s % 3]),
+            {"task": ("frog", "polyp", "snake")[s % 3], "iterations": 1 + s % 3, "seed": s % 2},
+        )
+        for s in range(16)
+    ]
     with IntEngine(base, models=models) as engine, ThreadPoolExecutor(8) as pool:
         futures = list(pool.map(lambda r: engine.submit(r[0], **r[1]), requests))
         results = [f.result(timeout=120) for f in futures]

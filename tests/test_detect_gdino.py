@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from int_engine.backends.detect_gdino import GroundingDinoDetector, caption
-from int_engine.protocols import Detector
 from int_engine.errors import ModelLoadError
 from int_engine.models import tiny_detector
+from int_engine.protocols import Detector
 
 H1, W1 = 100, 160  # resized by the tiny processor to 80 x 128
 H2, W2 = 90, 60  # resized to 128 x 85: a different size, so a different forward pass
@@ -50,8 +50,14 @@ def test_layout_is_the_published_one(model_dir):
     from transformers import AutoProcessor, GroundingDinoProcessor
 
     names = {p.name for p in model_dir.iterdir()}
-    assert {"config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json",
-            "tokenizer_config.json", "vocab.txt"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+    } <= names
     assert sum(p.stat().st_size for p in model_dir.iterdir()) < 5_000_000
     assert json.loads((model_dir / "config.json").read_text())["model_type"] == "grounding-dino"
     assert isinstance(AutoProcessor.from_pretrained(model_dir, local_files_only=True), GroundingDinoProcessor)

@@ -23,7 +23,9 @@ def both(zoo, role, **options):
     """The role loaded in float32 and in bfloat16, every other setting equal."""
     out = []
     for dtype in ("float32", "bfloat16"):
-        cfg = apply_overrides(EngineConfig(), [f"models.{role}.dtype={dtype}"] + [f"models.{role}.options.{k}={v}" for k, v in options.items()])
+        cfg = apply_overrides(
+            EngineConfig(), [f"models.{role}.dtype={dtype}"] + [f"models.{role}.options.{k}={v}" for k, v in options.items()]
+        )
         out.append(load_role(cfg.models, role, zoo))
     return out
 

@@ -27,8 +27,12 @@ ort = pytest.importorskip("onnxruntime", reason="running ONNX graphs needs onnxr
 from int_engine.backends.inpaint_sd import SDInpainter  # noqa: E402
 from int_engine.backends.segment_sam import SamSegmenter  # noqa: E402
 from int_engine.errors import ConfigError, ModelLoadError  # noqa: E402
-from int_engine.export import MODULES, export_models, read_manifest  # noqa: E402
-from int_engine.export import trt_engine  # noqa: E402
+from int_engine.export import (  # noqa: E402
+    MODULES,
+    export_models,
+    read_manifest,
+    trt_engine,  # noqa: E402
+)
 from int_engine.export.onnx_sam import decoder_example  # noqa: E402
 from int_engine.export.onnx_sd import sd_examples  # noqa: E402
 from int_engine.export.runtime import providers_for  # noqa: E402
@@ -267,8 +271,9 @@ def test_manifest_checksum_mismatch_is_refused(tiny_zoo, exported, tmp_path):
 
 def test_decoder_graph_of_one_image_per_call_is_refused(tiny_zoo, exported, tmp_path):
     # as graphs exported before prompts carried their own embedding: one image per call
-    out = _copy_with_edited_manifest(exported, tmp_path / "old", "prompt_decoder",
-                                     lambda a: a["inputs"][0]["shape"].__setitem__(0, 1))
+    out = _copy_with_edited_manifest(
+        exported, tmp_path / "old", "prompt_decoder", lambda a: a["inputs"][0]["shape"].__setitem__(0, 1)
+    )
     with pytest.raises(ModelLoadError, match=r"prompt_decoder/model\.onnx decodes against one image embedding.*re-export"):
         SamSegmenter.load(Path(tiny_zoo) / "segmenter", runtime="onnx", artifacts=out)
 

@@ -14,8 +14,7 @@ from PIL import Image
 from int_engine import IntEngine
 from int_engine.cli import main
 from int_engine.config import ConfigError, EngineConfig, apply_overrides
-from int_engine.io import (clear_padding, crop_to_region, from_pixels, pad_to_aspect, padded_shape, padding_note,
-                           read_image)
+from int_engine.io import clear_padding, crop_to_region, from_pixels, pad_to_aspect, padded_shape, padding_note, read_image
 from int_engine.patches import views
 from int_engine.testing import ColourWorld, Thing, scripted_models
 from int_engine.testing.backends import ScriptedSegmenter
@@ -36,6 +35,7 @@ def view_bound(min_side: int, max_aspect: float) -> tuple[int, float]:
 
 
 # -- pure: padding, its inverse, the working size -------------------------------------------------
+
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("max_aspect, min_side", [(4.0, 32), (1.0, 2), (3.3, 7), (8.0, 32)])
@@ -134,6 +134,7 @@ def test_read_image_of_the_issue_strip(tmp_path):
 
 # -- end to end: the tiny zoo's real architectures ------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny_models(tiny_zoo):
     from int_engine.models.load import load_models
@@ -211,10 +212,26 @@ def test_padding_never_leaks_into_the_mask(greedy):
 
 # -- the CLI, as the issue's user ran it ---------------------------------------------------------
 
+
 def test_cli_segments_a_5_by_4000_png(tiny_zoo, tmp_path):
     Image.fromarray(strip(5, 4000)).save(tmp_path / "thin.png")
-    code = main(["segment", str(tmp_path / "thin.png"), "--out", str(tmp_path / "out"), "--models", str(tiny_zoo),
-                 "--iterations", "1", "--set", "max_new_tokens=8", "--set", "models.inpaint.options.steps=2", "--quiet"])
+    code = main(
+        [
+            "segment",
+            str(tmp_path / "thin.png"),
+            "--out",
+            str(tmp_path / "out"),
+            "--models",
+            str(tiny_zoo),
+            "--iterations",
+            "1",
+            "--set",
+            "max_new_tokens=8",
+            "--set",
+            "models.inpaint.options.steps=2",
+            "--quiet",
+        ]
+    )
     assert code == 0
     for f in ("soft.png", "binary.png", "overlay.png"):
         with Image.open(tmp_path / "out" / "thin" / f) as im:

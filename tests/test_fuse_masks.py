@@ -9,10 +9,14 @@ from int_engine.masks import clip_points, masked_views, normalise_weights, resca
 
 
 def test_eq13_picks_the_mask_closest_to_the_mean():
-    a = torch.zeros(8, 8); a[:4] = 1
-    b = torch.zeros(8, 8); b[:5] = 1
-    c = torch.zeros(8, 8); c[:6] = 1
-    d = torch.zeros(8, 8); d[:, :] = 1  # an outlier iteration
+    a = torch.zeros(8, 8)
+    a[:4] = 1
+    b = torch.zeros(8, 8)
+    b[:5] = 1
+    c = torch.zeros(8, 8)
+    c[:6] = 1
+    d = torch.zeros(8, 8)
+    d[:, :] = 1  # an outlier iteration
     # mean rows: 4x1.0, then 0.75, 0.5, 0.25... the closest in L1 is b or c
     best, mask = final_mask([a, b, c, d])
     dists = [float((m - torch.stack([a, b, c, d]).mean(0)).abs().sum()) for m in (a, b, c, d)]
@@ -30,10 +34,12 @@ def test_eq13_ties_go_to_the_earliest_and_one_iteration_is_itself():
 
 def test_eq12_reweighting():
     x = torch.full((4, 4, 3), 100.0)
-    m = torch.zeros(4, 4); m[0, 0] = 1.0; m[1, 1] = 0.5
+    m = torch.zeros(4, 4)
+    m[0, 0] = 1.0
+    m[1, 1] = 0.5
     y = reweight(x, m, 0.3)
-    assert y[0, 0, 0] == pytest.approx(100.0)          # kept where the mask is 1
-    assert y[3, 3, 0] == pytest.approx(70.0)           # (1 - w) elsewhere
+    assert y[0, 0, 0] == pytest.approx(100.0)  # kept where the mask is 1
+    assert y[3, 3, 0] == pytest.approx(70.0)  # (1 - w) elsewhere
     assert y[1, 1, 0] == pytest.approx(0.3 * 50 + 70)  # linear in between
 
 
@@ -103,7 +109,7 @@ def test_eq11_rescale_keeps_empty_empty():
 
 def test_clip_points_take_distinct_extreme_cells():
     sim = np.zeros((64, 64), np.float32)
-    sim[8:16, 40:48] = 5.0   # hot spot
+    sim[8:16, 40:48] = 5.0  # hot spot
     sim[50:58, 2:10] = -5.0  # cold spot
     pts, labels = clip_points(sim, 3, 1, grid=8)
     assert labels.tolist() == [1, 1, 1, 0]
@@ -120,7 +126,8 @@ def test_clip_points_on_a_map_smaller_than_the_grid():
 def test_eq10_masks_the_view_and_skips_empty_masks():
     img = np.full((4, 4, 3), 200, np.uint8)
     full = np.ones((4, 4), np.float32)
-    half = np.zeros((4, 4), np.float32); half[:2] = 1
+    half = np.zeros((4, 4), np.float32)
+    half[:2] = 1
     empty = np.zeros((4, 4), np.float32)
     todo, masked = masked_views([img, img, img], [full, half, empty])
     assert todo == [0, 1]

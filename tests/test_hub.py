@@ -55,21 +55,24 @@ def clip_config(path: str) -> ModelsConfig:
     return EngineConfig.from_dict({"models": {"clip": {"backend": "open_clip", "path": path}}}).models
 
 
-@pytest.mark.parametrize("spec, expected", [
-    ("llava-hf/llava-1.5-13b-hf", True),
-    ("IDEA-Research/grounding-dino-tiny@main", True),
-    ("org/name@refs/pr/1", True),
-    ("org/name@0123456789abcdef0123456789abcdef01234567", True),
-    ("/ckpt/llava", False),      # absolute
-    ("./org/name", False),       # explicitly relative
-    ("~/org", False),
-    ("ckpt/org/name", False),    # three parts: a folder
-    ("llava", False),            # no namespace
-    ("org/../name", False),
-    ("org/a--b", False),         # '--' is reserved by the hub
-    ("org/name.", False),
-    ("", False),
-])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("llava-hf/llava-1.5-13b-hf", True),
+        ("IDEA-Research/grounding-dino-tiny@main", True),
+        ("org/name@refs/pr/1", True),
+        ("org/name@0123456789abcdef0123456789abcdef01234567", True),
+        ("/ckpt/llava", False),  # absolute
+        ("./org/name", False),  # explicitly relative
+        ("~/org", False),
+        ("ckpt/org/name", False),  # three parts: a folder
+        ("llava", False),  # no namespace
+        ("org/../name", False),
+        ("org/a--b", False),  # '--' is reserved by the hub
+        ("org/name.", False),
+        ("", False),
+    ],
+)
 def test_which_paths_read_as_repo_ids(spec, expected):
     assert looks_like_repo_id(spec) is expected
 
@@ -79,13 +82,16 @@ def test_split_revision():
     assert split_revision("org/name") == ("org/name", None)
 
 
-@pytest.mark.parametrize("env", [
-    {"HF_HUB_CACHE": "{tmp}/a", "HUGGINGFACE_HUB_CACHE": "{tmp}/b", "HF_HOME": "{tmp}/c"},
-    {"HUGGINGFACE_HUB_CACHE": "{tmp}/b", "HF_HOME": "{tmp}/c"},
-    {"HF_HOME": "{tmp}/c", "XDG_CACHE_HOME": "{tmp}/d"},
-    {"XDG_CACHE_HOME": "{tmp}/d"},
-    {},
-])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"HF_HUB_CACHE": "{tmp}/a", "HUGGINGFACE_HUB_CACHE": "{tmp}/b", "HF_HOME": "{tmp}/c"},
+        {"HUGGINGFACE_HUB_CACHE": "{tmp}/b", "HF_HOME": "{tmp}/c"},
+        {"HF_HOME": "{tmp}/c", "XDG_CACHE_HOME": "{tmp}/d"},
+        {"XDG_CACHE_HOME": "{tmp}/d"},
+        {},
+    ],
+)
 def test_cache_dir_follows_the_environment_as_huggingface_hub_does(env, tmp_path, monkeypatch):
     names = ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME")
     for name in names:
@@ -93,8 +99,13 @@ def test_cache_dir_follows_the_environment_as_huggingface_hub_does(env, tmp_path
     for name, value in env.items():
         monkeypatch.setenv(name, value.format(tmp=tmp_path))
     # huggingface_hub fixes its cache dir when imported: ask a fresh interpreter with this env.
-    theirs = subprocess.run([sys.executable, "-c", "from huggingface_hub import constants; print(constants.HF_HUB_CACHE)"],
-                            capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    theirs = subprocess.run(
+        [sys.executable, "-c", "from huggingface_hub import constants; print(constants.HF_HUB_CACHE)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
     assert str(hub_cache_dir()) == theirs
 
 

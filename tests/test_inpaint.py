@@ -11,9 +11,9 @@ import pytest
 
 from int_engine.backends.inpaint_sd import SDInpainter
 from int_engine.backends.inpaint_telea import TeleaInpainter
-from int_engine.protocols import Inpainter
 from int_engine.errors import ConfigError, ModelLoadError
 from int_engine.models import tiny_inpaint
+from int_engine.protocols import Inpainter
 
 PROMPT = "sand, high quality, detailed, and well-integrated with the original image."
 NEGATIVE = "frog is not a camouflaged animal."

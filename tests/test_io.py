@@ -20,7 +20,9 @@ def test_rgb_is_unchanged(tmp_path):
     assert np.array_equal(img.pixels, arr) and img.original_size == (40, 50) and img.conversions == ()
 
 
-@pytest.mark.parametrize("mode,note", [("L", "greyscale"), ("RGBA", "alpha dropped"), ("P", "palette"), ("CMYK", "CMYK"), ("LA", "alpha")])
+@pytest.mark.parametrize(
+    "mode,note", [("L", "greyscale"), ("RGBA", "alpha dropped"), ("P", "palette"), ("CMYK", "CMYK"), ("LA", "alpha")]
+)
 def test_modes_convert_to_rgb(tmp_path, mode, note):
     ext = "jpg" if mode == "CMYK" else "png"
     im = Image.new(mode, (37, 41), color=(30, 60, 90, 255)[: len(mode)] if mode not in ("L", "P") else 77)
@@ -38,6 +40,7 @@ def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
 
 def test_16_bit_rgb(tmp_path):
     import cv2
+
     arr = (np.random.default_rng(1).random((30, 40, 3)) * 65535).astype(np.uint16)
     p = tmp_path / "rgb16.png"
     cv2.imwrite(str(p), arr)
@@ -61,11 +64,14 @@ def test_huge_image_is_downscaled_and_keeps_its_original_size(tmp_path):
     assert mask.shape == (12000, 12000)
 
 
-@pytest.mark.parametrize("name,content,message", [
-    ("empty.png", b"", "empty file"),
-    ("text.png", b"this is not an image at all", "not an image"),
-    ("trunc.png", None, "cannot decode"),
-])
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("empty.png", b"", "empty file"),
+        ("text.png", b"this is not an image at all", "not an image"),
+        ("trunc.png", None, "cannot decode"),
+    ],
+)
 def test_bad_files_name_the_file(tmp_path, name, content, message):
     p = tmp_path / name
     if content is None:
@@ -90,6 +96,7 @@ def test_mask_png_and_overlay_helpers():
     m = np.array([[0.0, 0.5, 1.0, 2.0]], np.float32)
     assert mask_to_uint8(m).tolist() == [[0, 128, 255, 255]]
     img = np.zeros((20, 20, 3), np.uint8)
-    b = np.zeros((20, 20), bool); b[5:15, 5:15] = True
+    b = np.zeros((20, 20), bool)
+    b[5:15, 5:15] = True
     out = overlay(img, b)
     assert out.shape == img.shape and out[5, 5].any() and not out[0, 0].any()

@@ -71,7 +71,7 @@ def random_case(seed, B, V, C, dtype=torch.float32, spread=1.0):
     sb = torch.randn(B, V, C, generator=gen, dtype=torch.float64) * 3
     sa = sb + torch.randn(B, V, C, generator=gen, dtype=torch.float64) * spread
     for b in range(B):
-        sb[b, :, rng.randint(1, C):] = NEG
+        sb[b, :, rng.randint(1, C) :] = NEG
         for v in range(V):
             if V > 1 and rng.random() < 0.2:
                 sb[b, v] = NEG
@@ -242,13 +242,22 @@ def test_kernel_compiles_for_sm90_without_a_gpu(monkeypatch, tmp_path, dtypes, b
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
     kernel = mf._kernel()
     s_ty, out_ty = dtypes
-    pointers = {"sb_ptr": s_ty, "sa_ptr": s_ty, "hist_ptr": out_ty, "pick_ptr": "i64", "scores_ptr": out_ty, "new_hist_ptr": out_ty}
+    pointers = {
+        "sb_ptr": s_ty,
+        "sa_ptr": s_ty,
+        "hist_ptr": out_ty,
+        "pick_ptr": "i64",
+        "scores_ptr": out_ty,
+        "new_hist_ptr": out_ty,
+    }
     constexprs = dict(zip(("EPS", "BLOCK_B", "BLOCK_V", "BLOCK_C"), (1e-3, *blocks)))
     signature = {
         name: "*" + pointers[name] if name in pointers else "constexpr" if name in constexprs else "i32"
         for name in kernel.arg_names
     }
-    compiled = mf.triton.compile(ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    compiled = mf.triton.compile(
+        ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}
+    )
     assert ".entry _mine_kernel" in compiled.asm["ptx"] and len(compiled.asm["cubin"]) > 0
 
 

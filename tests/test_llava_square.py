@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from scenarios import bark_world
 
 import int_engine.pipeline as pipeline
 from int_engine.backends.llava_image import complete_processor, pad_to_square, processor_fill
@@ -20,13 +21,11 @@ from int_engine.patches import View, normalised_box_to_view, square_frame, views
 from int_engine.prompts import parse_box
 from int_engine.testing import ModelErrors, ScriptedVLM, scripted_models
 from int_engine.testing.scenes import compose, ellipse
-from scenarios import bark_world
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed (pip install 'int-engine[vllm]')")
 CLIP_FILL = (122, 116, 104)  # int(255 * CLIP's image_mean), as LLaVA's expand2square is called
-PROMPT_B = ("This image pertains to the camouflaged animal detection task, "
-            "output the bounding box of the camouflaged animal.")
+PROMPT_B = "This image pertains to the camouflaged animal detection task, output the bounding box of the camouflaged animal."
 
 
 # ---- padding ------------------------------------------------------------------------------------
@@ -41,9 +40,9 @@ def test_pad_to_square_centres_the_image_as_expand2square(h, w, top, left):
     side = max(h, w)
     assert out.shape == (side, side, 3) and out.dtype == np.uint8
     assert square_frame(h, w) == (side, top, left)
-    np.testing.assert_array_equal(out[top:top + h, left:left + w], image)  # the round trip
+    np.testing.assert_array_equal(out[top : top + h, left : left + w], image)  # the round trip
     band = np.ones((side, side), bool)
-    band[top:top + h, left:left + w] = False
+    band[top : top + h, left : left + w] = False
     assert (out[band] == fill).all()
     if h == w:
         assert out is image
@@ -67,7 +66,9 @@ def test_a_square_frame_box_lands_on_the_object_in_the_view(h, w):
     answer = ((obj[0] + left) / side, (obj[1] + top) / side, (obj[2] + left) / side, (obj[3] + top) / side)
     np.testing.assert_allclose(normalised_box_to_view(answer, View("v", 0, 0, w, h)), obj, atol=1e-4)
     # the parser keeps the answer's frame; pixels are the padded square's
-    assert parse_box(f"[{answer[0]:.4f}, {answer[1]:.4f}, {answer[2]:.4f}, {answer[3]:.4f}]", w, h) == pytest.approx(answer, abs=1e-4)
+    assert parse_box(f"[{answer[0]:.4f}, {answer[1]:.4f}, {answer[2]:.4f}, {answer[3]:.4f}]", w, h) == pytest.approx(
+        answer, abs=1e-4
+    )
     px = parse_box(f"[{answer[0] * side}, {answer[1] * side}, {answer[2] * side}, {answer[3] * side}]", w, h)
     assert px == pytest.approx(answer, abs=1e-4)
 
@@ -112,13 +113,13 @@ def test_iteration_one_contrast_masks_cover_the_object(monkeypatch):
     assert first and [v.name for v in vs] == [v.name for v in views(128, 160, cfg.active_splits)]
     checked = []
     for v, m in zip(vs, masks):
-        gt = frog[v.y0:v.y1, v.x0:v.x1]
+        gt = frog[v.y0 : v.y1, v.x0 : v.x1]
         if gt.sum() < 20:  # a sliver of the frog, or none: not this view's object
             continue
         assert m is not None, v.name
         ys, xs = np.nonzero(gt)
         box = np.zeros_like(gt)
-        box[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = True
+        box[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] = True
         assert m[gt].all(), v.name  # the whole frog is removed ...
         assert m.sum() <= box.sum() + 2 * (box.shape[0] + box.shape[1]), v.name  # ... by its own box
         checked.append(v.name)
@@ -174,7 +175,9 @@ def _old_snapshot(tiny_zoo, tmp_path, drop: tuple[str, ...]):
     return out
 
 
-@pytest.mark.parametrize("drop", [("patch_size",), ("patch_size", "vision_feature_select_strategy", "num_additional_image_tokens")])
+@pytest.mark.parametrize(
+    "drop", [("patch_size",), ("patch_size", "vision_feature_select_strategy", "num_additional_image_tokens")]
+)
 def test_an_older_snapshot_without_patch_size_generates(tiny_zoo, tmp_path, drop):
     images = [_wide_red(), np.random.default_rng(0).integers(0, 256, (70, 50, 3), dtype=np.uint8)]
     prompts = [PROMPT_B, PROMPT_B]

@@ -123,9 +123,7 @@ def _dice_iou(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
 def _reference(pairs):
     """Run PySODMetrics' evaluators over the pairs; returns them (per-image lists inside), plus
     per-image (Dice, IoU) computed in numpy under ``"dice_iou"``."""
-    evaluators = dict(
-        fm=ref.Fmeasure(), em=ref.Emeasure(), sm=ref.Smeasure(), wfm=ref.WeightedFmeasure(), mae=ref.MAE()
-    )
+    evaluators = dict(fm=ref.Fmeasure(), em=ref.Emeasure(), sm=ref.Smeasure(), wfm=ref.WeightedFmeasure(), mae=ref.MAE())
     dice_iou = []
     for pred, gt in pairs:
         if pred.shape != gt.shape:
@@ -259,10 +257,17 @@ def test_summary_without_images_raises():
 
 # --- the figures of the replaced hand-written implementation -----------------------------------
 
+
 def _before() -> tuple[dict, list[tuple[str, np.ndarray, np.ndarray]]]:
     fixture = json.loads(BEFORE.read_text(encoding="utf-8"))
-    pairs = [(n, cv2.imread(str(BEFORE_PNGS / "pred" / f"{n}.png"), cv2.IMREAD_GRAYSCALE),
-              cv2.imread(str(BEFORE_PNGS / "gt" / f"{n}.png"), cv2.IMREAD_GRAYSCALE)) for n in fixture["names"]]
+    pairs = [
+        (
+            n,
+            cv2.imread(str(BEFORE_PNGS / "pred" / f"{n}.png"), cv2.IMREAD_GRAYSCALE),
+            cv2.imread(str(BEFORE_PNGS / "gt" / f"{n}.png"), cv2.IMREAD_GRAYSCALE),
+        )
+        for n in fixture["names"]
+    ]
     assert all(p is not None and g is not None for _, p, g in pairs)
     return fixture, pairs
 
@@ -301,6 +306,7 @@ def test_a_saved_run_folders_summary_is_unchanged(tmp_path):
 
 
 # --- hand-made masks, values derived by hand -----------------------------------------------------
+
 
 def _square_case() -> tuple[np.ndarray, np.ndarray]:
     """4x4 GT with a 2x2 object; a 0/255 prediction hitting 3 of its pixels plus 2 outside it.

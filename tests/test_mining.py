@@ -19,11 +19,13 @@ def reference(s_before, s_after, history, eps):
         valid = [c for c in range(C) if s_before[k][c] != NEG]
         if not valid:
             continue
+
         def softmax(row):
             m = max(row[c] for c in valid)
             e = {c: math.exp(row[c] - m) for c in valid}
             z = sum(e.values())
             return {c: e[c] / z for c in valid}
+
         pb, pa = softmax(s_before[k]), softmax(s_after[k])
         d = {c: pb[c] - pa[c] for c in valid}
         best = max(valid, key=lambda c: (d[c], -c))  # ties: lowest index

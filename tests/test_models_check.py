@@ -38,13 +38,16 @@ def test_the_tiny_zoo_passes_with_one_line_per_role(tiny_zoo, capsys):
     assert "(llava-hf LlavaForConditionalGeneration)" in " ".join(lines["vlm"])
 
 
-@pytest.mark.parametrize("removed", [
-    "vlm/config.json",
-    "inpaint/tokenizer/merges.txt",
-    "detector/preprocessor_config.json",
-    "segmenter/sam.pth",
-    "clip/open_clip_config.json",
-])
+@pytest.mark.parametrize(
+    "removed",
+    [
+        "vlm/config.json",
+        "inpaint/tokenizer/merges.txt",
+        "detector/preprocessor_config.json",
+        "segmenter/sam.pth",
+        "clip/open_clip_config.json",
+    ],
+)
 def test_a_missing_file_fails_naming_its_role_and_the_file(zoo_copy, removed, capsys):
     (zoo_copy / removed).unlink()
     role, name = removed.split("/", 1)
@@ -64,8 +67,10 @@ def test_a_truncated_json_file_fails(zoo_copy, capsys):
 def test_a_sharded_checkpoint_missing_a_shard_fails(zoo_copy, capsys):
     vlm = zoo_copy / "vlm"
     (vlm / "model.safetensors").rename(vlm / "model-00001-of-00002.safetensors")
-    index = {"metadata": {}, "weight_map": {"a.weight": "model-00001-of-00002.safetensors",
-                                            "b.weight": "model-00002-of-00002.safetensors"}}
+    index = {
+        "metadata": {},
+        "weight_map": {"a.weight": "model-00001-of-00002.safetensors", "b.weight": "model-00002-of-00002.safetensors"},
+    }
     (vlm / "model.safetensors.index.json").write_text(json.dumps(index))
     code, lines, _ = run_check(capsys, str(zoo_copy))
     assert code == 1 and lines["vlm"][1] == "MISSING"
@@ -116,7 +121,9 @@ def test_a_bad_option_or_backend_is_invalid_and_fatal(tiny_zoo, tmp_path, capsys
 
 
 def test_a_runtime_without_its_artifacts_folder_is_missing(tiny_zoo, tmp_path):
-    cfg = EngineConfig.from_dict({"models": {"segmenter": {"backend": "sam", "options": {"runtime": "onnx", "artifacts": str(tmp_path / "x")}}}})
+    cfg = EngineConfig.from_dict(
+        {"models": {"segmenter": {"backend": "sam", "options": {"runtime": "onnx", "artifacts": str(tmp_path / "x")}}}}
+    )
     (seg,) = [c for c in check_models(cfg.models, tiny_zoo) if c.role == "segmenter"]
     assert seg.status == "MISSING" and f"artifacts folder {tmp_path / 'x'}" in seg.detail
 

@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
+from scenarios import SCENARIOS
 
 import int_engine.calls
 import int_engine.fuse
@@ -20,7 +21,6 @@ import int_engine.masks
 import int_engine.mining
 import int_engine.patches
 import int_engine.pipeline
-from scenarios import SCENARIOS
 
 pytestmark = pytest.mark.scenario
 
@@ -55,6 +55,7 @@ def one_box_after_nms(mp: pytest.MonkeyPatch) -> None:
 
 def uniform_eq11_weights(mp: pytest.MonkeyPatch) -> None:
     """Eq 11 ignores CLIP: every view with a mask gets the same weight."""
+
     def uniform(similarity: np.ndarray, mode: str, temperature: float) -> torch.Tensor:
         valid = torch.isfinite(torch.as_tensor(similarity, dtype=torch.float64))
         return valid.double() / max(1, int(valid.sum()))
@@ -88,6 +89,7 @@ def no_contrast(mp: pytest.MonkeyPatch) -> None:
 
 def eq11_best_view_only(mp: pytest.MonkeyPatch) -> None:
     """Eq 11 keeps only the view with the highest CLIP score."""
+
     def best(similarity: np.ndarray, mode: str, temperature: float) -> torch.Tensor:
         s = torch.as_tensor(similarity, dtype=torch.float64)
         out = torch.zeros_like(s)
@@ -100,6 +102,7 @@ def eq11_best_view_only(mp: pytest.MonkeyPatch) -> None:
 
 def late_names_start_at_one(mp: pytest.MonkeyPatch) -> None:
     """Step 6: a name first seen after iteration 1 starts at W = 1 instead of ε."""
+
     def observe(self: int_engine.mining.NameWeights, candidates: list[str]) -> None:
         for name in candidates:
             self.weights.setdefault(name, 1.0)
@@ -130,13 +133,19 @@ MUTATIONS: dict[str, tuple[Patch, tuple[str, ...]]] = {
 
 # mutation -> why no scenario catches it
 KNOWN_GAPS: dict[str, tuple[Patch, str]] = {
-    "late names start at W = 1": (late_names_start_at_one, "in every scenario the names are already proposed in "
-                                  "iteration 1; tests/test_pipeline.py::test_step6_a_name_first_seen_after_an_iteration_"
-                                  "without_mining_starts_at_eps runs the pipeline with a name first seen in iteration 2"),
-    "no reweighting (eq 12)": (no_reweighting, "the scripted world tells things apart by chromaticity, which eq 12's "
-                               "brightness scaling leaves unchanged (on purpose: a thing stays the same thing in every "
-                               "iteration), so no scripted model can see the reweighting; tests/test_fuse_masks.py "
-                               "checks eq 12's arithmetic"),
+    "late names start at W = 1": (
+        late_names_start_at_one,
+        "in every scenario the names are already proposed in "
+        "iteration 1; tests/test_pipeline.py::test_step6_a_name_first_seen_after_an_iteration_"
+        "without_mining_starts_at_eps runs the pipeline with a name first seen in iteration 2",
+    ),
+    "no reweighting (eq 12)": (
+        no_reweighting,
+        "the scripted world tells things apart by chromaticity, which eq 12's "
+        "brightness scaling leaves unchanged (on purpose: a thing stays the same thing in every "
+        "iteration), so no scripted model can see the reweighting; tests/test_fuse_masks.py "
+        "checks eq 12's arithmetic",
+    ),
 }
 
 

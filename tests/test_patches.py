@@ -3,7 +3,12 @@ import pytest
 import torch
 
 from int_engine.patches import (
-    crop, image_boxes_to_view, normalised_box_to_view, paste, view_boxes_to_image, views,
+    crop,
+    image_boxes_to_view,
+    normalised_box_to_view,
+    paste,
+    view_boxes_to_image,
+    views,
 )
 
 ALL = ("whole", "halves_h", "halves_v", "quarters")
@@ -12,16 +17,25 @@ ALL = ("whole", "halves_h", "halves_v", "quarters")
 @pytest.mark.parametrize("h,w", [(256, 320), (7, 5), (2, 2), (1001, 333)])
 def test_nine_views_cover_the_image_as_the_paper_cuts_it(h, w):
     vs = views(h, w, ALL)
-    assert [v.name for v in vs] == ["whole", "top", "bottom", "left", "right",
-                                    "top_left", "top_right", "bottom_left", "bottom_right"]
+    assert [v.name for v in vs] == [
+        "whole",
+        "top",
+        "bottom",
+        "left",
+        "right",
+        "top_left",
+        "top_right",
+        "bottom_left",
+        "bottom_right",
+    ]
     cover = np.zeros((h, w), int)
     for v in vs[5:]:
-        cover[v.y0:v.y1, v.x0:v.x1] += 1
+        cover[v.y0 : v.y1, v.x0 : v.x1] += 1
     assert (cover == 1).all()  # quarters tile the image exactly
     for pair in (vs[1:3], vs[3:5]):
         c = np.zeros((h, w), int)
         for v in pair:
-            c[v.y0:v.y1, v.x0:v.x1] += 1
+            c[v.y0 : v.y1, v.x0 : v.x1] += 1
         assert (c == 1).all()
     assert all(v.width > 0 and v.height > 0 for v in vs)
 
@@ -38,7 +52,9 @@ def test_box_round_trip_view_image_view():
     for v in views(200, 300, ALL):
         x0 = rng.uniform(0, v.width / 2, 5)
         y0 = rng.uniform(0, v.height / 2, 5)
-        boxes = np.stack([x0, y0, x0 + rng.uniform(1, v.width / 2, 5), y0 + rng.uniform(1, v.height / 2, 5)], 1).astype(np.float32)
+        boxes = np.stack([x0, y0, x0 + rng.uniform(1, v.width / 2, 5), y0 + rng.uniform(1, v.height / 2, 5)], 1).astype(
+            np.float32
+        )
         back = image_boxes_to_view(view_boxes_to_image(boxes, v), v, min_overlap=0.99)
         np.testing.assert_allclose(back, boxes, atol=1e-4)
 
@@ -65,5 +81,5 @@ def test_crop_and_paste_are_inverse():
     for v in views(12, 10, ALL):
         m = torch.from_numpy(crop(img, v).astype(np.float32))
         full = paste(m, v, 12, 10)
-        assert torch.equal(full[v.y0:v.y1, v.x0:v.x1], m)
+        assert torch.equal(full[v.y0 : v.y1, v.x0 : v.x1], m)
         assert full.sum() == m.sum()

@@ -5,7 +5,7 @@ import pytest
 
 from int_engine import IntEngine
 from int_engine.bench.synthetic import make_scene
-from int_engine.config import apply_overrides, EngineConfig
+from int_engine.config import EngineConfig, apply_overrides
 from int_engine.models.load import load_models
 from int_engine.trace import STAGES
 
@@ -32,10 +32,21 @@ def test_two_images_two_iterations_all_real_backends(models):
         assert len(t.iterations) == 2 and 0 <= t.final_iteration < 2
         for i, it in enumerate(t.iterations):
             assert it.iteration == i
-            assert [v["name"] for v in it.views] == ["whole", "top", "bottom", "left", "right",
-                                                     "top_left", "top_right", "bottom_left", "bottom_right"]
+            assert [v["name"] for v in it.views] == [
+                "whole",
+                "top",
+                "bottom",
+                "left",
+                "right",
+                "top_left",
+                "top_right",
+                "bottom_left",
+                "bottom_right",
+            ]
             assert it.pick and it.pick_source
-            assert set(it.seconds) <= set(STAGES) and {"patches", "propose", "detect", "segment", "weight", "fuse"} <= set(it.seconds)
+            assert set(it.seconds) <= set(STAGES) and {"patches", "propose", "detect", "segment", "weight", "fuse"} <= set(
+                it.seconds
+            )
             assert len(it.mask_weights) == 9 and abs(sum(it.mask_weights) - 1.0) < 1e-6 or sum(it.mask_weights) == 0
             if it.pick_source == "negative mining":
                 assert set(it.scores) == set(it.candidates) and len(it.view_picks) == 9
@@ -65,8 +76,13 @@ def _frog_in_a_quarter():
     from int_engine.testing import ColourWorld, Thing
     from int_engine.testing.scenes import compose, ellipse
 
-    world = ColourWorld([Thing("bark", (120, 80, 40), kind="background"), Thing("frog", (70, 140, 50)),
-                         Thing("snake", (150, 40, 150), confusions={"bark": 0.08})])
+    world = ColourWorld(
+        [
+            Thing("bark", (120, 80, 40), kind="background"),
+            Thing("frog", (70, 140, 50)),
+            Thing("snake", (150, 40, 150), confusions={"bark": 0.08}),
+        ]
+    )
     return world, compose(world, "bark", [("frog", ellipse(128, 160, 120, 40, 14, 10))], 128, 160, seed=1)
 
 
@@ -130,9 +146,10 @@ def test_inpaint_scope_image_is_one_job_per_iteration_and_views_crop_it(scope):
     # every view whose crop of the union mask is non-empty is scored on its crop of the one result
     score = rec.of("vlm", "score")[0]
     filled = calls[0].result[0]
-    after = {id(im) for im in score.args[0][len(score.args[0]) // 2:]}
-    assert len(after) == sum(1 for v in r.trace.iterations[0].views
-                             if mask[v["box"][1]:v["box"][3], v["box"][0]:v["box"][2]].any())
-    for im in score.args[0][len(score.args[0]) // 2:]:
+    after = {id(im) for im in score.args[0][len(score.args[0]) // 2 :]}
+    assert len(after) == sum(
+        1 for v in r.trace.iterations[0].views if mask[v["box"][1] : v["box"][3], v["box"][0] : v["box"][2]].any()
+    )
+    for im in score.args[0][len(score.args[0]) // 2 :]:
         assert any(np.array_equal(im, filled[y0:y1, x0:x1]) for x0, y0, x1, y1 in [v["box"] for v in r.trace.iterations[0].views])
     assert "high quality" in positive and "is not a" in negative

@@ -13,8 +13,13 @@ from int_engine.testing.scenes import compose, ellipse
 
 
 def test_profile_writes_table_chrome_trace_and_chart(tmp_path):
-    world = ColourWorld([Thing("bark", (120, 80, 40), kind="background"), Thing("frog", (70, 140, 50)),
-                         Thing("snake", (150, 40, 150), confusions={"bark": 0.08})])
+    world = ColourWorld(
+        [
+            Thing("bark", (120, 80, 40), kind="background"),
+            Thing("frog", (70, 140, 50)),
+            Thing("snake", (150, 40, 150), confusions={"bark": 0.08}),
+        ]
+    )
     scene = compose(world, "bark", [("frog", ellipse(96, 128, 90, 30, 12, 9))], 96, 128, seed=0)
     Image.fromarray(scene.image).save(tmp_path / "x.png")
     engine = IntEngine(EngineConfig(iterations=3), models=scripted_models(world))
@@ -38,8 +43,27 @@ def test_throughput_script_reports_both_sides_and_the_same_masks(tiny_zoo, tmp_p
     from int_engine.bench.throughput import main
 
     out = tmp_path / "t.json"
-    code = main(["--images", "2", "--in-flight", "2", "--iterations", "1", "--size", "48", "64", "--zoo", str(tiny_zoo),
-                 "--set", "max_new_tokens=8", "--set", "models.inpaint.options.steps=2", "--json", str(out)])
+    code = main(
+        [
+            "--images",
+            "2",
+            "--in-flight",
+            "2",
+            "--iterations",
+            "1",
+            "--size",
+            "48",
+            "64",
+            "--zoo",
+            str(tiny_zoo),
+            "--set",
+            "max_new_tokens=8",
+            "--set",
+            "models.inpaint.options.steps=2",
+            "--json",
+            str(out),
+        ]
+    )
     figures = json.loads(out.read_text())
     assert code == 0 and figures["max_soft_mask_difference"] < 1e-4 and figures["max_8bit_level_difference"] <= 1
     for key in ("engine_images_per_s", "reference_images_per_s", "ratio", "peak_rss_mb", "calls_per_image_iteration"):
@@ -56,8 +80,9 @@ def test_throughput_script_reports_both_sides_and_the_same_masks(tiny_zoo, tmp_p
     work = figures["work_per_image_iteration"]
     assert set(work) == {"engine", "reference", other}
     for side in ("reference", other):  # (scoring may share prefixes in a batch: VLM tokens may differ there)
-        assert {k: v for k, v in work[side].items() if k != "vlm.prefill_tokens"} == \
-               {k: v for k, v in work["engine"].items() if k != "vlm.prefill_tokens"}
+        assert {k: v for k, v in work[side].items() if k != "vlm.prefill_tokens"} == {
+            k: v for k, v in work["engine"].items() if k != "vlm.prefill_tokens"
+        }
     assert work["engine"]["detector.images"] == 9 and work["engine"]["clip.images"] == 18
     assert work["engine"]["segmenter.encoder_images"] == 9 and work["engine"]["vlm.prefill_tokens"] > 0
     # one iteration: no contrast image yet, so no inpainting in either scope

@@ -9,20 +9,25 @@ from int_engine.prompts import candidate_list, parse_box, parse_names, parse_pro
 
 def test_prompt_texts_are_the_papers():
     assert prompts.box_prompt("polyp") == "This image pertains to the polyp detection task, output the bounding box of the polyp."
-    assert prompts.name_prompt("camouflaged animal") == "Output the name of the camouflaged animal and its environment in one word."
+    assert (
+        prompts.name_prompt("camouflaged animal") == "Output the name of the camouflaged animal and its environment in one word."
+    )
     pos, neg = prompts.inpaint_prompts("frog", "tree", "camouflaged animal")
     assert pos == "tree, high quality, detailed, and well-integrated with the original image."
     assert neg == "frog is not a camouflaged animal."
 
 
-@pytest.mark.parametrize("text,box", [
-    ("[0.1, 0.2, 0.5, 0.6]", (0.1, 0.2, 0.5, 0.6)),
-    ("The bounding box is [0.55, 0.6, 0.12, 0.3].", (0.12, 0.3, 0.55, 0.6)),
-    ("x0=0.0 y0=0.0 x1=1.2 y1=0.5 ", None),  # >1 without a view size
-    ("nothing here", None),
-    ("[0.1, 0.1, 0.1, 0.5]", None),  # no area
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "text,box",
+    [
+        ("[0.1, 0.2, 0.5, 0.6]", (0.1, 0.2, 0.5, 0.6)),
+        ("The bounding box is [0.55, 0.6, 0.12, 0.3].", (0.12, 0.3, 0.55, 0.6)),
+        ("x0=0.0 y0=0.0 x1=1.2 y1=0.5 ", None),  # >1 without a view size
+        ("nothing here", None),
+        ("[0.1, 0.1, 0.1, 0.5]", None),  # no area
+        ("", None),
+    ],
+)
 def test_parse_box(text, box):
     got = parse_box(text)
     assert got == (pytest.approx(box) if box else None)
@@ -35,15 +40,18 @@ def test_parse_box_pixels_with_view_size():
     assert parse_box("[20, 5, 60, 20]", width=100, height=50) is None  # only on the padding
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("Frog, tree", ("frog", "tree")),
-    ("Frogs and trees.", ("frog", "tree")),
-    ("The camouflaged animal is a frog, and its environment is a tree.", ("frog", "tree")),
-    ("Name: butterflies. Environment: leaves.", ("butterfly", "leaf")),
-    ("Sorry, I cannot see any.", (None, None)),
-    ("lizard", ("lizard", None)),
-    ("", (None, None)),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("Frog, tree", ("frog", "tree")),
+        ("Frogs and trees.", ("frog", "tree")),
+        ("The camouflaged animal is a frog, and its environment is a tree.", ("frog", "tree")),
+        ("Name: butterflies. Environment: leaves.", ("butterfly", "leaf")),
+        ("Sorry, I cannot see any.", (None, None)),
+        ("lizard", ("lizard", None)),
+        ("", (None, None)),
+    ],
+)
 def test_parse_names(text, expected):
     assert parse_names(text, "camouflaged animal") == expected
 
@@ -62,6 +70,8 @@ def test_any_text_parses_without_raising():
 
 
 def test_candidates_ordered_by_frequency_then_first_seen():
-    ps = [parse_proposal("", t, "camouflaged animal", 10, 10) for t in
-          ["snake, tree", "frog, tree", "frog, bark", "snake, leaf", "moth, sky", "frog", "?"]]
+    ps = [
+        parse_proposal("", t, "camouflaged animal", 10, 10)
+        for t in ["snake, tree", "frog, tree", "frog, bark", "snake, leaf", "moth, sky", "frog", "?"]
+    ]
     assert candidate_list(ps) == ["frog", "snake", "moth"]

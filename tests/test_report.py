@@ -47,9 +47,20 @@ def make_run(root: Path, n: int, failed: int = 0) -> tuple[Path, Dataset, dict[s
         noise = 15 + 140 * i / max(n - 1, 1)  # later images are worse
         pred = np.clip(cv2.GaussianBlur(gt.astype(np.float32), (0, 0), 2) + rng.normal(0, noise, gt.shape), 0, 255)
         cv2.imwrite(str(out / "pred" / f"{name}.png"), pred.astype(np.uint8))
-        done[name] = {**base, "ok": True, "error": None, "metrics": {}, "iterations": 2, "final_iteration": i % 2,
-                      "picks": [f"pick{i}a", f"pick{i}b"], "soft_max": [0.9, 0.8], "binary_area": [0.1, 0.2],
-                      "empty_mask": False, "seconds": {"propose": 0.5 + i, "segment": 0.25}, "seconds_total": 1.0 + i}
+        done[name] = {
+            **base,
+            "ok": True,
+            "error": None,
+            "metrics": {},
+            "iterations": 2,
+            "final_iteration": i % 2,
+            "picks": [f"pick{i}a", f"pick{i}b"],
+            "soft_max": [0.9, 0.8],
+            "binary_area": [0.1, 0.2],
+            "empty_mask": False,
+            "seconds": {"propose": 0.5 + i, "segment": 0.25},
+            "seconds_total": 1.0 + i,
+        }
     dataset = Dataset("Hand", "camouflaged animal", "cod", img_dir, gt_dir, pairs)
     return out, dataset, done
 
@@ -126,8 +137,10 @@ def test_best_and_worst_lists_never_share_an_image(tmp_path, n):
     n_best = min(math.ceil(n / 2), 6)
     assert len(g["best"]) == n_best and len(g["worst"]) == min(n - n_best, 6)
     assert not set(g["best"]) & set(g["worst"])
-    sm = {p.name: image_metrics(cv2.imread(str(out / "pred" / f"{p.name}.png"), 0), cv2.imread(str(p.gt), 0))["Sm"]
-          for p in dataset.pairs}
+    sm = {
+        p.name: image_metrics(cv2.imread(str(out / "pred" / f"{p.name}.png"), 0), cv2.imread(str(p.gt), 0))["Sm"]
+        for p in dataset.pairs
+    }
     assert [sm[x] for x in g["best"]] == sorted(sm.values(), reverse=True)[:n_best]
     if g["worst"]:
         assert max(sm[x] for x in g["worst"]) <= min(sm[x] for x in g["best"])

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from pycocotools import mask as coco_mask
+from scenarios import H, W, frog_scene
 
 import int_engine
 from int_engine import EngineConfig, IntEngine
@@ -21,7 +22,6 @@ from int_engine.pipeline import Result
 from int_engine.testing import scripted_models
 from int_engine.testing.scenes import ellipse
 from int_engine.trace import ImageTrace, IterationTrace
-from scenarios import H, W, frog_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,8 +98,11 @@ def synthetic(boxes_per_iteration, final, working, original, frame=None, pick="f
     fh, fw = frame or working
     trace = ImageTrace("<test>", original, working, [], "animal", final_iteration=final)
     for i, boxes in enumerate(boxes_per_iteration):
-        trace.iterations.append(IterationTrace(iteration=i, boxes=boxes, pick=f"{pick}{i}" if pick else "",
-                                               views=[{"name": "whole", "box": [0, 0, fw, fh]}]))
+        trace.iterations.append(
+            IterationTrace(
+                iteration=i, boxes=boxes, pick=f"{pick}{i}" if pick else "", views=[{"name": "whole", "box": [0, 0, fw, fh]}]
+            )
+        )
     zeros = np.zeros(original, np.float32)
     return Result(zeros, zeros > 0, [np.zeros(working, np.float32)] * len(boxes_per_iteration), trace)
 
@@ -121,8 +124,7 @@ def test_overlay_draws_the_kept_iterations_boxes_on_the_image(result, scene):
 def test_overlay_maps_boxes_from_the_padded_working_frame_to_the_image():
     # working 10 x 80 padded to a 20 x 80 frame (image at top=5), shown at 20 x 160 (scale 2);
     # iteration 0 is the kept one: its box [10, 7, 30, 15] covers image pixels x 20..59, y 4..19
-    r = synthetic([[[10, 7, 30, 15]], [[50, 5, 70, 15]]], final=0, working=(10, 80), original=(20, 160),
-                  frame=(20, 80), pick="")
+    r = synthetic([[[10, 7, 30, 15]], [[50, 5, 70, 15]]], final=0, working=(10, 80), original=(20, 160), frame=(20, 80), pick="")
     image = np.full((20, 160, 3), 90, np.uint8)
     out = r.overlay(image)
     box = np.all(out == BOX_COLOUR, axis=-1)
@@ -176,7 +178,12 @@ def test_segment_takes_a_pil_image_like_its_pixels(engine, scene):
 def test_py_typed_is_shipped_next_to_the_package(tmp_path):
     assert (Path(int_engine.__file__).parent / "py.typed").is_file()
     # what a wheel would hold: setup.py's build_py copies the packages and their package_data
-    out = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "int_engine" / "__init__.py").is_file() and (tmp_path / "int_engine" / "py.typed").is_file()

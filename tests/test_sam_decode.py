@@ -136,8 +136,12 @@ def test_prompts_scale_to_the_encoder_frame_as_segment_anything_does(segmenter, 
     boxes = rng.uniform(0, [w, h, w, h], (5, 4)).astype(np.float32)
     points = rng.uniform(0, [w, h], (7, 2)).astype(np.float32)
     t = segmenter.transform
-    assert torch.equal(segmenter._to_encoder_frame(boxes, shape).reshape(-1, 4), t.apply_boxes_torch(torch.as_tensor(boxes), shape))
+    assert torch.equal(
+        segmenter._to_encoder_frame(boxes, shape).reshape(-1, 4), t.apply_boxes_torch(torch.as_tensor(boxes), shape)
+    )
     assert torch.equal(segmenter._to_encoder_frame(points, shape), t.apply_coords_torch(torch.as_tensor(points), shape))
     # float64 input (a caller's numpy boxes) is cast once, like torch.as_tensor(...).float()
-    assert torch.equal(segmenter._to_encoder_frame(boxes.astype(np.float64), shape).reshape(-1, 4),
-                       t.apply_boxes_torch(torch.as_tensor(boxes), shape))
+    assert torch.equal(
+        segmenter._to_encoder_frame(boxes.astype(np.float64), shape).reshape(-1, 4),
+        t.apply_boxes_torch(torch.as_tensor(boxes), shape),
+    )

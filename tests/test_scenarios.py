@@ -2,7 +2,6 @@
 (tests/scenarios.py says what each scenario claims; docs/method.md maps them to SPEC steps)."""
 
 import pytest
-
 from scenarios import SCENARIOS
 
 pytestmark = pytest.mark.scenario

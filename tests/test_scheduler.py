@@ -14,17 +14,21 @@ from int_engine.testing import ColourWorld, Thing, scripted_models
 from int_engine.testing.scenes import compose, ellipse
 
 H, W = 96, 128
-WORLD = ColourWorld([
-    Thing("bark", (120, 80, 40), kind="background"),
-    Thing("frog", (70, 140, 50)),
-    Thing("snake", (150, 40, 150), confusions={"bark": 0.08}),
-])
+WORLD = ColourWorld(
+    [
+        Thing("bark", (120, 80, 40), kind="background"),
+        Thing("frog", (70, 140, 50)),
+        Thing("snake", (150, 40, 150), confusions={"bark": 0.08}),
+    ]
+)
 
 
 def scenes(n):
     rng = np.random.default_rng(0)
-    return [compose(WORLD, "bark", [("frog", ellipse(H, W, rng.uniform(20, 108), rng.uniform(20, 76), 12, 9))], H, W, seed=s).image
-            for s in range(n)]
+    return [
+        compose(WORLD, "bark", [("frog", ellipse(H, W, rng.uniform(20, 108), rng.uniform(20, 76), 12, 9))], H, W, seed=s).image
+        for s in range(n)
+    ]
 
 
 def jobs(images, cfg):
@@ -77,6 +81,7 @@ def test_memory_is_bounded_by_max_in_flight():
             alive.add(i)
             peak[0] = max(peak[0], len(alive))
             return image_steps(images[i], cfg)
+
         return steps
 
     done = []

@@ -11,6 +11,7 @@ import importlib
 import numpy as np
 import pytest
 import torch
+from test_scheduler import WORLD, jobs, scenes  # the same scenes: every image-iteration mines
 
 import int_engine.kernels
 import int_engine.mining as mining_module
@@ -20,10 +21,10 @@ from int_engine.mining import mine, mine_batch, mining_device, mining_dtypes
 from int_engine.pipeline import run
 from int_engine.scheduler import Scheduler
 from int_engine.testing import scripted_models
-from test_scheduler import WORLD, jobs, scenes  # the same scenes: every image-iteration mines
 
 # The module, not the function of the same name that int_engine.kernels re-exports over it.
 mf = importlib.import_module("int_engine.kernels.mine_fused")
+
 
 def mined(results):
     """How many image-iterations went through negative mining."""
@@ -43,6 +44,7 @@ def launches(monkeypatch):
             def launch(*args, **kwargs):
                 seen.append((grid, *args[6:9]))
                 return self.kernel[grid](*args, **kwargs)
+
             return launch
 
     monkeypatch.setattr(mf, "_kernel", lambda: Counting(real()))
@@ -83,7 +85,9 @@ def assert_same_as_eager(out, images, models, cfg):
             assert all(abs(got.scores[k] - want.scores[k]) <= 1e-6 * max(1.0, got.weights_before[k]) for k in want.scores)
 
 
-@pytest.mark.parametrize("dtypes", [(torch.float64, torch.float64), (torch.float32, torch.float64)], ids=["cpu-dtypes", "cuda-dtypes"])
+@pytest.mark.parametrize(
+    "dtypes", [(torch.float64, torch.float64), (torch.float32, torch.float64)], ids=["cpu-dtypes", "cuda-dtypes"]
+)
 def test_interpreter_runs_one_kernel_launch_per_mining_tick(monkeypatch, interpret, received, dtypes):
     # cuda-dtypes: the float32 scores CUDA gets, through the interpreter on this CPU.
     monkeypatch.setattr(mining_module, "mining_dtypes", lambda device: dtypes)
@@ -162,8 +166,15 @@ def test_the_tick_is_built_on_the_mining_device_in_its_dtypes(monkeypatch, recei
 def test_ticks_beyond_the_kernel_limits_use_mining_mine(interpret):
     # V <= 16 and C <= 64 hold for every configured split; a larger tick still mines, with torch.
     g = torch.Generator().manual_seed(0)
-    calls = [mine_call(torch.randn(1, 3, c, generator=g, dtype=torch.float64), torch.randn(1, 3, c, generator=g, dtype=torch.float64),
-                       torch.rand(1, c, generator=g, dtype=torch.float64), 1e-3) for c in (5, 70)]
+    calls = [
+        mine_call(
+            torch.randn(1, 3, c, generator=g, dtype=torch.float64),
+            torch.randn(1, 3, c, generator=g, dtype=torch.float64),
+            torch.rand(1, c, generator=g, dtype=torch.float64),
+            1e-3,
+        )
+        for c in (5, 70)
+    ]
     for call, ((pick, scores, new_history),) in zip(calls, mine_batch(calls)):
         want = mine(*(it[0] for it in call.items), 1e-3)
         assert torch.equal(pick, want[0]) and torch.allclose(scores, want[1]) and torch.allclose(new_history, want[2])

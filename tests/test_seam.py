@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_scheduler import WORLD, jobs, scenes  # every image-iteration of these scenes mines
 
 import int_engine.calls as calls_module
 from int_engine.api import IntEngine
@@ -20,7 +21,6 @@ from int_engine.pipeline import drive, image_steps, run
 from int_engine.protocols import Models
 from int_engine.scheduler import Scheduler, _Job
 from int_engine.testing import scripted_models
-from test_scheduler import WORLD, jobs, scenes  # every image-iteration of these scenes mines
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,13 @@ def test_a_call_that_is_not_declared_cannot_be_made():
     with pytest.raises(ValueError, match="declared in stage 'detect'"):
         ModelCall("segment", "detector", "detect", ([],))
     call = Call.DETECT.call((["img"], ["frog"]), (0.3, 0.25))
-    assert (call.stage, call.role, call.method, call.label, call.kind) == ("detect", "detector", "detect", "detector.detect", Call.DETECT)
+    assert (call.stage, call.role, call.method, call.label, call.kind) == (
+        "detect",
+        "detector",
+        "detect",
+        "detector.detect",
+        Call.DETECT,
+    )
 
 
 def test_permuting_the_declaration_changes_the_schedulers_rank(monkeypatch):
@@ -136,9 +142,14 @@ def step_builders() -> dict[str, list[int]]:
     for folder in ("engine", "bench", "kernels"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                named = (isinstance(node, ast.ImportFrom) and any(a.name == "image_steps" for a in node.names)
-                         or isinstance(node, ast.Name) and node.id == "image_steps"
-                         or isinstance(node, ast.Attribute) and node.attr == "image_steps")
+                named = (
+                    isinstance(node, ast.ImportFrom)
+                    and any(a.name == "image_steps" for a in node.names)
+                    or isinstance(node, ast.Name)
+                    and node.id == "image_steps"
+                    or isinstance(node, ast.Attribute)
+                    and node.attr == "image_steps"
+                )
                 if named:
                     found.setdefault(path.relative_to(ROOT).as_posix(), []).append(node.lineno)
     return found

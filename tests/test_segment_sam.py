@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from int_engine.protocols import Segmenter, SegmentRequest
 from int_engine.backends.segment_sam import PUBLISHED, SamSegmenter, arch_from_json, build_sam, resolve_checkpoint
 from int_engine.errors import ModelLoadError
 from int_engine.models import tiny_segmenter
+from int_engine.protocols import Segmenter, SegmentRequest
 
 BOX_A = np.array([[5, 5, 40, 50]], np.float32)
 BOX_B = np.array([[30, 40, 75, 90]], np.float32)
@@ -51,8 +51,11 @@ def test_mask_shape_dtype_and_values(segmenter, image):
 
 def test_union_of_two_boxes_covers_each_box(segmenter, image):
     a, b, both = segmenter.segment(
-        [SegmentRequest(image, boxes=BOX_A), SegmentRequest(image, boxes=BOX_B),
-         SegmentRequest(image, boxes=np.concatenate([BOX_A, BOX_B]))]
+        [
+            SegmentRequest(image, boxes=BOX_A),
+            SegmentRequest(image, boxes=BOX_B),
+            SegmentRequest(image, boxes=np.concatenate([BOX_A, BOX_B])),
+        ]
     )
     assert not np.array_equal(a, b)
     # Each box is decoded as its own row, so the request's probability is the max of the single
@@ -63,8 +66,7 @@ def test_union_of_two_boxes_covers_each_box(segmenter, image):
 def test_points_only_and_points_with_boxes(segmenter, image):
     points, labels = np.array([[20, 30], [60, 70]], np.float32), np.array([1, 0])
     only, with_box = segmenter.segment(
-        [SegmentRequest(image, points=points, labels=labels),
-         SegmentRequest(image, boxes=BOX_A, points=points, labels=labels)]
+        [SegmentRequest(image, points=points, labels=labels), SegmentRequest(image, boxes=BOX_A, points=points, labels=labels)]
     )
     assert only.shape == with_box.shape == (96, 80)
     assert only.sum() > 0 and not np.array_equal(only, with_box)
@@ -85,8 +87,9 @@ def test_batch_equals_one_by_one(segmenter):
     reqs = [
         SegmentRequest(rng.integers(0, 256, (64, 100, 3), dtype=np.uint8), boxes=BOX_A),
         SegmentRequest(rng.integers(0, 256, (120, 90, 3), dtype=np.uint8)),
-        SegmentRequest(rng.integers(0, 256, (50, 50, 3), dtype=np.uint8),
-                       points=np.array([[10, 12]], np.float32), labels=np.array([1])),
+        SegmentRequest(
+            rng.integers(0, 256, (50, 50, 3), dtype=np.uint8), points=np.array([[10, 12]], np.float32), labels=np.array([1])
+        ),
         SegmentRequest(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8), boxes=BOX_B),
     ]
     batched = segmenter.segment(reqs)

@@ -14,21 +14,24 @@ from int_engine.bench.serve_load import batch_totals, main  # noqa: E402
 
 
 def test_batch_totals_reads_the_segmenter_histogram_only():
-    text = "\n".join([
-        '# TYPE int_engine_batch_images histogram',
-        'int_engine_batch_images_count{call="vlm.generate"} 9.0',
-        'int_engine_batch_images_sum{call="vlm.generate"} 30.0',
-        'int_engine_batch_images_count{call="segmenter.segment"} 4.0',
-        'int_engine_batch_images_sum{call="segmenter.segment"} 11.0',
-    ])
+    text = "\n".join(
+        [
+            "# TYPE int_engine_batch_images histogram",
+            'int_engine_batch_images_count{call="vlm.generate"} 9.0',
+            'int_engine_batch_images_sum{call="vlm.generate"} 30.0',
+            'int_engine_batch_images_count{call="segmenter.segment"} 4.0',
+            'int_engine_batch_images_sum{call="segmenter.segment"} 11.0',
+        ]
+    )
     assert batch_totals(text) == (4.0, 11.0)
     assert batch_totals("") == (0.0, 0.0)
 
 
 def test_serve_load_sweeps_levels_and_compares_with_segment_many(tmp_path, capsys):
     out = tmp_path / "load.json"
-    code = main(["--levels", "1", "2", "--requests", "3", "--images", "2", "--warmup", "1",
-                 "--size", "48", "64", "--json", str(out)])
+    code = main(
+        ["--levels", "1", "2", "--requests", "3", "--images", "2", "--warmup", "1", "--size", "48", "64", "--json", str(out)]
+    )
     assert code == 0
     figures = json.loads(out.read_text())
     assert figures["server_exit_code"] == 0

@@ -18,10 +18,9 @@ from pycocotools import mask as coco_mask
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
+from service_helpers import png_bytes, scene, scripted_engine  # noqa: E402
 
 from int_engine.service import Limits, ServiceSettings, create_app  # noqa: E402
-
-from service_helpers import png_bytes, scene, scripted_engine  # noqa: E402
 
 
 @pytest.fixture
@@ -43,8 +42,10 @@ def test_multipart_and_json_give_the_librarys_masks(engine):
     client = client_for(engine)
     image = scene(3)
     want = engine.segment(image, iterations=2)
-    for response in (post_image(client, png_bytes(image), iterations="2"),
-                     client.post("/v1/segment", json={"image": base64.b64encode(png_bytes(image)).decode(), "iterations": 2})):
+    for response in (
+        post_image(client, png_bytes(image), iterations="2"),
+        client.post("/v1/segment", json={"image": base64.b64encode(png_bytes(image)).decode(), "iterations": 2}),
+    ):
         assert response.status_code == 200, response.text
         body = response.json()
         assert (body["width"], body["height"]) == (image.shape[1], image.shape[0])
@@ -60,8 +61,9 @@ def test_multipart_and_json_give_the_librarys_masks(engine):
 def test_accept_png_returns_the_binary_mask(engine):
     image = scene(4)
     want = engine.segment(image)
-    response = client_for(engine).post("/v1/segment", files={"image": ("x.png", png_bytes(image), "image/png")},
-                                       headers={"Accept": "image/png"})
+    response = client_for(engine).post(
+        "/v1/segment", files={"image": ("x.png", png_bytes(image), "image/png")}, headers={"Accept": "image/png"}
+    )
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(response.content))) > 0, want.binary)
 
@@ -69,8 +71,10 @@ def test_accept_png_returns_the_binary_mask(engine):
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height, with a few bytes of pixel data: a decoder
     that trusts the header before checking the size would allocate the whole image."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
 
@@ -87,8 +91,16 @@ BAD = {
     "bad iterations": (lambda c: post_image(c, png_bytes(scene(1)), iterations="four"), 422, "iterations must be an integer"),
     "unknown preset": (lambda c: post_image(c, png_bytes(scene(1)), preset="polip"), 422, "did you mean 'polyp'"),
     "bad ablation": (lambda c: post_image(c, png_bytes(scene(1)), ablation="pnm=maybe"), 422, "ablation"),
-    "wrong content type": (lambda c: c.post("/v1/segment", content=png_bytes(scene(1)), headers={"content-type": "image/png"}), 415, "content type"),
-    "no image field": (lambda c: c.post("/v1/segment", data={"task": "frog"}, files={"other": ("a", b"x")}), 422, "field 'image'"),
+    "wrong content type": (
+        lambda c: c.post("/v1/segment", content=png_bytes(scene(1)), headers={"content-type": "image/png"}),
+        415,
+        "content type",
+    ),
+    "no image field": (
+        lambda c: c.post("/v1/segment", data={"task": "frog"}, files={"other": ("a", b"x")}),
+        422,
+        "field 'image'",
+    ),
     "bad base64": (lambda c: c.post("/v1/segment", json={"image": "not base64!"}), 400, "base64"),
     "JSON without image": (lambda c: c.post("/v1/segment", json={"task": "frog"}), 422, "image"),
     "body too large": (lambda c: post_image(c, b"\x00" * 200_000), 413, "byte limit"),
@@ -112,7 +124,10 @@ def test_api_key_is_required_when_set(engine):
     assert post_image(client, data).status_code == 401
     wrong = client.post("/v1/segment", files={"image": ("x.png", data)}, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and "API key" in wrong.json()["error"]["message"]
-    assert client.post("/v1/segment", files={"image": ("x.png", data)}, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert (
+        client.post("/v1/segment", files={"image": ("x.png", data)}, headers={"Authorization": "Bearer s3cret"}).status_code
+        == 200
+    )
     assert client.post("/v1/segment", files={"image": ("x.png", data)}, headers={"X-API-Key": "s3cret"}).status_code == 200
     assert client.get("/healthz").status_code == 200  # probes need no key
 

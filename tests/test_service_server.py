@@ -23,13 +23,12 @@ from PIL import Image
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
+from service_helpers import png_bytes  # noqa: E402
+
 from int_engine.api import IntEngine  # noqa: E402
 from int_engine.bench.synthetic import make_scene  # noqa: E402
 from int_engine.config import EngineConfig  # noqa: E402
 from int_engine.models.cache import ensure_tiny_zoo  # noqa: E402
-
-from service_helpers import png_bytes  # noqa: E402
-
 
 
 def free_port() -> int:
@@ -45,8 +44,13 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "int_engine.cli", "serve", "--port", str(self.port), *args],
-                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "int_engine.cli", "serve", "--port", str(self.port), *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         deadline = time.time() + 240
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -109,12 +113,16 @@ def test_64_concurrent_requests_all_answered_with_the_librarys_masks_in_shared_b
         assert body["binary_rle"] == w.to_rle()
         soft = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["soft_png"]))))
         assert np.abs(soft.astype(int) - np.round(w.soft * 255).astype(int)).max() <= 1
-    line = next(l for l in metrics.splitlines() if l.startswith('int_engine_batch_images_bucket{call="segmenter.segment",le="1.0"}'))
+    line = next(
+        l for l in metrics.splitlines() if l.startswith('int_engine_batch_images_bucket{call="segmenter.segment",le="1.0"}')
+    )
     count = next(l for l in metrics.splitlines() if l.startswith('int_engine_batch_images_count{call="segmenter.segment"}'))
     single, batches = float(line.split()[-1]), float(count.split()[-1])
     assert batches > single, "no segmenter batch carried more than one image"
-    print(f"64 requests: {codes.count(200)} x 200, {codes.count(429)} x 429; segmenter batches {batches:.0f}, "
-          f"{batches - single:.0f} with more than one image")
+    print(
+        f"64 requests: {codes.count(200)} x 200, {codes.count(429)} x 429; segmenter batches {batches:.0f}, "
+        f"{batches - single:.0f} with more than one image"
+    )
 
 
 def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0(zoo):
@@ -134,16 +142,33 @@ def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0(zoo):
     assert server.proc.wait(120) == 0
 
 
-@pytest.mark.skipif(shutil.which("schemathesis") is None and not Path(sys.executable).with_name("schemathesis").exists(),
-                    reason="schemathesis is not installed (the [dev] extra installs it)")
+@pytest.mark.skipif(
+    shutil.which("schemathesis") is None and not Path(sys.executable).with_name("schemathesis").exists(),
+    reason="schemathesis is not installed (the [dev] extra installs it)",
+)
 def test_schemathesis_finds_no_server_error_and_no_undocumented_status(zoo, tmp_path):
     server = Server("--iterations", "1", "--max-pixels", "200000")
     try:
         exe = shutil.which("schemathesis") or str(Path(sys.executable).with_name("schemathesis"))
-        run = subprocess.run([exe, "run", server.url + "/openapi.json", "--max-examples", "15",
-                              "--checks", "not_a_server_error,status_code_conformance,content_type_conformance",
-                              "--request-timeout", "120", "--generation-deterministic", "--no-color"],
-                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        run = subprocess.run(
+            [
+                exe,
+                "run",
+                server.url + "/openapi.json",
+                "--max-examples",
+                "15",
+                "--checks",
+                "not_a_server_error,status_code_conformance,content_type_conformance",
+                "--request-timeout",
+                "120",
+                "--generation-deterministic",
+                "--no-color",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=tmp_path,
+        )
     finally:
         assert server.stop() == 0
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]

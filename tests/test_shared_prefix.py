@@ -18,13 +18,9 @@ from int_engine.models import tiny_vlm
 from int_engine.models.load import check_options
 
 PROMPT_A = "Output the name of the camouflaged animal and its environment in one word."
-PROMPT_B = (
-    "This image pertains to the camouflaged animal detection task, "
-    "output the bounding box of the camouflaged animal."
-)
+PROMPT_B = "This image pertains to the camouflaged animal detection task, output the bounding box of the camouflaged animal."
 # Candidates of 1 to ~20 tokens (the tiny tokenizer's pieces), a lone letter among them.
-CANDIDATES = ["frog", "a green lizard", "seahorse, coral reef", "owl on a branch of a tree", "x",
-              "[0.12, 0.30, 0.55, 0.91]"]
+CANDIDATES = ["frog", "a green lizard", "seahorse, coral reef", "owl on a branch of a tree", "x", "[0.12, 0.30, 0.55, 0.91]"]
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +57,9 @@ def call(views, prompts=(PROMPT_A, PROMPT_B), candidates=CANDIDATES, seed=0):
 
 def test_scores_equal_the_full_sequences_in_float32(shared, full, views):
     images, prompts, answers = call(views)
-    lengths = full._answer_lengths([full.chat_text(p) for p in prompts],
-                                   [full.chat_text(p) + " " + a for p, a in zip(prompts, answers)])
+    lengths = full._answer_lengths(
+        [full.chat_text(p) for p in prompts], [full.chat_text(p) + " " + a for p, a in zip(prompts, answers)]
+    )
     assert min(lengths) == 1 and len(set(lengths)) >= 5  # answers of different token lengths
     want, got = full.score(images, prompts, answers), shared.score(images, prompts, answers)
     assert got.dtype == np.float32 and np.ptp(want) > 0.5
@@ -77,8 +74,7 @@ def test_equal_in_passes_that_split_prefixes(tiny_dir, full, views, options):
     """Small budgets: prefixes cut between passes (and computed in each), one row per pass."""
     images, prompts, answers = call(views[:2], seed=1)
     small = HFLlavaVLM.load(tiny_dir, **options)
-    np.testing.assert_allclose(small.score(images, prompts, answers), full.score(images, prompts, answers),
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(small.score(images, prompts, answers), full.score(images, prompts, answers), rtol=0, atol=1e-5)
 
 
 def test_prefix_tokens_fall_by_the_candidates_per_prefix(shared, full, views):

@@ -14,17 +14,14 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from int_engine.protocols import VLM
 from int_engine.backends.llava_tokens import ExpandedIds
 from int_engine.backends.vlm_hf import HFLlavaVLM
 from int_engine.errors import ConfigError, ModelLoadError
 from int_engine.models import tiny_vlm
+from int_engine.protocols import VLM
 
 PROMPT_A = "Output the name of the camouflaged animal and its environment in one word."
-PROMPT_B = (
-    "This image pertains to the camouflaged animal detection task, "
-    "output the bounding box of the camouflaged animal."
-)
+PROMPT_B = "This image pertains to the camouflaged animal detection task, output the bounding box of the camouflaged animal."
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -88,9 +85,7 @@ def test_config_is_llava15_shaped(tiny_dir):
 def test_transformers_reloads_rewritten_file_exactly(tiny_dir, images):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    loaded, info = LlavaForConditionalGeneration.from_pretrained(
-        tiny_dir, local_files_only=True, output_loading_info=True
-    )
+    loaded, info = LlavaForConditionalGeneration.from_pretrained(tiny_dir, local_files_only=True, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     fresh, _ = tiny_vlm.tiny_model(seed=0)
     processor = AutoProcessor.from_pretrained(tiny_dir, local_files_only=True)
@@ -136,8 +131,8 @@ def test_answer_after_assistant_starts_a_word(tiny_dir):
     prompt = f"USER: <image>\n{PROMPT_A} ASSISTANT:"
     pre, full = tok(prompt)["input_ids"], tok(prompt + " frog")["input_ids"]
     assert pre[0] == tok.bos_token_id and full[: len(pre)] == pre
-    assert tok.convert_ids_to_tokens(full[len(pre):]) == ["▁frog"]
-    assert tok.decode(full[len(pre):]) == "frog"
+    assert tok.convert_ids_to_tokens(full[len(pre) :]) == ["▁frog"]
+    assert tok.decode(full[len(pre) :]) == "frog"
 
 
 # ---- the backend ---------------------------------------------------------------------------
@@ -302,8 +297,13 @@ def test_inputs_equal_the_processors_with_each_image_processed_once(vlm, images,
     from int_engine.backends.llava_image import pad_to_square, processor_fill
 
     fill = processor_fill(image_processor)
-    want = vlm.processor(images=[Image.fromarray(pad_to_square(im, fill)) for im in rows], text=texts,
-                         padding=True, padding_side=padding_side, return_tensors="pt")
+    want = vlm.processor(
+        images=[Image.fromarray(pad_to_square(im, fill)) for im in rows],
+        text=texts,
+        padding=True,
+        padding_side=padding_side,
+        return_tensors="pt",
+    )
     assert sorted(got) == sorted(want)
     for key in ("input_ids", "attention_mask"):
         assert torch.equal(got[key], want[key]), key
@@ -342,8 +342,9 @@ def spy_language_model(vlm, monkeypatch) -> list[dict]:
     def recording(*args, **kwargs):
         out = original(*args, **kwargs)
         shape = tuple(kwargs["inputs_embeds"].shape[:2]) if kwargs.get("inputs_embeds") is not None else None
-        calls.append({"kwargs": kwargs, "shape": shape, "past_key_values": out.past_key_values,
-                      "hidden_states": out.hidden_states})
+        calls.append(
+            {"kwargs": kwargs, "shape": shape, "past_key_values": out.past_key_values, "hidden_states": out.hidden_states}
+        )
         return out
 
     monkeypatch.setattr(lm, "forward", recording)
@@ -356,8 +357,11 @@ def count_dynamic_caches(monkeypatch) -> list:
 
     created = []
     original_init = cache_utils.DynamicCache.__init__
-    monkeypatch.setattr(cache_utils.DynamicCache, "__init__",
-                        lambda self, *a, **k: created.append(weakref.ref(self)) or original_init(self, *a, **k))
+    monkeypatch.setattr(
+        cache_utils.DynamicCache,
+        "__init__",
+        lambda self, *a, **k: created.append(weakref.ref(self)) or original_init(self, *a, **k),
+    )
     return created
 
 
@@ -381,11 +385,18 @@ def test_shared_prefix_score_caches_the_prefixes_only_and_keeps_nothing(vlm, ima
     def recording(*args, **kwargs):  # no strong reference to any cache kept
         past = kwargs.get("past_key_values")
         out = original(*args, **kwargs)
-        calls.append({"use_cache": kwargs["use_cache"], "shape": tuple(kwargs["inputs_embeds"].shape[:2]),
-                      "past_in": type(past).__name__ if past is not None else None,
-                      "out_layers": [tuple(layer.keys.shape) for layer in out.past_key_values.layers]
-                      if out.past_key_values is not None else None,
-                      "out_is_in": out.past_key_values is past, "hidden_states": out.hidden_states})
+        calls.append(
+            {
+                "use_cache": kwargs["use_cache"],
+                "shape": tuple(kwargs["inputs_embeds"].shape[:2]),
+                "past_in": type(past).__name__ if past is not None else None,
+                "out_layers": [tuple(layer.keys.shape) for layer in out.past_key_values.layers]
+                if out.past_key_values is not None
+                else None,
+                "out_is_in": out.past_key_values is past,
+                "hidden_states": out.hidden_states,
+            }
+        )
         return out
 
     monkeypatch.setattr(lm, "forward", recording)
@@ -426,7 +437,9 @@ def test_score_passes_fit_the_token_budget_and_equal_one_pass(tiny_dir, vlm, ima
         assert r * (s + (past.get_seq_length() if past is not None else 0)) <= budget
     prefix_passes = [c for c in calls if c["kwargs"]["use_cache"]]
     assert len(prefix_passes) >= 4 and all(c["kwargs"].get("past_key_values") is None for c in prefix_passes)
-    lengths = small._answer_lengths([small.chat_text(p) for p in prompts], [small.chat_text(p) + " " + a for p, a in zip(prompts, answers)])
+    lengths = small._answer_lengths(
+        [small.chat_text(p) for p in prompts], [small.chat_text(p) + " " + a for p, a in zip(prompts, answers)]
+    )
     assert sum(c["shape"][0] for c in calls if not c["kwargs"]["use_cache"]) == sum(n > 1 for n in lengths)
 
 
@@ -464,8 +477,10 @@ def test_vision_features_run_only_up_to_the_selected_layer(vlm, images):
     assert cfg.vision_feature_layer == -2 and ran == list(range(n - 1))  # the last layer is never run
     with torch.inference_mode():
         want = vlm.model.model.get_image_features(
-            pixel_values=pixels, vision_feature_layer=cfg.vision_feature_layer,
-            vision_feature_select_strategy=cfg.vision_feature_select_strategy, return_dict=True,
+            pixel_values=pixels,
+            vision_feature_layer=cfg.vision_feature_layer,
+            vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+            return_dict=True,
         ).pooler_output
     assert got.shape == (3, cfg.image_seq_length, cfg.text_config.hidden_size)
     for u in range(3):

@@ -107,7 +107,10 @@ def measure(model_dir, settings: list[tuple[int, int | None]], shared: bool) -> 
     """Run the settings (rows, max_batch_tokens) in order in one fresh process; their peaks."""
     done = subprocess.run(
         [sys.executable, "-c", CHILD, str(model_dir), json.dumps(settings), "shared" if shared else "full"],
-        capture_output=True, text=True, timeout=600, check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
@@ -124,8 +127,11 @@ def peaks(small_vlm) -> dict[str, list[dict]]:
         start = time.perf_counter()
         out[path] = measure(small_vlm, SETTINGS, shared=path == "shared")
         for m in out[path]:
-            print(f"\n{path:6s} score {m['rows']:3d} rows, max_batch_tokens {m['budget']}: {m['passes']} passes, "
-                  f"peak +{m['peak_mb']:.0f} MB ({m['how']}), {m['seconds']} s, {m['stats']}", end="")
+            print(
+                f"\n{path:6s} score {m['rows']:3d} rows, max_batch_tokens {m['budget']}: {m['passes']} passes, "
+                f"peak +{m['peak_mb']:.0f} MB ({m['how']}), {m['seconds']} s, {m['stats']}",
+                end="",
+            )
         print(f"\n({time.perf_counter() - start:.0f} s in all)")
     return out
 

@@ -27,15 +27,17 @@ HAS_VLLM = importlib.util.find_spec("vllm") is not None
 needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed (pip install 'int-engine[vllm]')")
 
 PROMPT_A = "Output the name of the camouflaged animal and its environment in one word."
-PROMPT_B = (
-    "This image pertains to the camouflaged animal detection task, "
-    "output the bounding box of the camouflaged animal."
-)
+PROMPT_B = "This image pertains to the camouflaged animal detection task, output the bounding box of the camouflaged animal."
 # Small engine settings for the tiny model: no torch.compile (start-up 5 s, not 45 s), a
 # 64 MiB KV cache, and blocks of 32 tokens so that the ~40-token requests share cached blocks;
 # limit_mm_per_prompt is an EngineArgs field beyond the options this backend once listed.
-TINY_ENGINE = {"enforce_eager": True, "kv_cache_memory_bytes": 64 << 20, "block_size": 32, "max_model_len": 512,
-               "limit_mm_per_prompt": {"image": 1}}
+TINY_ENGINE = {
+    "enforce_eager": True,
+    "kv_cache_memory_bytes": 64 << 20,
+    "block_size": 32,
+    "max_model_len": 512,
+    "limit_mm_per_prompt": {"image": 1},
+}
 
 
 @pytest.fixture(scope="module")
@@ -246,10 +248,23 @@ def test_engine_kwargs_bound_the_kv_cache_by_device():
     assert engine_kwargs("cuda", {"kv_cache_memory_bytes": 1 << 33}) == defaults | {"kv_cache_memory_bytes": 1 << 33}
     assert engine_kwargs("cpu", {"gpu_memory_utilization": 0.3}) == defaults | {"gpu_memory_utilization": 0.3}
     # other fields pass through; None is vLLM's default
-    got = engine_kwargs("cuda", {"tensor_parallel_size": 2, "quantization": "awq", "enable_prefix_caching": False,
-                                 "cpu_offload_gb": 4.0, "max_model_len": None})
-    assert got == defaults | {"gpu_memory_utilization": 0.5, "tensor_parallel_size": 2, "quantization": "awq",
-                              "enable_prefix_caching": False, "cpu_offload_gb": 4.0}
+    got = engine_kwargs(
+        "cuda",
+        {
+            "tensor_parallel_size": 2,
+            "quantization": "awq",
+            "enable_prefix_caching": False,
+            "cpu_offload_gb": 4.0,
+            "max_model_len": None,
+        },
+    )
+    assert got == defaults | {
+        "gpu_memory_utilization": 0.5,
+        "tensor_parallel_size": 2,
+        "quantization": "awq",
+        "enable_prefix_caching": False,
+        "cpu_offload_gb": 4.0,
+    }
 
 
 @needs_vllm
@@ -262,9 +277,15 @@ def test_options_are_the_installed_engine_args_typed():
     names = {f.name for f in dataclasses.fields(EngineArgs) if not f.name.startswith("_")} - {"model", "tokenizer", "dtype"}
     assert set(types_) == names | {"multiprocessing"}
     expected = {
-        "tensor_parallel_size": int, "quantization": str | None, "limit_mm_per_prompt": dict,
-        "cpu_offload_gb": float, "max_model_len": int | None, "enable_prefix_caching": bool | None,
-        "gpu_memory_utilization": float | None, "multiprocessing": bool, "kv_cache_memory_bytes": int | None,
+        "tensor_parallel_size": int,
+        "quantization": str | None,
+        "limit_mm_per_prompt": dict,
+        "cpu_offload_gb": float,
+        "max_model_len": int | None,
+        "enable_prefix_caching": bool | None,
+        "gpu_memory_utilization": float | None,
+        "multiprocessing": bool,
+        "kv_cache_memory_bytes": int | None,
     }
     for name, kind in expected.items():
         assert set(typing.get_args(types_[name]) or (types_[name],)) == set(typing.get_args(kind) or (kind,)), name

@@ -4,6 +4,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+
 from int_engine.backends.inpaint_sd import SDInpainter
 from int_engine.backends.inpaint_telea import TeleaInpainter
 from int_engine.backends.vlm_vllm import VLLMLlavaVLM
@@ -24,14 +25,22 @@ def models(tiny_zoo):
 
 
 def test_work_of_sums_roles_and_a_role_without_counters_counts_nothing():
-    models = SimpleNamespace(vlm=SimpleNamespace(work={"prefill_tokens": 5}), inpainter=SimpleNamespace(),
-                             detector=SimpleNamespace(work={"images": 2}), segmenter=object(), clip=None)
+    models = SimpleNamespace(
+        vlm=SimpleNamespace(work={"prefill_tokens": 5}),
+        inpainter=SimpleNamespace(),
+        detector=SimpleNamespace(work={"images": 2}),
+        segmenter=object(),
+        clip=None,
+    )
     before = work_of(models)
     assert before == {"vlm.prefill_tokens": 5.0, "detector.images": 2.0}
     models.vlm.work["prefill_tokens"] += 7
     models.inpainter.work = {"unet_latent_pixels": 100}  # appears: missing before counts 0
-    assert work_delta(before, work_of(models)) == {"detector.images": 0.0, "inpaint.unet_latent_pixels": 100.0,
-                                                    "vlm.prefill_tokens": 7.0}
+    assert work_delta(before, work_of(models)) == {
+        "detector.images": 0.0,
+        "inpaint.unet_latent_pixels": 100.0,
+        "vlm.prefill_tokens": 7.0,
+    }
     assert per_unit({"a": 6.0}, 3) == {"a": 2.0} and per_unit({"a": 6.0}, 0) == {"a": 0.0}
 
 
@@ -63,8 +72,13 @@ def test_sam_clip_detector_and_vlm_count_their_inputs(models):
     box = np.array([[4, 4, 30, 30], [10, 10, 40, 40]], np.float32)
     before = work_of(m)
     # each request's image is encoded once, however many prompts it has; none without prompts
-    m.segmenter.segment([SegmentRequest(a, boxes=box), SegmentRequest(b, points=np.array([[5, 5]], np.float32),
-                                                                      labels=np.array([1])), SegmentRequest(c)])
+    m.segmenter.segment(
+        [
+            SegmentRequest(a, boxes=box),
+            SegmentRequest(b, points=np.array([[5, 5]], np.float32), labels=np.array([1])),
+            SegmentRequest(c),
+        ]
+    )
     m.clip.image_text_similarity([a, b, c], ["x", "y", "z"])
     m.clip.similarity_maps([a, b], ["x", "y"])
     m.detector.detect([a, b, c], ["x"] * 3, 0.35, 0.25)
@@ -84,10 +98,13 @@ def test_sam_clip_detector_and_vlm_count_their_inputs(models):
 
 
 def test_vllm_counts_prompt_tokens_computed_and_cached():
-    outputs = [SimpleNamespace(prompt_token_ids=list(range(10)), num_cached_tokens=4),
-               SimpleNamespace(prompt_token_ids=list(range(7)), num_cached_tokens=None)]
-    vlm = VLLMLlavaVLM(SimpleNamespace(generate=lambda requests, params, use_tqdm: outputs),
-                       SimpleNamespace(tokenizer=None), prefix_caching=True)
+    outputs = [
+        SimpleNamespace(prompt_token_ids=list(range(10)), num_cached_tokens=4),
+        SimpleNamespace(prompt_token_ids=list(range(7)), num_cached_tokens=None),
+    ]
+    vlm = VLLMLlavaVLM(
+        SimpleNamespace(generate=lambda requests, params, use_tqdm: outputs), SimpleNamespace(tokenizer=None), prefix_caching=True
+    )
     assert vlm._run([{}, {}], None) is outputs
     assert vlm.work == {"prefill_tokens": 13, "prefill_cached_tokens": 4} and vlm.calls == 1
 

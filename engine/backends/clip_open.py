@@ -212,8 +212,10 @@ def _check_surgery_ready(model: torch.nn.Module, root: Path) -> None:
     ok = (
         isinstance(visual, VisionTransformer)
         and visual.attn_pool is None
-        and all(isinstance(b.attn, torch.nn.MultiheadAttention) and b.attn.in_proj_weight is not None
-                for b in visual.transformer.resblocks)
+        and all(
+            isinstance(b.attn, torch.nn.MultiheadAttention) and b.attn.in_proj_weight is not None
+            for b in visual.transformer.resblocks
+        )
     )
     if not ok:
         raise ModelLoadError(

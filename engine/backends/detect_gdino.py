@@ -117,9 +117,7 @@ class GroundingDinoDetector:
         return dict(OPTIONS)
 
     @classmethod
-    def load(
-        cls, path: str | Path, device: str = "cpu", dtype: str = "float32", **options
-    ) -> "GroundingDinoDetector":
+    def load(cls, path: str | Path, device: str = "cpu", dtype: str = "float32", **options) -> "GroundingDinoDetector":
         """Load offline from a local directory. ``options``: ``max_batch`` (int, default 16),
         the most images one forward pass takes."""
         p = require_files(ROLE, path, EXPECTED, FORMAT)
@@ -139,9 +137,7 @@ class GroundingDinoDetector:
                 raise ValueError(f"processor is {type(processor).__name__}, expected GroundingDinoProcessor")
             # float32 weights always: half precision runs under autocast (``_detect_batch``), so the
             # norms, softmaxes and the box/class heads' outputs that are thresholded stay float32
-            model = GroundingDinoForObjectDetection.from_pretrained(
-                p, config=config, local_files_only=True, dtype=torch.float32
-            )
+            model = GroundingDinoForObjectDetection.from_pretrained(p, config=config, local_files_only=True, dtype=torch.float32)
             model.to(torch.device(device)).eval()
             position_fix = fix_text_positions(model)
         except Exception as err:  # any library failure is a load failure of this path

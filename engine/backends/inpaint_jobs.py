@@ -8,8 +8,14 @@ import cv2
 import numpy as np
 
 
-def check_jobs(role: str, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], prompts: Sequence[str],
-               negative_prompts: Sequence[str], seeds: Sequence[int]) -> None:
+def check_jobs(
+    role: str,
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    prompts: Sequence[str],
+    negative_prompts: Sequence[str],
+    seeds: Sequence[int],
+) -> None:
     """One entry per job in every list; each image uint8 [H, W, 3] with an [H, W] mask."""
     n = len(images)
     if not (len(masks) == len(prompts) == len(negative_prompts) == len(seeds) == n):

@@ -178,9 +178,7 @@ class SDInpainter:
             raise ConfigError(f"{ROLE}: fit must be 'pad' or 'stretch', got {fit!r}")
         max_batch, vae_slicing = memory_bounds(device, max_batch, vae_slicing)
         if steps < 1 or dilate < 0 or max_batch < 0:
-            raise ConfigError(
-                f"{ROLE}: need steps >= 1, dilate >= 0, max_batch >= 0, got {steps}, {dilate}, {max_batch}"
-            )
+            raise ConfigError(f"{ROLE}: need steps >= 1, dilate >= 0, max_batch >= 0, got {steps}, {dilate}, {max_batch}")
         if scheduler is not None and scheduler not in _SCHEDULERS:
             raise ConfigError(f"{ROLE}: scheduler must be one of {sorted(_SCHEDULERS)} or None, got {scheduler!r}")
         if enable_xformers and importlib.util.find_spec("xformers") is None:

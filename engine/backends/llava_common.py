@@ -41,7 +41,9 @@ def distinct_rows(images: Sequence[np.ndarray]) -> tuple[list[int], list[int]]:
     return firsts, inverse
 
 
-def scoring_texts(chat_text, images: Sequence[np.ndarray], prompts: Sequence[str], answers: Sequence[str]) -> tuple[list[str], list[str]]:
+def scoring_texts(
+    chat_text, images: Sequence[np.ndarray], prompts: Sequence[str], answers: Sequence[str]
+) -> tuple[list[str], list[str]]:
     """Check a scoring request and build, per row, the chat text up to "ASSISTANT:" and the same
     text with the stripped answer joined by one space (as the model would write it)."""
     _check_lengths(images, prompts, "prompts")

@@ -69,8 +69,11 @@ def prefix_groups(images: Sequence[np.ndarray], ids: Sequence[Sequence[int]], le
 
 
 def prefix_passes(
-    groups: Sequence[Sequence[int]], prefix_lengths: Sequence[int], lengths: Sequence[int],
-    max_tokens: int | None = None, max_rows: int | None = None,
+    groups: Sequence[Sequence[int]],
+    prefix_lengths: Sequence[int],
+    lengths: Sequence[int],
+    max_tokens: int | None = None,
+    max_rows: int | None = None,
 ) -> list[list[list[int]]]:
     """The groups' rows cut into passes, each a list of (some of) a group's rows per prefix, in
     which rows x (longest prefix + longest answer) <= ``max_tokens`` and rows <= ``max_rows``
@@ -78,6 +81,7 @@ def prefix_passes(
     docstring). A group goes whole into a fresh pass rather than be split when it fits one; a
     group over the budget is split between passes (its prefix computed in each); a row alone
     over it gets a pass of its own."""
+
     def fits(p: int, a: int, rows: int) -> bool:
         return (max_rows is None or rows <= max_rows) and (max_tokens is None or rows * (p + a) <= max_tokens)
 
@@ -113,21 +117,24 @@ def plan(vlm: "HFLlavaVLM", images: Sequence[np.ndarray], texts: list[str], leng
     return prefix_passes(groups, prefix_lengths, lengths, vlm.max_batch_tokens, vlm.max_batch_size)
 
 
-def score_shared(vlm: "HFLlavaVLM", images: Sequence[np.ndarray], texts: list[str], lengths: list[int],
-                 scores: np.ndarray) -> tuple[int, int]:
+def score_shared(
+    vlm: "HFLlavaVLM", images: Sequence[np.ndarray], texts: list[str], lengths: list[int], scores: np.ndarray
+) -> tuple[int, int]:
     """Score a call's rows into ``scores`` pass by pass (``plan``); the (prefix, answer) tokens
     the language model ran."""
     prefix_tokens = answer_tokens = 0
     for groups in plan(vlm, images, texts, lengths):
         rows = [r for g in groups for r in g]
-        scores[rows], prefix, answer = score_pass(vlm, [images[r] for r in rows], [texts[r] for r in rows],
-                                                  [lengths[r] for r in rows], [len(g) for g in groups])
+        scores[rows], prefix, answer = score_pass(
+            vlm, [images[r] for r in rows], [texts[r] for r in rows], [lengths[r] for r in rows], [len(g) for g in groups]
+        )
         prefix_tokens, answer_tokens = prefix_tokens + prefix, answer_tokens + answer
     return prefix_tokens, answer_tokens
 
 
-def score_pass(vlm: "HFLlavaVLM", images: Sequence[np.ndarray], texts: list[str], lengths: list[int],
-               sizes: list[int]) -> tuple[np.ndarray, int, int]:
+def score_pass(
+    vlm: "HFLlavaVLM", images: Sequence[np.ndarray], texts: list[str], lengths: list[int], sizes: list[int]
+) -> tuple[np.ndarray, int, int]:
     """Mean answer log-probs of one pass's rows, float32 [R], with (prefix tokens, answer tokens)
     computed. The rows come grouped: the first ``sizes[0]`` share one prefix, the next
     ``sizes[1]`` another, ... (``lengths``: answer tokens per row)."""
@@ -146,13 +153,18 @@ def score_pass(vlm: "HFLlavaVLM", images: Sequence[np.ndarray], texts: list[str]
     prefix_ids = torch.full((len(sizes), longest), vlm.tokenizer.pad_token_id, dtype=ids.dtype, device=device)
     prefix_mask = torch.zeros((len(sizes), longest), dtype=batch["attention_mask"].dtype, device=device)
     for i, (f, p) in enumerate(zip(firsts, plen)):
-        prefix_ids[i, longest - p:] = ids[f, seq - lengths[f] - p: seq - lengths[f]]
-        prefix_mask[i, longest - p:] = 1
+        prefix_ids[i, longest - p :] = ids[f, seq - lengths[f] - p : seq - lengths[f]]
+        prefix_mask[i, longest - p :] = 1
     inverse = distinct_rows(images)[1]
     embeds = vlm._embed(prefix_ids, features, [inverse[f] for f in firsts])
     del features
-    out = lm(inputs_embeds=embeds, attention_mask=prefix_mask, position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0),
-             use_cache=True, output_hidden_states=False)
+    out = lm(
+        inputs_embeds=embeds,
+        attention_mask=prefix_mask,
+        position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0),
+        use_cache=True,
+        output_hidden_states=False,
+    )
     del embeds
     cache, last = out.past_key_values, out.last_hidden_state[:, -1].contiguous()  # [k, H]
     del out
@@ -176,9 +188,14 @@ def score_pass(vlm: "HFLlavaVLM", images: Sequence[np.ndarray], texts: list[str]
         counts = torch.bincount(g, minlength=len(sizes)).tolist()
         spans = [(i, slice(s - c, s)) for i, (c, s) in enumerate(zip(counts, np.cumsum(counts).tolist())) if c]
         shared = SharedPrefixCache(cache, spans)
-        hidden = lm(inputs_embeds=vlm.model.get_input_embeddings()(answer_ids), attention_mask=mask,
-                    position_ids=position_ids, past_key_values=shared, use_cache=False,
-                    output_hidden_states=False).last_hidden_state
+        hidden = lm(
+            inputs_embeds=vlm.model.get_input_embeddings()(answer_ids),
+            attention_mask=mask,
+            position_ids=position_ids,
+            past_key_values=shared,
+            use_cache=False,
+            output_hidden_states=False,
+        ).last_hidden_state
         del shared, cache
         states = hidden[valid]  # [A', H]
         del hidden

@@ -77,11 +77,18 @@ class ExpandedIds:
             expansion = tok(expanded, add_special_tokens=False)["input_ids"]
             exact = all(t == self.image_id for t in expansion) and (
                 expand_image_tokens(token_ids(tok, texts[:1])[0], self.image_id, expansion)
-                == tok(texts[0].replace(self.image_token, expanded))["input_ids"])
+                == tok(texts[0].replace(self.image_token, expanded))["input_ids"]
+            )
             self.splice = (expanded, expansion if exact else None)
         expansion = self.splice[1]
         if expansion is None or set(tok.model_input_names) != {"input_ids", "attention_mask"}:
-            return dict(tok([t.replace(self.image_token, expanded) for t in texts], padding=True,
-                            padding_side=padding_side, return_tensors="pt"))
+            return dict(
+                tok(
+                    [t.replace(self.image_token, expanded) for t in texts],
+                    padding=True,
+                    padding_side=padding_side,
+                    return_tensors="pt",
+                )
+            )
         rows = [expand_image_tokens(ids, self.image_id, expansion) for ids in token_ids(tok, texts)]
         return pad_rows(rows, tok.pad_token_id, padding_side)

@@ -156,8 +156,9 @@ def decode_requests(
         owner = torch.cat([torch.full((len(prompts[r][0]),), r, dtype=torch.long) for r in requests])
         for s in range(0, len(owner), max_prompts):
             rows = owner[s : s + max_prompts]
-            low_res, iou = decoder(features[rows.to(features.device)], coords[s : s + max_prompts],
-                                   labels[s : s + max_prompts], no_mask, has_mask)
+            low_res, iou = decoder(
+                features[rows.to(features.device)], coords[s : s + max_prompts], labels[s : s + max_prompts], no_mask, has_mask
+            )
             low_res, iou = low_res[:, keep], iou[:, keep]
             best = low_res[torch.arange(len(low_res), device=low_res.device), iou.argmax(dim=1)][:, None]
             for r in rows.unique_consecutive().tolist():

@@ -270,8 +270,13 @@ class SamSegmenter:
 
             encoder, decoder = compile_sam(sam, artifacts, pth.parent)
         return cls(
-            sam, multimask_output=multimask_output, batch_size=batch_size, decode_batch=decode_batch,
-            encoder=encoder, decoder=decoder, runtime=runtime,
+            sam,
+            multimask_output=multimask_output,
+            batch_size=batch_size,
+            decode_batch=decode_batch,
+            encoder=encoder,
+            decoder=decoder,
+            runtime=runtime,
         )
 
     @property

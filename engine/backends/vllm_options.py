@@ -68,6 +68,7 @@ CUDA_GPU_MEMORY_UTILIZATION = 0.5
 # ~1000 tokens of LLaVA-1.5-7B in float32, one request; raise it for real batches.
 CPU_KV_CACHE_BYTES = 1 << 30
 
+
 def engine_kwargs(device: str, options: dict[str, Any]) -> dict[str, Any]:
     """The keyword arguments ``vllm.LLM`` gets besides the model, tokenizer and dtype: the
     options over ``ENGINE_DEFAULTS``, None dropped (vLLM's default), and where neither
@@ -108,8 +109,18 @@ def engine_option_types() -> dict[str, Any]:
 
 # Annotation names a string annotation may use for the kinds a YAML value can have.
 _NAMED_KINDS: dict[str, Any] = {
-    "None": type(None), "bool": bool, "int": int, "float": float, "str": str, "Any": Any,
-    "dict": dict, "Mapping": dict, "list": list, "set": list, "tuple": list, "Sequence": list,
+    "None": type(None),
+    "bool": bool,
+    "int": int,
+    "float": float,
+    "str": str,
+    "Any": Any,
+    "dict": dict,
+    "Mapping": dict,
+    "list": list,
+    "set": list,
+    "tuple": list,
+    "Sequence": list,
 }
 
 

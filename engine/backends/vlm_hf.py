@@ -45,10 +45,15 @@ from PIL import Image
 from ..errors import ConfigError, ModelLoadError
 from ..models.checks import require_files
 from .llava_common import (
-    _check_image, _check_lengths, chat_texts, distinct_rows, llava_chat_text, scoring_texts,
+    _check_image,
+    _check_lengths,
+    chat_texts,
+    distinct_rows,
+    llava_chat_text,
+    scoring_texts,
 )
-from .llava_tokens import ExpandedIds, answer_token_ids, token_ids
 from .llava_image import complete_processor, pad_to_square, processor_fill
+from .llava_tokens import ExpandedIds, answer_token_ids, token_ids
 
 if TYPE_CHECKING:
     from transformers import LlavaForConditionalGeneration, ProcessorMixin
@@ -105,9 +110,7 @@ class HFLlavaVLM:
         return {"max_batch_size": int | None, "max_batch_tokens": int | None, "shared_prefix": bool}
 
     @classmethod
-    def load(
-        cls, path: str | Path, device: str = "cpu", dtype: str = "float32", **options
-    ) -> "HFLlavaVLM":
+    def load(cls, path: str | Path, device: str = "cpu", dtype: str = "float32", **options) -> "HFLlavaVLM":
         """Load a llava-hf directory. Options: ``max_batch_tokens`` (padded tokens per forward
         pass, rows x longest row, plus ``max_new_tokens`` per row when generating; default
         ``DEFAULT_MAX_BATCH_TOKENS``, sized in the module docstring; None = no token bound) and
@@ -145,8 +148,14 @@ class HFLlavaVLM:
             raise ModelLoadError(f"{ROLE}: cannot load {FORMAT} from {p}: {err}") from err
         if processor.tokenizer.pad_token is None:
             processor.tokenizer.pad_token = processor.tokenizer.eos_token
-        return cls(model, processor, torch.device(device), _optional_int(max_batch_size), _optional_int(max_batch_tokens),
-                   bool(shared_prefix))
+        return cls(
+            model,
+            processor,
+            torch.device(device),
+            _optional_int(max_batch_size),
+            _optional_int(max_batch_tokens),
+            bool(shared_prefix),
+        )
 
     # ---- text ------------------------------------------------------------------------------
 
@@ -185,8 +194,9 @@ class HFLlavaVLM:
             batch = self._expanded(texts, expanded, padding_side)
             batch["pixel_values"] = pixels
         else:  # another processor: its own call on every row
-            batch = self.processor(images=[pil[u] for u in inverse], text=texts, padding=True,
-                                   padding_side=padding_side, return_tensors="pt")
+            batch = self.processor(
+                images=[pil[u] for u in inverse], text=texts, padding=True, padding_side=padding_side, return_tensors="pt"
+            )
             batch["pixel_values"] = batch["pixel_values"][firsts]
         pixels = batch.pop("pixel_values")
         batch = {k: v.to(self.device) for k, v in batch.items()}
@@ -251,7 +261,7 @@ class HFLlavaVLM:
             num_beams=1,
             pad_token_id=self.tokenizer.pad_token_id,
         )
-        new_tokens = out[:, batch["input_ids"].shape[1]:]
+        new_tokens = out[:, batch["input_ids"].shape[1] :]
         return [a.strip() for a in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
     @torch.inference_mode()
@@ -301,8 +311,10 @@ class HFLlavaVLM:
         tower = llava.vision_tower
         if not _is_clip_tower(tower):
             encoded = llava.get_image_features(
-                pixel_values=pixel_values, vision_feature_layer=cfg.vision_feature_layer,
-                vision_feature_select_strategy=cfg.vision_feature_select_strategy, return_dict=True,
+                pixel_values=pixel_values,
+                vision_feature_layer=cfg.vision_feature_layer,
+                vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+                return_dict=True,
             )
             return torch.stack(list(encoded.pooler_output))
         wanted = hidden_state_indices(cfg.vision_feature_layer, len(tower.encoder.layers))
@@ -341,8 +353,11 @@ class HFLlavaVLM:
         # Left padded: position ids count from each row's first real token.
         position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
         out = self.model.model.language_model(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
-            use_cache=False, output_hidden_states=False,
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=position_ids,
+            use_cache=False,
+            output_hidden_states=False,
         )
         del embeds
         means = answer_logprob_means(self.model.lm_head, out.last_hidden_state, ids, lengths)

@@ -36,12 +36,17 @@ from PIL import Image
 
 from ..errors import ConfigError, ModelLoadError
 from ..models.checks import require_files
-from .llava_image import complete_processor, pad_to_square, processor_fill
-from .vllm_options import engine_kwargs, engine_option_types
 from .llava_common import (
-    _check_image, _check_lengths, chat_texts, distinct_rows, llava_chat_text, scoring_texts,
+    _check_image,
+    _check_lengths,
+    chat_texts,
+    distinct_rows,
+    llava_chat_text,
+    scoring_texts,
 )
+from .llava_image import complete_processor, pad_to_square, processor_fill
 from .llava_tokens import answer_token_ids
+from .vllm_options import engine_kwargs, engine_option_types
 from .vlm_hf import EXPECTED_FILES
 
 if TYPE_CHECKING:
@@ -282,10 +287,8 @@ def _mean_answer_logprob(out, answer: list[int], j: int) -> float | None:
     """
     ids = list(out.prompt_token_ids)
     n, total = len(answer), len(ids)
-    if ids[total - n:] != answer:
-        raise RuntimeError(
-            f"{ROLE}: vLLM tokenised answer {j} as {ids[total - n:]}, transformers as {answer}"
-        )
+    if ids[total - n :] != answer:
+        raise RuntimeError(f"{ROLE}: vLLM tokenised answer {j} as {ids[total - n :]}, transformers as {answer}")
     # Token i's log-prob comes from position i - 1's logits, computed only past the cache hit.
     if (out.num_cached_tokens or 0) > total - n - 1:
         return None

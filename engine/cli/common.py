@@ -84,8 +84,6 @@ def _output_dirs(images: list[str], out: Path) -> list[Path]:
     return dirs
 
 
-
-
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """The flags ``_config`` reads: --task, --preset, --config, --iterations, --seed, --device,
     --ablation, --set."""

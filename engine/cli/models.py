@@ -74,17 +74,22 @@ def add_parser(sub) -> None:
     models = sub.add_parser("models", help="model zoo tools").add_subparsers(dest="models_command", required=True)
     tiny = models.add_parser("tiny", help="build the tiny random-weight zoo (or, --scale small, larger real-shaped models)")
     tiny.add_argument("--out", required=True)
-    tiny.add_argument("--scale", choices=("tiny", "small"), default="tiny",
-                      help="small: ViT-B-sized SAM/CLIP, a 256 px SD UNet, ... for throughput measurements")
+    tiny.add_argument(
+        "--scale",
+        choices=("tiny", "small"),
+        default="tiny",
+        help="small: ViT-B-sized SAM/CLIP, a 256 px SD UNet, ... for throughput measurements",
+    )
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_models_tiny)
     verify = models.add_parser("verify", help="check a zoo against its manifest")
     verify.add_argument("dir")
     verify.set_defaults(func=cmd_models_verify)
     check = models.add_parser(
-        "check", help="check every role's backend and files without loading weights (exit 0 ok, 1 missing, 101 bad config)",
+        "check",
+        help="check every role's backend and files without loading weights (exit 0 ok, 1 missing, 101 bad config)",
         description="DIR|CONFIG: a models directory (vlm/ inpaint/ detector/ segmenter/ clip/) or a config file "
-                    "(YAML/JSON; a role's path may be a Hugging Face repo id, org/name, looked up in the local cache).",
+        "(YAML/JSON; a role's path may be a Hugging Face repo id, org/name, looked up in the local cache).",
     )
     check.add_argument("target", metavar="DIR|CONFIG")
     check.add_argument("--models", help="with a config file: the folder of the roles that have no path of their own")

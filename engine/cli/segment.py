@@ -22,8 +22,10 @@ def _out_refusal(out: Path, args: argparse.Namespace) -> str | None:
     if out.exists() and not out.is_dir():
         return f"--out {out} is a file, not a folder"
     if out.is_dir() and any(out.iterdir()) and not (args.exist_ok or args.resume):
-        return (f"--out {out} is not empty; pass --exist-ok to overwrite it, or --resume to keep the images "
-                f"already done there and segment the rest")
+        return (
+            f"--out {out} is not empty; pass --exist-ok to overwrite it, or --resume to keep the images "
+            f"already done there and segment the rest"
+        )
     return None
 
 
@@ -38,8 +40,10 @@ def _resume_refusal(out: Path, cfg, models_dir: Path | None) -> str | None:
     resolved = resolved_config(cfg, models_dir)
     if path.read_text(encoding="utf-8") == config_yaml(resolved, checkpoint_hashes(resolved)):
         return None
-    return (f"--resume: {path} differs from this run's config (settings or checkpoints); resume with "
-            f"--config {path} and no other settings, or write to a new --out")
+    return (
+        f"--resume: {path} differs from this run's config (settings or checkpoints); resume with "
+        f"--config {path} and no other settings, or write to a new --out"
+    )
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -113,24 +117,40 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if engine:
         engine.close()
     done = len(todo) - len(failed)
-    write_json(out / "summary.json", {"images": len(images), "succeeded": done + skipped, "skipped": skipped,
-                                      "failed": [{"image": p, "error": e} for p, e in failed]})
-    print(f"{done} of {len(images)} images segmented into {out}" + (f"; {skipped} skipped (already done)" if skipped else "")
-          + (f"; {len(failed)} failed" if failed else ""), file=sys.stderr)
+    write_json(
+        out / "summary.json",
+        {
+            "images": len(images),
+            "succeeded": done + skipped,
+            "skipped": skipped,
+            "failed": [{"image": p, "error": e} for p, e in failed],
+        },
+    )
+    print(
+        f"{done} of {len(images)} images segmented into {out}"
+        + (f"; {skipped} skipped (already done)" if skipped else "")
+        + (f"; {len(failed)} failed" if failed else ""),
+        file=sys.stderr,
+    )
     return min(len(failed), 100)
 
 
 def add_parser(sub) -> None:
     seg = sub.add_parser("segment", help="segment images with INT")
     seg.add_argument("images", nargs="+", help="image files, or folders of them")
-    seg.add_argument("--out", required=True,
-                     help="output folder: one sub-folder per image, config.yaml, env.json, summary.json")
-    seg.add_argument("--save", default="soft,binary,overlay",
-                     help="comma-separated outputs per image from soft, binary, overlay, rle (mask.rle.json, COCO RLE), "
-                          "iterations (iterations/<k>.png); trace.json is always written (default: %(default)s)")
+    seg.add_argument("--out", required=True, help="output folder: one sub-folder per image, config.yaml, env.json, summary.json")
+    seg.add_argument(
+        "--save",
+        default="soft,binary,overlay",
+        help="comma-separated outputs per image from soft, binary, overlay, rle (mask.rle.json, COCO RLE), "
+        "iterations (iterations/<k>.png); trace.json is always written (default: %(default)s)",
+    )
     seg.add_argument("--exist-ok", action="store_true", help="write into a non-empty --out, overwriting its files")
-    seg.add_argument("--resume", action="store_true",
-                     help="write into a non-empty --out, skipping images whose folder holds every --save output")
+    seg.add_argument(
+        "--resume",
+        action="store_true",
+        help="write into a non-empty --out, skipping images whose folder holds every --save output",
+    )
     seg.add_argument("--task", help='task-generic prompt, e.g. "camouflaged animal"')
     seg.add_argument("--preset", help="cod | polyp | skin | gensam | promac")
     seg.add_argument("--config", help="YAML or JSON EngineConfig (e.g. an earlier run's OUT/config.yaml)")
@@ -138,8 +158,9 @@ def add_parser(sub) -> None:
     seg.add_argument("--iterations", type=int)
     seg.add_argument("--seed", type=int)
     seg.add_argument("--device", help="cpu, cuda, cuda:1, ...")
-    seg.add_argument("--ablation", action="append", metavar="SWITCH=on|off",
-                     help="hcg, psnm, pnm or smg on/off (paper Table 3c; repeatable)")
+    seg.add_argument(
+        "--ablation", action="append", metavar="SWITCH=on|off", help="hcg, psnm, pnm or smg on/off (paper Table 3c; repeatable)"
+    )
     seg.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field (repeatable)")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     seg.set_defaults(func=cmd_segment)

@@ -18,8 +18,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     quiet_libraries()
     try:
         models = args.models or ensure_tiny_zoo()
-        manifest = export_models(models, args.format, args.out, roles=tuple(args.roles), device=args.device,
-                                 precision=args.precision, max_batch=args.max_batch)
+        manifest = export_models(
+            models,
+            args.format,
+            args.out,
+            roles=tuple(args.roles),
+            device=args.device,
+            precision=args.precision,
+            max_batch=args.max_batch,
+        )
     except IntEngineError as err:
         print(f"error: {err}", file=sys.stderr)
         return FATAL
@@ -46,7 +53,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
             engine.close()
     print(f"{args.image}: {len(trace.iterations)} iterations, {trace.seconds_total:.3f} s, device {cfg.models.device}")
     print(table)
-    print(f"chrome trace: {Path(args.out) / 'trace.json'} (open in chrome://tracing or Perfetto); chart: {Path(args.out) / 'stages.png'}")
+    print(
+        f"chrome trace: {Path(args.out) / 'trace.json'} (open in chrome://tracing or Perfetto); chart: {Path(args.out) / 'stages.png'}"
+    )
     return 0
 
 
@@ -62,13 +71,19 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def add_parsers(sub) -> None:
     prof = sub.add_parser("profile", help="time every stage of every iteration of one image")
     prof.add_argument("image")
     prof.add_argument("--out", default="profile", help="folder for trace.json, stages.png, stages.json")
-    for flag, kw in (("--task", {}), ("--preset", {}), ("--config", {}), ("--models", {}), ("--iterations", {"type": int}),
-                     ("--seed", {"type": int}), ("--device", {})):
+    for flag, kw in (
+        ("--task", {}),
+        ("--preset", {}),
+        ("--config", {}),
+        ("--models", {}),
+        ("--iterations", {"type": int}),
+        ("--seed", {"type": int}),
+        ("--device", {}),
+    ):
         prof.add_argument(flag, **kw)
     prof.add_argument("--ablation", action="append", metavar="SWITCH=on|off")
     prof.add_argument("--set", action="append", metavar="KEY=VALUE")

@@ -107,7 +107,11 @@ def _build_engines(onnx_entries: list[dict], out: Path, precision: str, max_batc
         build_engine(out / e["file"], out / file, shapes, precision, where=f"{e['role']}/{e['module']}")
         entries.append(
             artifact_entry(
-                e["role"], e["module"], "tensorrt", file, e["source"],
+                e["role"],
+                e["module"],
+                "tensorrt",
+                file,
+                e["source"],
                 dtype=precision,
                 onnx=e["file"],
                 profile={name: [list(s) for s in mm] for name, mm in shapes.items()},

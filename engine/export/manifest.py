@@ -68,14 +68,20 @@ def source_info(model_dir: Path) -> dict[str, str]:
     return {"path": str(Path(model_dir).resolve()), "sha256": checksum(Path(model_dir))}
 
 
-def artifact_entry(
-    role: str, module: str, fmt: str, file: str | None, source: dict[str, str], **fields: Any
-) -> dict[str, Any]:
+def artifact_entry(role: str, module: str, fmt: str, file: str | None, source: dict[str, str], **fields: Any) -> dict[str, Any]:
     """One manifest entry (module docstring), stamped with the export time and torch version."""
     import torch
 
-    return {"role": role, "module": module, "format": fmt, "file": file, **fields,
-            "source": source, "exported_at": now_utc(), "torch": torch.__version__}
+    return {
+        "role": role,
+        "module": module,
+        "format": fmt,
+        "file": file,
+        **fields,
+        "source": source,
+        "exported_at": now_utc(),
+        "torch": torch.__version__,
+    }
 
 
 def require_artifact(

@@ -29,6 +29,8 @@ DECODER_IO = (
     ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"],
     ["low_res_masks", "iou_predictions"],
 )
+
+
 class SamEncoderGraph(torch.nn.Module):
     """images float32 [B, 3, S, S] (normalised, padded: ``Sam.preprocess``) -> embeddings [B, C, g, g]."""
 

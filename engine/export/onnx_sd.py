@@ -32,9 +32,7 @@ class UNetGraph(torch.nn.Module):
         super().__init__()
         self.unet = unet
 
-    def forward(
-        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
 
 
@@ -82,9 +80,7 @@ def sd_examples(pipe, size: int | None = None, batch: int = 2) -> dict[str, tupl
     }
 
 
-def export_sd(
-    pipe, model_dir: Path, out_dir: Path, opset: int = DEFAULT_OPSET, size: int | None = None
-) -> list[dict[str, Any]]:
+def export_sd(pipe, model_dir: Path, out_dir: Path, opset: int = DEFAULT_OPSET, size: int | None = None) -> list[dict[str, Any]]:
     """Write ``inpaint/{unet,vae_encoder,vae_decoder}/model.onnx`` under ``out_dir`` from the
     float32 diffusers inpainting pipeline ``pipe`` loaded from ``model_dir``; returns their manifest entries.
 
@@ -96,10 +92,17 @@ def export_sd(
     latent_axes = {0: "batch", 2: "height", 3: "width"}
     image_axes = {0: "batch", 2: "image_height", 3: "image_width"}
     specs = [
-        (UNET, UNetGraph(pipe.unet), UNET_IO, {
-            "sample": latent_axes, "timestep": {0: "timestep_batch"},
-            "encoder_hidden_states": {0: "batch", 1: "text_length"}, "noise_pred": latent_axes,
-        }),
+        (
+            UNET,
+            UNetGraph(pipe.unet),
+            UNET_IO,
+            {
+                "sample": latent_axes,
+                "timestep": {0: "timestep_batch"},
+                "encoder_hidden_states": {0: "batch", 1: "text_length"},
+                "noise_pred": latent_axes,
+            },
+        ),
         (VAE_ENCODER, VaeEncoderGraph(pipe.vae), VAE_ENCODER_IO, {"image": image_axes, "latent_moments": latent_axes}),
         (VAE_DECODER, VaeDecoderGraph(pipe.vae), VAE_DECODER_IO, {"latents": latent_axes, "image": image_axes}),
     ]

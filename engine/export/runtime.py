@@ -57,8 +57,10 @@ class _DeviceArray:
 
     def __init__(self, value) -> None:
         self.__cuda_array_interface__ = {
-            "shape": tuple(value.shape()), "typestr": _ONNX_TYPESTR[value.element_type()],
-            "data": (value.data_ptr(), False), "version": 2,
+            "shape": tuple(value.shape()),
+            "typestr": _ONNX_TYPESTR[value.element_type()],
+            "data": (value.data_ptr(), False),
+            "version": 2,
         }
 
 
@@ -142,9 +144,7 @@ def open_runner(
     return TrtRunner(entry["path"], device, role=role)
 
 
-def compile_options(
-    role: str, artifacts: str | Path | None, model_dir: str | Path, modules: tuple[str, ...]
-) -> dict[str, Any]:
+def compile_options(role: str, artifacts: str | Path | None, model_dir: str | Path, modules: tuple[str, ...]) -> dict[str, Any]:
     """``torch.compile`` keyword arguments for ``role``: those the "compile" manifest recorded
     (checked for staleness like any artifact), or the defaults when there is no artifacts folder."""
     if artifacts is None:

@@ -25,9 +25,7 @@ def attach_sd_graphs(pipe, runtime: str, artifacts: str | Path, model_dir: Path,
     "tensorrt") artifacts from ``artifacts``, checked against the checkpoint in ``model_dir``.
     The eager UNet and VAE are dropped (their weights live in the graphs)."""
     sha = checksum(Path(model_dir))
-    unet, enc, dec = (
-        open_runner(ROLE, m, runtime, artifacts, model_dir, device, sha) for m in (UNET, VAE_ENCODER, VAE_DECODER)
-    )
+    unet, enc, dec = (open_runner(ROLE, m, runtime, artifacts, model_dir, device, sha) for m in (UNET, VAE_ENCODER, VAE_DECODER))
     pipe.unet = GraphUNet(unet, pipe.unet)
     pipe.vae = GraphVae(enc, dec, pipe.vae)
 

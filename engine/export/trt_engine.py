@@ -34,8 +34,11 @@ def _trt(where: str):
 
 
 def build_engine(
-    onnx_path: Path, engine_path: Path, shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]],
-    precision: str = "float16", where: str = "tensorrt",
+    onnx_path: Path,
+    engine_path: Path,
+    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]],
+    precision: str = "float16",
+    where: str = "tensorrt",
 ) -> None:
     """Parse ``onnx_path``, build an engine with one optimisation profile (``shapes``: per input
     name its (min, opt, max) shape) in ``precision``, and serialise it to ``engine_path``."""
@@ -76,9 +79,7 @@ class TrtRunner:
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = runtime.deserialize_cuda_engine(Path(path).read_bytes())
         if self.engine is None:
-            raise ModelLoadError(
-                f"{role}: cannot deserialise TensorRT engine {path} (built by another TensorRT version or GPU?)"
-            )
+            raise ModelLoadError(f"{role}: cannot deserialise TensorRT engine {path} (built by another TensorRT version or GPU?)")
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
@@ -105,8 +106,13 @@ class TrtRunner:
 
 
 def _torch_dtype(trt, dt) -> torch.dtype:
-    table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32, trt.int64: torch.int64,
-             trt.bool: torch.bool}
+    table = {
+        trt.float32: torch.float32,
+        trt.float16: torch.float16,
+        trt.int32: torch.int32,
+        trt.int64: torch.int64,
+        trt.bool: torch.bool,
+    }
     if hasattr(trt, "bfloat16"):
         table[trt.bfloat16] = torch.bfloat16
     return table[dt]

@@ -51,6 +51,7 @@ class RoleCheck:
 
 # -- what each backend's load requires, read from the backend's own constants ----------------
 
+
 def _present(role: str, path: Path, names: list[str] | tuple[str, ...], fmt: str) -> list[Path]:
     """The files ``names`` (``a|b`` = either) under ``path``, the first present alternative of
     each; the backend's own ``require_files`` message when one is missing."""
@@ -144,7 +145,7 @@ def _runtime(role: str, options: dict[str, Any]) -> None:
 
 def _strip(role: str, message: str) -> str:
     """The loaders' messages start with ``<role>: ``; the report line already says it."""
-    return message[len(role) + 2:] if message.startswith(f"{role}: ") else message
+    return message[len(role) + 2 :] if message.startswith(f"{role}: ") else message
 
 
 def check_role(cfg: ModelsConfig, role: str, models_dir: str | Path | None = None) -> RoleCheck:

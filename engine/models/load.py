@@ -176,8 +176,16 @@ def load_role(cfg: ModelsConfig, role: str, models_dir: str | Path | None = None
     where = "(no model files)" if path is None else (f"{rc.path} -> {path}" if from_hub else str(path))
     # ``extra``: the same facts as fields, for a service that logs records as structured data.
     fields = {"role": role, "backend": rc.backend, "dtype": dtype, "device": device, "model_path": str(path), "seconds": seconds}
-    log.info("%-9s loaded in %.2fs: backend %s, dtype %s, device %s, path %s", role, seconds, rc.backend, dtype, device,
-             where, extra=fields)
+    log.info(
+        "%-9s loaded in %.2fs: backend %s, dtype %s, device %s, path %s",
+        role,
+        seconds,
+        rc.backend,
+        dtype,
+        device,
+        where,
+        extra=fields,
+    )
     return model
 
 

@@ -191,6 +191,8 @@ def calibrate_logits(model: GroundingDinoForObjectDetection, mean: float, std: f
         queries.bias.fill_(1.0)
         tokens.weight.fill_(1.0)
         tokens.bias.fill_(mean / d)
+
+
 # The image processor's resize (shortest_edge, longest_edge): 128 px keeps the tiny forward
 # pass in milliseconds; the small one is the published 800/1333 scaled to SAM's 256 px (a
 # batch is padded to its largest image, so the long side bounds every image's cost).

@@ -60,9 +60,7 @@ def _train_clip_bpe(n_merges: int) -> tuple[dict[str, int], list[tuple[str, str]
 
     alphabet = _byte_alphabet()
     tok = Tokenizer(BPE(continuing_subword_prefix="", end_of_word_suffix="</w>"))
-    tok.normalizer = normalizers.Sequence(
-        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
-    )
+    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(_CLIP_SPLIT), behavior="removed", invert=True),
@@ -96,9 +94,7 @@ def _write_tokenizer(out: Path, vocab: dict[str, int], merges: list[tuple[str, s
     """The four files of a real CLIP tokenizer folder (no tokenizer.json, as in SD2's repo)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (out / "merges.txt").write_text(
-        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
-    )
+    (out / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
     specials = {"bos_token": _BOS, "eos_token": _EOS, "unk_token": _EOS, "pad_token": "!"}
     (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
     config = {

@@ -43,7 +43,6 @@ from transformers import (
 from .corpus import tokenizer_corpus
 
 
-
 @dataclass(frozen=True)
 class VlmSize:
     """The sizes that differ between zoo scales; heads are ``head_dim`` wide in both towers."""
@@ -62,13 +61,27 @@ class VlmSize:
 
 SIZES = {
     "tiny": VlmSize(
-        text_hidden=64, text_intermediate=256, text_layers=2, vision_hidden=64, vision_layers=2,
-        image_size=56, patch_size=14, head_dim=32, initializer_range=0.2,
+        text_hidden=64,
+        text_intermediate=256,
+        text_layers=2,
+        vision_hidden=64,
+        vision_layers=2,
+        image_size=56,
+        patch_size=14,
+        head_dim=32,
+        initializer_range=0.2,
     ),
     # Llama's MLP ratio (11008 / 4096 ~ 2.7, rounded to a multiple of 256) and CLIP ViT-B's widths.
     "small": VlmSize(
-        text_hidden=1024, text_intermediate=2816, text_layers=4, vision_hidden=768, vision_layers=4,
-        image_size=224, patch_size=16, head_dim=64, initializer_range=0.05,
+        text_hidden=1024,
+        text_intermediate=2816,
+        text_layers=4,
+        vision_hidden=768,
+        vision_layers=4,
+        image_size=224,
+        patch_size=16,
+        head_dim=64,
+        initializer_range=0.05,
     ),
 }
 # Prompt (~60 tokens) + 16 image tokens + a generated answer fit many times over; RoPE has no
@@ -120,9 +133,7 @@ def _train_tokenizer() -> LlamaTokenizer:
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in learnt["merges"]]
 
     # llava-hf pads on the left (ready for batched generation); it is saved with the tokenizer.
-    tok = LlamaTokenizer(
-        vocab=vocab, merges=merges, add_bos_token=True, add_eos_token=False, padding_side="left"
-    )
+    tok = LlamaTokenizer(vocab=vocab, merges=merges, add_bos_token=True, add_eos_token=False, padding_side="left")
     # Same order as llava-hf (<image> = 32000, <pad> = 32001 there).
     tok.add_tokens(["<image>"], special_tokens=True)
     tok.add_special_tokens({"pad_token": "<pad>"})
@@ -212,13 +223,13 @@ def published_key(key: str) -> str:
     ``vision_model.`` level (CLIPVisionModel became flat); vLLM needs that level.
     """
     if key.startswith("model.language_model."):
-        key = "language_model.model." + key[len("model.language_model."):]
+        key = "language_model.model." + key[len("model.language_model.") :]
     elif key.startswith("lm_head."):
         key = "language_model." + key
     elif key.startswith(("model.vision_tower.", "model.multi_modal_projector.")):
-        key = key[len("model."):]
+        key = key[len("model.") :]
     if key.startswith("vision_tower.") and not key.startswith("vision_tower.vision_model."):
-        key = "vision_tower.vision_model." + key[len("vision_tower."):]
+        key = "vision_tower.vision_model." + key[len("vision_tower.") :]
     if not key.startswith(PUBLISHED_PREFIXES):
         raise ValueError(f"unexpected Llava weight name {key!r}")
     return key
@@ -256,8 +267,8 @@ def build(out_dir: Path, seed: int = 0, scale: str = "tiny") -> dict:
     model, tok = tiny_model(seed, scale)
     model.save_pretrained(out_dir, safe_serialization=True)
     rewrite_keys(out_dir / "model.safetensors")
-    GenerationConfig(
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
-    ).save_pretrained(out_dir)
+    GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id).save_pretrained(
+        out_dir
+    )
     _save_processor(_processor(tok, size), out_dir)
     return {"format": "llava-hf", "params": sum(p.numel() for p in model.parameters())}

@@ -45,30 +45,53 @@ class ServiceSettings:
     retry_after_s: int = 1
 
 
-ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
-    "type": "object", "required": ["status", "message"],
-    "properties": {"status": {"type": "integer"}, "message": {"type": "string"}}}}}
-RESULT_SCHEMA = {
-    "type": "object", "required": ["width", "height", "binary_rle", "soft_png", "picks", "seconds"],
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
     "properties": {
-        "width": {"type": "integer"}, "height": {"type": "integer"},
-        "binary_rle": {"type": "object", "required": ["size", "counts"], "properties": {
-            "size": {"type": "array", "items": {"type": "integer"}}, "counts": {"type": "string"}}},
+        "error": {
+            "type": "object",
+            "required": ["status", "message"],
+            "properties": {"status": {"type": "integer"}, "message": {"type": "string"}},
+        }
+    },
+}
+RESULT_SCHEMA = {
+    "type": "object",
+    "required": ["width", "height", "binary_rle", "soft_png", "picks", "seconds"],
+    "properties": {
+        "width": {"type": "integer"},
+        "height": {"type": "integer"},
+        "binary_rle": {
+            "type": "object",
+            "required": ["size", "counts"],
+            "properties": {"size": {"type": "array", "items": {"type": "integer"}}, "counts": {"type": "string"}},
+        },
         "soft_png": {"type": "string", "description": "base64 8-bit PNG of the soft mask at the image's size"},
         "picks": {"type": "array", "items": {"type": "string"}, "description": "the picked name, one per iteration"},
         "seconds": {"type": "object", "additionalProperties": {"type": "number"}, "description": "seconds per stage"},
-        "task": {"type": "string"}, "final_iteration": {"type": "integer"},
+        "task": {"type": "string"},
+        "final_iteration": {"type": "integer"},
     },
 }
 OPTION_PROPERTIES = {
-    "task": {"type": "string", "minLength": 1}, "preset": {"type": "string", "enum": ["cod", "polyp", "skin", "gensam", "promac"]},
-    "iterations": {"type": "integer", "minimum": 1, "maximum": 16}, "seed": {"type": "integer"},
+    "task": {"type": "string", "minLength": 1},
+    "preset": {"type": "string", "enum": ["cod", "polyp", "skin", "gensam", "promac"]},
+    "iterations": {"type": "integer", "minimum": 1, "maximum": 16},
+    "seed": {"type": "integer"},
 }
-STATUSES = {400: "bad image or body", 401: "missing or wrong API key", 413: "body or image too large",
-            415: "content type is neither multipart/form-data nor application/json", 422: "bad or unknown option",
-            429: "queue full: retry after Retry-After seconds",
-            499: "client closed the connection (the answer is never received)", 500: "engine failure (a model or engine fault)",
-            503: "shutting down", 504: "timed out"}
+STATUSES = {
+    400: "bad image or body",
+    401: "missing or wrong API key",
+    413: "body or image too large",
+    415: "content type is neither multipart/form-data nor application/json",
+    422: "bad or unknown option",
+    429: "queue full: retry after Retry-After seconds",
+    499: "client closed the connection (the answer is never received)",
+    500: "engine failure (a model or engine fault)",
+    503: "shutting down",
+    504: "timed out",
+}
 
 
 class ClientGone(Exception):
@@ -110,10 +133,14 @@ def result_json(result) -> dict[str, Any]:
     seconds = stage_seconds(result)
     h, w = result.binary.shape
     return {
-        "width": int(w), "height": int(h), "binary_rle": result.to_rle(),
+        "width": int(w),
+        "height": int(h),
+        "binary_rle": result.to_rle(),
         "soft_png": base64.b64encode(_png(mask_to_uint8(result.soft))).decode("ascii"),
-        "picks": [it.pick for it in result.trace.iterations], "seconds": seconds,
-        "task": result.trace.task, "final_iteration": int(result.trace.final_iteration),
+        "picks": [it.pick for it in result.trace.iterations],
+        "seconds": seconds,
+        "task": result.trace.task,
+        "final_iteration": int(result.trace.final_iteration),
     }
 
 
@@ -125,8 +152,9 @@ def create_app(engine: "IntEngine", settings: ServiceSettings | None = None) -> 
     metrics = ServiceMetrics(lambda: core.queue_depth, lambda: core.in_flight, lambda: core.stats.cancelled)
     core.on_batch = metrics.observe_batch
     working = {"max_side": engine.config.max_side, "min_side": engine.config.min_side, "max_aspect": engine.config.max_aspect}
-    app = FastAPI(title="int-engine", version=__version__,
-                  description="INT segmentation from one task-generic prompt per request.")
+    app = FastAPI(
+        title="int-engine", version=__version__, description="INT segmentation from one task-generic prompt per request."
+    )
     app.state.draining = False
     app.state.active = 0  # segmentation requests being answered (a drain waits for them)
     app.state.metrics = metrics
@@ -141,8 +169,11 @@ def create_app(engine: "IntEngine", settings: ServiceSettings | None = None) -> 
     async def read_request(request: Request) -> tuple[bytes, dict[str, Any]]:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in ("multipart/form-data", "application/json"):
-            raise RequestError(415, f"content type {ctype or '(none)'!r}: send multipart/form-data (field image) "
-                                    "or application/json ({\"image\": base64})")
+            raise RequestError(
+                415,
+                f"content type {ctype or '(none)'!r}: send multipart/form-data (field image) "
+                'or application/json ({"image": base64})',
+            )
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > settings.limits.max_body_bytes:
             raise RequestError(413, f"body of {int(declared):,} bytes is over the {settings.limits.max_body_bytes:,}-byte limit")
@@ -173,7 +204,13 @@ def create_app(engine: "IntEngine", settings: ServiceSettings | None = None) -> 
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", responses={200: {"description": "ready"}, 503: {"description": "not ready", "content": {"application/json": {"schema": ERROR_SCHEMA}}}})
+    @app.get(
+        "/readyz",
+        responses={
+            200: {"description": "ready"},
+            503: {"description": "not ready", "content": {"application/json": {"schema": ERROR_SCHEMA}}},
+        },
+    )
     async def readyz():
         if app.state.draining or not core.accepting:
             reason = "shutting down" if app.state.draining else f"queue full ({core.queue_depth} waiting)"
@@ -185,17 +222,40 @@ def create_app(engine: "IntEngine", settings: ServiceSettings | None = None) -> 
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     responses: dict[int | str, dict[str, Any]] = {
-        200: {"description": "the masks", "content": {"application/json": {"schema": RESULT_SCHEMA}, "image/png": {}}}}
-    responses |= {code: {"description": text, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
-                  for code, text in STATUSES.items()}
-    request_body = {"required": True, "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "additionalProperties": False, "properties": {
-            "image": {"type": "string", "format": "binary"}, **OPTION_PROPERTIES,
-            "ablation": {"type": "string", "description": "e.g. pnm=off,hcg=on"}}}},
-        "application/json": {"schema": {"type": "object", "required": ["image"], "additionalProperties": False, "properties": {
-            "image": {"type": "string", "format": "byte"}, **OPTION_PROPERTIES,
-            "ablation": {"type": "object", "additionalProperties": {"type": "boolean"}}}}},
-    }}
+        200: {"description": "the masks", "content": {"application/json": {"schema": RESULT_SCHEMA}, "image/png": {}}}
+    }
+    responses |= {
+        code: {"description": text, "content": {"application/json": {"schema": ERROR_SCHEMA}}} for code, text in STATUSES.items()
+    }
+    request_body = {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "image": {"type": "string", "format": "binary"},
+                        **OPTION_PROPERTIES,
+                        "ablation": {"type": "string", "description": "e.g. pnm=off,hcg=on"},
+                    },
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "image": {"type": "string", "format": "byte"},
+                        **OPTION_PROPERTIES,
+                        "ablation": {"type": "object", "additionalProperties": {"type": "boolean"}},
+                    },
+                }
+            },
+        },
+    }
 
     @app.post("/v1/segment", responses=responses, openapi_extra={"requestBody": request_body})
     async def segment(request: Request) -> Response:

@@ -17,17 +17,21 @@ class ServiceMetrics:
     """requests by status, request latency, per-stage seconds, queue depth, images in flight,
     images per model batch."""
 
-    def __init__(self, queue_depth: Callable[[], float], in_flight: Callable[[], float],
-                 cancelled: Callable[[], float] = lambda: 0.0) -> None:
+    def __init__(
+        self, queue_depth: Callable[[], float], in_flight: Callable[[], float], cancelled: Callable[[], float] = lambda: 0.0
+    ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("int_engine_requests", "Segmentation requests by HTTP status", ["status"], registry=r)
-        self.latency = Histogram("int_engine_request_seconds", "Time from request to response",
-                                 buckets=LATENCY_BUCKETS, registry=r)
-        self.stage_seconds = Counter("int_engine_stage_seconds", "Seconds spent per INT stage (from the traces)",
-                                     ["stage"], registry=r)
-        self.batch_images = Histogram("int_engine_batch_images", "Images carried by one model batch",
-                                      ["call"], buckets=BATCH_BUCKETS, registry=r)
+        self.latency = Histogram(
+            "int_engine_request_seconds", "Time from request to response", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.stage_seconds = Counter(
+            "int_engine_stage_seconds", "Seconds spent per INT stage (from the traces)", ["stage"], registry=r
+        )
+        self.batch_images = Histogram(
+            "int_engine_batch_images", "Images carried by one model batch", ["call"], buckets=BATCH_BUCKETS, registry=r
+        )
         self.batch_seconds = Counter("int_engine_batch_seconds", "Seconds in model batches", ["call"], registry=r)
         queue = Gauge("int_engine_queue_depth", "Requests waiting for admission", registry=r)
         queue.set_function(queue_depth)

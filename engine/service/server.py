@@ -53,12 +53,14 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(engine: "IntEngine", settings: ServiceSettings | None = None, host: str = "127.0.0.1", port: int = 8000,
-          grace_s: float = 30.0) -> int:
+def serve(
+    engine: "IntEngine", settings: ServiceSettings | None = None, host: str = "127.0.0.1", port: int = 8000, grace_s: float = 30.0
+) -> int:
     """Serve ``engine`` until SIGTERM/SIGINT; returns the exit code (0 after a drained stop)."""
     app = create_app(engine, settings)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",
-                            timeout_graceful_shutdown=max(1, int(grace_s)))
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", lifespan="off", timeout_graceful_shutdown=max(1, int(grace_s))
+    )
     server = DrainingServer(config, app, engine, grace_s)
     log.warning("serving on http://%s:%d (POST /v1/segment, GET /healthz /readyz /metrics /docs)", host, port)
     server.run()

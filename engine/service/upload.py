@@ -52,8 +52,9 @@ def decode_image(data: bytes, limits: Limits, working: dict[str, Any]) -> Loaded
     except RequestError:
         raise
     except Image.DecompressionBombError as err:
-        raise RequestError(413, f"image header claims more pixels than the {limits.max_pixels:,}-pixel limit "
-                                f"(a decompression bomb?): {err}") from None
+        raise RequestError(
+            413, f"image header claims more pixels than the {limits.max_pixels:,}-pixel limit (a decompression bomb?): {err}"
+        ) from None
     except UnidentifiedImageError:
         raise RequestError(400, "not an image: no decoder recognises the uploaded bytes") from None
     except (OSError, ValueError, SyntaxError) as err:
@@ -123,9 +124,9 @@ def parse_json(body: bytes) -> tuple[bytes, dict[str, Any]]:
     if not isinstance(data, dict):
         raise RequestError(422, f"JSON body must be an object, got {type(data).__name__}")
     if not isinstance(data.get("image"), str):
-        raise RequestError(422, "JSON body needs \"image\": the image file's bytes in base64")
+        raise RequestError(422, 'JSON body needs "image": the image file\'s bytes in base64')
     try:
         image = base64.b64decode(data["image"], validate=True)
     except (binascii.Error, ValueError) as err:
-        raise RequestError(400, f"\"image\" is not valid base64: {err}") from None
+        raise RequestError(400, f'"image" is not valid base64: {err}') from None
     return image, parse_options(data)

@@ -11,4 +11,13 @@ build their own worlds to test configurations of the engine.
 from .backends import ModelErrors, ScriptedClip, ScriptedDetector, ScriptedSegmenter, ScriptedVLM, scripted_models
 from .world import ColourWorld, Thing
 
-__all__ = ["ModelErrors", "ColourWorld", "Thing", "ScriptedVLM", "ScriptedDetector", "ScriptedSegmenter", "ScriptedClip", "scripted_models"]
+__all__ = [
+    "ModelErrors",
+    "ColourWorld",
+    "Thing",
+    "ScriptedVLM",
+    "ScriptedDetector",
+    "ScriptedSegmenter",
+    "ScriptedClip",
+    "scripted_models",
+]

@@ -83,8 +83,9 @@ class ScriptedVLM:
       confused pixels), so removing c's pixels lowers it.
     """
 
-    def __init__(self, world: ColourWorld, delta: float = 1e-3, gives_boxes: bool = True,
-                 errors: ModelErrors = ModelErrors()) -> None:
+    def __init__(
+        self, world: ColourWorld, delta: float = 1e-3, gives_boxes: bool = True, errors: ModelErrors = ModelErrors()
+    ) -> None:
         self.world = world
         self.delta = delta
         self.gives_boxes = gives_boxes
@@ -169,7 +170,9 @@ class ScriptedDetector:
         self.min_area = min_area
         self.errors = errors
 
-    def detect(self, images: Sequence[np.ndarray], texts: Sequence[str], box_threshold: float, text_threshold: float) -> list[Detections]:
+    def detect(
+        self, images: Sequence[np.ndarray], texts: Sequence[str], box_threshold: float, text_threshold: float
+    ) -> list[Detections]:
         out = []
         for image, text in zip(images, texts):
             rng = request_rng(image, "det:" + text)
@@ -181,8 +184,14 @@ class ScriptedDetector:
                 jy = rng.normal(0, self.errors.det_jitter * (y1 - y0), 2)
                 score = rng.uniform(0.4, 0.9) if self.errors.det_jitter > 0 else 0.9
                 if score >= box_threshold:
-                    boxes.append([np.clip(x0 + jx[0], 0, w), np.clip(y0 + jy[0], 0, h),
-                                  np.clip(x1 + jx[1], 0, w), np.clip(y1 + jy[1], 0, h)])
+                    boxes.append(
+                        [
+                            np.clip(x0 + jx[0], 0, w),
+                            np.clip(y0 + jy[0], 0, h),
+                            np.clip(x1 + jx[1], 0, w),
+                            np.clip(y1 + jy[1], 0, h),
+                        ]
+                    )
                     scores.append(score)
             out.append(Detections(np.array(boxes, np.float32).reshape(-1, 4), np.array(scores, np.float32)))
         return out
@@ -282,8 +291,9 @@ class ScriptedClip:
         return out
 
 
-def scripted_models(world: ColourWorld, gives_boxes: bool = True, inpaint_radius: float = 3.0,
-                    errors: ModelErrors = ModelErrors()) -> Models:
+def scripted_models(
+    world: ColourWorld, gives_boxes: bool = True, inpaint_radius: float = 3.0, errors: ModelErrors = ModelErrors()
+) -> Models:
     """The four scripted roles over ``world`` with ``errors``, and real OpenCV Telea inpainting."""
     from ..backends.inpaint_telea import TeleaInpainter
 

@@ -41,8 +41,15 @@ def ellipse(h: int, w: int, cx: float, cy: float, rx: float, ry: float, angle: f
     return m.astype(bool)
 
 
-def compose(world: ColourWorld, background: str, objects: list[tuple[str, np.ndarray]], h: int, w: int, seed: int = 0,
-            texture: float = 0.12) -> Scene:
+def compose(
+    world: ColourWorld,
+    background: str,
+    objects: list[tuple[str, np.ndarray]],
+    h: int,
+    w: int,
+    seed: int = 0,
+    texture: float = 0.12,
+) -> Scene:
     """A background thing's texture with each (name, mask) object painted in its own texture."""
     rng = np.random.default_rng(seed)
     image = _texture(rng, h, w, world.by_name[background].colour, texture)
