@@ -114,6 +114,11 @@ class EngineCore:
         return len(self.scheduler.inflight)
 
     @property
+    def alive(self) -> bool:
+        """Whether the loop's thread is running (a health check's question)."""
+        return self._thread.is_alive()
+
+    @property
     def accepting(self) -> bool:
         return self._admitting and not self._queue.full()
 
