@@ -27,7 +27,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import cv2
 import numpy as np
@@ -82,8 +82,13 @@ def _append(out: Path, row: dict) -> None:
 
 
 def _run_info(dataset: Dataset, cfg: EngineConfig, models: str | None) -> dict[str, Any]:
-    return {"dataset": dataset.name, "images_dir": str(dataset.images_dir), "gt_dir": str(dataset.gt_dir),
-            "models": models, "config": cfg.to_dict()}
+    return {
+        "dataset": dataset.name,
+        "images_dir": str(dataset.images_dir),
+        "gt_dir": str(dataset.gt_dir),
+        "models": models,
+        "config": cfg.to_dict(),
+    }
 
 
 def _check_resume(out: Path, info: dict[str, Any]) -> None:
@@ -98,41 +103,159 @@ def _check_resume(out: Path, info: dict[str, Any]) -> None:
 
 def _reader(engine) -> Callable[[Pair, str], LoadedImage]:
     """How ``engine.segment_many`` reads a pair when it admits it (images read lazily)."""
+
     def read(pair: Pair, name: str) -> LoadedImage:
         read_gray(pair.gt)  # a broken GT fails this image before any model time is spent
         return engine.read(pair.image)
+
     return read
 
 
-def finish_pair(pair: Pair, result, out: Path) -> dict[str, Any]:
-    """Write a finished image's prediction PNG at GT size and return its results line."""
+def segment_pairs(engine, pairs: list[Pair]) -> Iterator[tuple[Pair, bytes | None, dict[str, Any]]]:
+    """Segment ``pairs`` through ``engine``'s scheduler; yields ``(pair, prediction PNG or None,
+    results line)`` as each finishes. Used in-process by ``run_bench`` and inside each Ray actor
+    (``bench/ray_bench.py``), so both produce the very same bytes and lines."""
+    by_name = {p.name: p for p in pairs}
+    for name, outcome in engine.segment_many(((p.name, p) for p in pairs), load=_reader(engine)):
+        pair = by_name[name]
+        try:
+            if isinstance(outcome, Exception):
+                yield pair, None, error_row(pair, outcome)
+                continue
+            png, row = finish_pair(pair, outcome)
+        except Exception as err:  # e.g. an unreadable GT at scoring time: recorded, the run goes on
+            yield pair, None, error_row(pair, err)
+            continue
+        yield pair, png, row
+
+
+def finish_pair(pair: Pair, result) -> tuple[bytes, dict[str, Any]]:
+    """A finished image's prediction as PNG bytes (8-bit soft mask at GT size) and its results line."""
     gt = read_gray(pair.gt)
     soft = result.soft
     if soft.shape != gt.shape:  # a GT stored at another size than its image: score at GT size
         soft = cv2.resize(soft, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
     pred = mask_to_uint8(soft)
-    cv2.imwrite(str(out / "pred" / f"{pair.name}.png"), pred)
+    ok, png = cv2.imencode(".png", pred)
+    if not ok:
+        raise IntEngineError(f"{pair.name}: cannot encode the prediction as PNG")
     stages: dict[str, float] = {}
     for it in result.trace.iterations:
         for stage, s in it.seconds.items():
             stages[stage] = stages.get(stage, 0.0) + s
-    return {
-        "name": pair.name, "image": str(pair.image), "gt": str(pair.gt), "ok": True, "error": None,
+    return png.tobytes(), {
+        "name": pair.name,
+        "image": str(pair.image),
+        "gt": str(pair.gt),
+        "ok": True,
+        "error": None,
         "metrics": {k: v for k, v in image_metrics(pred, gt).items() if k in PER_IMAGE_KEYS},
-        "iterations": len(result.trace.iterations), "final_iteration": result.trace.final_iteration,
+        "iterations": len(result.trace.iterations),
+        "final_iteration": result.trace.final_iteration,
         "picks": [it.pick for it in result.trace.iterations],
         # per iteration: an empty mask shows as soft_max 0 / binary_area 0, not only as a bad metric
         "soft_max": [it.soft_max for it in result.trace.iterations],
         "binary_area": [it.binary_area for it in result.trace.iterations],
         "empty_mask": not bool(result.binary.any()),
-        "seconds": stages, "seconds_total": result.trace.seconds_total,
+        "seconds": stages,
+        "seconds_total": result.trace.seconds_total,
     }
 
 
-def _error_row(pair: Pair, err: BaseException) -> dict[str, Any]:
+def error_row(pair: Pair, err: BaseException) -> dict[str, Any]:
+    """The results line of an image that failed: its error, and a short traceback if unexpected."""
     message = str(err) if isinstance(err, IntEngineError) else f"{type(err).__name__}: {err}"
-    return {"name": pair.name, "image": str(pair.image), "gt": str(pair.gt), "ok": False, "error": message,
-            "traceback": None if isinstance(err, IntEngineError) else "".join(traceback.format_exception(err, limit=3))}
+    return {
+        "name": pair.name,
+        "image": str(pair.image),
+        "gt": str(pair.gt),
+        "ok": False,
+        "error": message,
+        "traceback": None if isinstance(err, IntEngineError) else "".join(traceback.format_exception(err, limit=3)),
+    }
+
+
+def prepare_run(
+    config: EngineConfig,
+    dataset: Dataset,
+    out: Path,
+    limit: int | None,
+    resume: bool,
+    models_label: str | None,
+    models_dir: str | Path | None,
+) -> tuple[list[Pair], dict[str, dict], list[Pair]]:
+    """Open the run folder (refusing a finished run without ``resume``, or a resume under another
+    config), write run.json, config.yaml and env.json, drop torn results lines. Returns the
+    dataset's pairs in scope, the lines already recorded, and the pairs still to run."""
+    pairs = dataset.pairs[:limit] if limit else dataset.pairs
+    info = _run_info(dataset, config, models_label)
+    if out.exists() and (out / RESULTS).exists() and not resume:
+        raise ConfigError(f"{out}: holds an earlier run; pass --resume to continue it or choose a new --out")
+    if resume:
+        _check_resume(out, info)
+    (out / "pred").mkdir(parents=True, exist_ok=True)
+    (out / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    # Before any image: a run killed part-way still says what made it (RUN/config.yaml, RUN/env.json).
+    try:
+        write_run_info(out, config, models_dir)
+    except OSError as err:
+        raise IntEngineError(f"{out}: cannot write {err.filename or 'config.yaml / env.json'}: {err.strerror or err}") from None
+    done = load_results(out)
+    _rewrite_results(out, done)
+    todo = [p for p in pairs if not (p.name in done and done[p.name]["ok"])]
+    return pairs, done, todo
+
+
+class RunWriter:
+    """Records finished images in a run folder: pred/<name>.png, then its results line.
+
+    Idempotent per image, so that a batch Ray runs twice (its actor died after finishing it)
+    changes nothing: the PNG is replaced atomically with the same bytes, and an image already
+    recorded in this session gets no second line (results.jsonl holds each image once)."""
+
+    def __init__(self, out: Path, done: dict[str, dict], on_image: Callable[[dict], None] | None = None) -> None:
+        self.out, self.done, self.on_image = out, done, on_image
+        self.seen: set[str] = set()
+        self.processed = 0
+        self.image_iterations = 0
+
+    def write(self, pair: Pair, png: bytes | None, row: dict[str, Any]) -> bool:
+        """Record one image; False (and nothing written) when it was already recorded this session."""
+        if pair.name in self.seen:
+            return False
+        self.seen.add(pair.name)
+        if png is not None:
+            try:
+                path, tmp = self.out / "pred" / f"{pair.name}.png", self.out / "pred" / f".{pair.name}.png.tmp"
+                tmp.write_bytes(png)
+                os.replace(tmp, path)  # a kill mid-write never leaves a torn PNG under the real name
+            except OSError as err:  # the prediction cannot be written: recorded, the run goes on
+                row = error_row(pair, err)
+        _append(self.out, row)
+        self.done[pair.name] = row
+        self.processed += 1
+        self.image_iterations += row.get("iterations", 0)
+        if self.on_image:
+            self.on_image(row)
+        return True
+
+
+def finish_run(
+    out: Path, dataset: Dataset, pairs: list[Pair], writer: RunWriter, wall: float, work: dict[str, float] | None
+) -> dict[str, Any]:
+    """Score the saved predictions and write the run's tables and report; returns the summary."""
+    from .report import write_reports
+
+    return write_reports(
+        out,
+        dataset,
+        pairs,
+        writer.done,
+        wall=wall,
+        processed=writer.processed,
+        work=work,
+        image_iterations=writer.image_iterations,
+    )
 
 
 def run_bench(
@@ -152,46 +275,18 @@ def run_bench(
     ``on_image`` is called with each new results line (the CLI's progress bar hooks in here).
     Images run through the engine's scheduler (``max_in_flight`` at once); each line is
     appended as its image finishes. A failing image is recorded with its error and the run goes on.
+    The same run on a Ray cluster: ``bench/ray_bench.py``.
     """
     out = Path(out)
-    pairs = dataset.pairs[:limit] if limit else dataset.pairs
-    info = _run_info(dataset, engine.config, models_label)
-    if out.exists() and (out / RESULTS).exists() and not resume:
-        raise ConfigError(f"{out}: holds an earlier run; pass --resume to continue it or choose a new --out")
-    if resume:
-        _check_resume(out, info)
-    (out / "pred").mkdir(parents=True, exist_ok=True)
-    (out / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    # Before any image: a run killed part-way still says what made it (RUN/config.yaml, RUN/env.json).
-    try:
-        write_run_info(out, engine.config, models_dir)
-    except OSError as err:
-        raise IntEngineError(f"{out}: cannot write {err.filename or 'config.yaml / env.json'}: {err.strerror or err}") from None
-    done = load_results(out)
-    _rewrite_results(out, done)
+    pairs, done, todo = prepare_run(engine.config, dataset, out, limit, resume, models_label, models_dir)
+    writer = RunWriter(out, done, on_image)
     start = time.perf_counter()
-    processed = 0
-    todo = [p for p in pairs if not (p.name in done and done[p.name]["ok"])]
-    by_name = {p.name: p for p in todo}
     models = getattr(engine, "models", None)
-    work_before, image_iterations = work_of(models), 0  # int_engine.work counters of this session
-    for name, outcome in engine.segment_many(((p.name, p) for p in todo), load=_reader(engine)):
-        pair = by_name[name]
-        try:
-            row = _error_row(pair, outcome) if isinstance(outcome, Exception) else finish_pair(pair, outcome, out)
-        except Exception as err:  # e.g. the prediction cannot be written: recorded, the run goes on
-            row = _error_row(pair, err)
-        _append(out, row)
-        done[pair.name] = row
-        processed += 1
-        image_iterations += row.get("iterations", 0)
-        if on_image:
-            on_image(row)
+    work_before = work_of(models)  # int_engine.work counters of this session
+    for pair, png, row in segment_pairs(engine, todo):
+        writer.write(pair, png, row)
     wall = time.perf_counter() - start
-    from .report import write_reports
-
-    return write_reports(out, dataset, pairs, done, wall=wall, processed=processed,
-                         work=work_delta(work_before, work_of(models)), image_iterations=image_iterations)
+    return finish_run(out, dataset, pairs, writer, wall, work_delta(work_before, work_of(models)))
 
 
 @dataclass
@@ -236,8 +331,17 @@ def write_metrics_csv(out: Path, pairs: list[Pair], done: dict[str, dict], per_i
     """
     rows = [done[p.name] for p in pairs if p.name in done]
     stages = sorted({s for r in rows if r["ok"] for s in r.get("seconds", {})})
-    header = ["name", "ok", *PER_IMAGE_KEYS, "final_iteration", "pick", "iterations", "seconds",
-              *(f"seconds_{s}" for s in stages), "error"]
+    header = [
+        "name",
+        "ok",
+        *PER_IMAGE_KEYS,
+        "final_iteration",
+        "pick",
+        "iterations",
+        "seconds",
+        *(f"seconds_{s}" for s in stages),
+        "error",
+    ]
     path, tmp = out / METRICS_CSV, out / (METRICS_CSV + ".tmp")
     with open(tmp, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
@@ -246,11 +350,19 @@ def write_metrics_csv(out: Path, pairs: list[Pair], done: dict[str, dict], per_i
             m = per_image.get(r["name"], {})
             k, picks = r.get("final_iteration", -1), r.get("picks") or []
             pick = picks[k] if isinstance(k, int) and 0 <= k < len(picks) else ""
-            writer.writerow([
-                r["name"], int(r["ok"]), *(m.get(key, "") for key in PER_IMAGE_KEYS),
-                k if r["ok"] else "", pick, r.get("iterations", ""), r.get("seconds_total", ""),
-                *(r.get("seconds", {}).get(s, "") for s in stages), r.get("error") or "",
-            ])
+            writer.writerow(
+                [
+                    r["name"],
+                    int(r["ok"]),
+                    *(m.get(key, "") for key in PER_IMAGE_KEYS),
+                    k if r["ok"] else "",
+                    pick,
+                    r.get("iterations", ""),
+                    r.get("seconds_total", ""),
+                    *(r.get("seconds", {}).get(s, "") for s in stages),
+                    r.get("error") or "",
+                ]
+            )
     os.replace(tmp, path)
     return path
 

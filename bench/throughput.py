@@ -13,6 +13,7 @@ CLIP images, ...) per image-iteration, and peak RSS. A third side runs the engin
 
     python -m int_engine.bench.throughput --images 8 --in-flight 8 [--inpaint-scope image|view]
         [--zoo tiny|small] [--json F]
+    python -m int_engine.bench.throughput --ray --images 16    # Ray Data actor pool, 1 and 2 workers
 """
 
 from __future__ import annotations
@@ -90,19 +91,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, nargs=2, default=(96, 128), metavar=("H", "W"))
     p.add_argument("--zoo", default="tiny", help="tiny (built on first use) or a models directory")
     p.add_argument("--repeats", type=int, default=1, help="timed repeats of each side; medians are reported")
-    p.add_argument("--inpaint-scope", choices=("image", "view"), default=EngineConfig().inpaint_scope,
-                   help="eq 4's inpainting per view or per image (both sides); the other scope is run "
-                        "on the engine too, for the cost of view scope (default: EngineConfig's)")
+    p.add_argument(
+        "--inpaint-scope",
+        choices=("image", "view"),
+        default=EngineConfig().inpaint_scope,
+        help="eq 4's inpainting per view or per image (both sides); the other scope is run "
+        "on the engine too, for the cost of view scope (default: EngineConfig's)",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", help="write the figures here")
+    p.add_argument(
+        "--ray",
+        action="store_true",
+        help="instead: images/s of a Ray Data actor pool (bench --ray) with 1 and 2 workers, same images",
+    )
     args = p.parse_args(argv)
 
     from ..models.cache import ensure_tiny_zoo
 
     zoo = ensure_tiny_zoo() if args.zoo == "tiny" else Path(args.zoo)
-    cfg = apply_overrides(EngineConfig(iterations=args.iterations, max_in_flight=args.in_flight, max_new_tokens=16,
-                                       inpaint_scope=args.inpaint_scope),
-                          ["models.inpaint.options.steps=4", *args.set])
+    cfg = apply_overrides(
+        EngineConfig(
+            iterations=args.iterations, max_in_flight=args.in_flight, max_new_tokens=16, inpaint_scope=args.inpaint_scope
+        ),
+        ["models.inpaint.options.steps=4", *args.set],
+    )
+    if args.ray:  # before loading any model here: the actors load their own (bench/ray_bench.py)
+        from .ray_bench import ray_throughput
+
+        return ray_throughput(cfg, zoo, args.images, tuple(args.size), json_path=args.json)
     scope, other = cfg.inpaint_scope, "view" if cfg.inpaint_scope == "image" else "image"
     other_cfg = dataclasses.replace(cfg, inpaint_scope=other)
     models = load_models(cfg.models, zoo)
@@ -132,21 +149,36 @@ def main(argv: list[str] | None = None) -> int:
     view_t, image_t = (eng_t, oth_t) if scope == "view" else (oth_t, eng_t)
     view_slower = statistics.median(v / i for v, i in zip(view_t, image_t))
     n_ref, n_eng, n_oth = image_iterations(ref), image_iterations(eng), image_iterations(oth)
-    work = {"engine": per_unit(eng_work, n_eng), "reference": per_unit(ref_work, n_ref),
-            f"{other}_scope": per_unit(oth_work, n_oth)}
-    jobs = {"engine": sum(it.inpaint_jobs for r in eng for it in r.trace.iterations) / n_eng,
-            "reference": sum(it.inpaint_jobs for r in ref for it in r.trace.iterations) / n_ref,
-            f"{other}_scope": sum(it.inpaint_jobs for r in oth for it in r.trace.iterations) / n_oth}
+    work = {
+        "engine": per_unit(eng_work, n_eng),
+        "reference": per_unit(ref_work, n_ref),
+        f"{other}_scope": per_unit(oth_work, n_oth),
+    }
+    jobs = {
+        "engine": sum(it.inpaint_jobs for r in eng for it in r.trace.iterations) / n_eng,
+        "reference": sum(it.inpaint_jobs for r in ref for it in r.trace.iterations) / n_ref,
+        f"{other}_scope": sum(it.inpaint_jobs for r in oth for it in r.trace.iterations) / n_oth,
+    }
     unet = "inpaint.unet_latent_pixels"
     view_work, image_work = (work["engine"], work["image_scope"]) if scope == "view" else (work["view_scope"], work["engine"])
     work_ratio = view_work.get(unet, 0.0) / image_work[unet] if image_work.get(unet) else None
     figures = {
-        "zoo": str(zoo), "images": args.images, "in_flight": args.in_flight, "iterations": args.iterations,
-        "image_size": list(args.size), "repeats": args.repeats, "inpaint_scope": scope,
-        "engine_images_per_s": eng_ips, "reference_images_per_s": ref_ips, "ratio": eng_ips / ref_ips,
+        "zoo": str(zoo),
+        "images": args.images,
+        "in_flight": args.in_flight,
+        "iterations": args.iterations,
+        "image_size": list(args.size),
+        "repeats": args.repeats,
+        "inpaint_scope": scope,
+        "engine_images_per_s": eng_ips,
+        "reference_images_per_s": ref_ips,
+        "ratio": eng_ips / ref_ips,
         "ratio_paired_median": paired,
-        "engine_seconds": eng_t, "reference_seconds": ref_t,
-        "max_8bit_level_difference": max_levels, "binary_identical": binary_same, "max_soft_mask_difference": max_diff,
+        "engine_seconds": eng_t,
+        "reference_seconds": ref_t,
+        "max_8bit_level_difference": max_levels,
+        "binary_identical": binary_same,
+        "max_soft_mask_difference": max_diff,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "calls_per_image_iteration": {
             "engine": _calls_per_image_iteration(eng_calls, args.images, args.iterations),
@@ -157,23 +189,35 @@ def main(argv: list[str] | None = None) -> int:
         "inpaint_jobs_per_image_iteration": jobs,
         # the engine run again with the other inpaint_scope: what view scope costs over image scope
         "scope_comparison": {
-            "inpaint_scope": other, "images_per_s": oth_ips, "seconds": oth_t,
+            "inpaint_scope": other,
+            "images_per_s": oth_ips,
+            "seconds": oth_t,
             "view_images_per_s": eng_ips if scope == "view" else oth_ips,
             "image_images_per_s": oth_ips if scope == "view" else eng_ips,
             "view_slower_paired_median": view_slower,  # view seconds / image seconds, per repeat
             "view_unet_work_ratio": work_ratio,  # view / image UNet evaluations x latent pixels
         },
     }
-    print(f"zoo {zoo}: {args.images} images {args.size[0]}x{args.size[1]}, {args.iterations} iterations, "
-          f"{args.in_flight} in flight, inpaint_scope {scope}")
-    print(f"reference {ref_ips:8.3f} images/s   engine {eng_ips:8.3f} images/s   ratio {eng_ips / ref_ips:.2f}x (medians of {args.repeats})")
-    print(f"ratio per repeat (sides back to back): median {paired:.2f}x of {', '.join(f'{r / e:.2f}' for r, e in zip(ref_t, eng_t))}")
+    print(
+        f"zoo {zoo}: {args.images} images {args.size[0]}x{args.size[1]}, {args.iterations} iterations, "
+        f"{args.in_flight} in flight, inpaint_scope {scope}"
+    )
+    print(
+        f"reference {ref_ips:8.3f} images/s   engine {eng_ips:8.3f} images/s   ratio {eng_ips / ref_ips:.2f}x (medians of {args.repeats})"
+    )
+    print(
+        f"ratio per repeat (sides back to back): median {paired:.2f}x of {', '.join(f'{r / e:.2f}' for r, e in zip(ref_t, eng_t))}"
+    )
     sc = figures["scope_comparison"]
-    print(f"view scope: {sc['view_images_per_s']:.3f} images/s ({view_slower:.2f} x slower than image scope, "
-          f"{sc['image_images_per_s']:.3f} images/s; engine, per-repeat median), inpainting work "
-          + (f"{work_ratio:.2f} x" if work_ratio is not None else "n/a (no UNet work counted)"))
-    print(f"binary masks identical: {binary_same}; 8-bit masks within {max_levels} level(s); max soft-mask difference "
-          f"{max_diff:.2e}; peak RSS {figures['peak_rss_mb']:.0f} MB")
+    print(
+        f"view scope: {sc['view_images_per_s']:.3f} images/s ({view_slower:.2f} x slower than image scope, "
+        f"{sc['image_images_per_s']:.3f} images/s; engine, per-repeat median), inpainting work "
+        + (f"{work_ratio:.2f} x" if work_ratio is not None else "n/a (no UNet work counted)")
+    )
+    print(
+        f"binary masks identical: {binary_same}; 8-bit masks within {max_levels} level(s); max soft-mask difference "
+        f"{max_diff:.2e}; peak RSS {figures['peak_rss_mb']:.0f} MB"
+    )
     print(f"{'model calls per image-iteration':34s} {'engine':>8s} {'reference':>10s}")
     c = figures["calls_per_image_iteration"]
     for name in sorted(set(c["engine"]) | set(c["reference"])):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 from .common import FATAL, _config, _models_dir
 
@@ -13,8 +15,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..api import IntEngine
-    from ..bench.datasets import find_dataset, folder_dataset
     from ..bench.compare import compare
+    from ..bench.datasets import find_dataset, folder_dataset
     from ..bench.run import run_bench
     from ..bench.synthetic import write_synthetic_dataset
     from ..errors import IntEngineError
@@ -56,13 +58,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
             args.preset = dataset.preset
         cfg = _config(args)
         models_dir = _models_dir(args, cfg)
-        engine = IntEngine(cfg, models_dir=models_dir)
+        # on Ray the actors load the models; the driver only writes the run folder
+        engine = None if args.ray else IntEngine(cfg, models_dir=models_dir)
     except IntEngineError as err:
         print(f"error: {err}", file=sys.stderr)
         return FATAL
     if dataset.unpaired_images:
-        print(f"warning: {len(dataset.unpaired_images)} images have no GT and are skipped "
-              f"(e.g. {dataset.unpaired_images[0]})", file=sys.stderr)
+        print(
+            f"warning: {len(dataset.unpaired_images)} images have no GT and are skipped (e.g. {dataset.unpaired_images[0]})",
+            file=sys.stderr,
+        )
     total = min(len(dataset.pairs), args.limit) if args.limit else len(dataset.pairs)
     bar = tqdm(total=total, unit="img", disable=args.quiet, desc=dataset.name)
     failures = 0
@@ -75,18 +80,64 @@ def cmd_bench(args: argparse.Namespace) -> int:
         bar.update(1)
         bar.set_postfix(failed=failures)
 
+    label = str(models_dir) if models_dir else None
     try:
-        summary = run_bench(engine, dataset, args.out, limit=args.limit, resume=args.resume,
-                            models_label=str(models_dir) if models_dir else None, on_image=progress,
-                            models_dir=models_dir)
+        if engine is None:
+            summary = _bench_on_ray(args, cfg, dataset, models_dir, label, progress)
+        else:
+            summary = run_bench(
+                engine,
+                dataset,
+                args.out,
+                limit=args.limit,
+                resume=args.resume,
+                models_label=label,
+                on_image=progress,
+                models_dir=models_dir,
+            )
     except IntEngineError as err:
         print(f"error: {err}", file=sys.stderr)
         return FATAL
     finally:
         bar.close()
-        engine.close()
+        if engine is not None:
+            engine.close()
     print((Path(args.out) / "summary.md").read_text(encoding="utf-8"))
     return min(len(summary["failed"]), 100)
+
+
+def _bench_on_ray(
+    args: argparse.Namespace, cfg, dataset, models_dir: Path | None, label: str | None, progress: Callable[[dict], None]
+) -> dict:
+    """``--ray``: the same run folder, the images segmented by a pool of Ray actors."""
+    from ..bench.ray_bench import RayBenchSettings, run_ray_bench
+    from ..errors import IntEngineError
+
+    if args.workers < 1 or (args.gpus_per_worker or 0) < 0:
+        raise IntEngineError("--workers must be >= 1 and --gpus-per-worker >= 0")
+    settings = RayBenchSettings(
+        address=args.ray_address,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        cpus_per_worker=args.cpus_per_worker,
+        # abspath, not resolve: a short link to a deep folder keeps Ray's socket paths under
+        # the 107 bytes AF_UNIX allows
+        temp_dir=os.path.abspath(args.ray_temp_dir) if args.ray_temp_dir else None,
+    )
+    try:
+        return run_ray_bench(
+            cfg,
+            dataset,
+            args.out,
+            models_dir,
+            settings,
+            limit=args.limit,
+            resume=args.resume,
+            models_label=label,
+            on_image=progress,
+        )
+    except ImportError as err:
+        raise IntEngineError(f"--ray needs Ray (pip install -c constraints.txt '.[ray]'): {err}") from None
 
 
 def add_parser(sub) -> None:
@@ -95,20 +146,47 @@ def add_parser(sub) -> None:
     bench.add_argument("--data-root", help="folder holding the downloaded dataset (synthetic: where to generate it)")
     bench.add_argument("--images", help="--dataset folder: the images")
     bench.add_argument("--masks", help="--dataset folder: the GT masks (paired by file name)")
-    bench.add_argument("--out", help="run folder (results.jsonl, pred/, metrics.csv, curves.npz, summary.json, summary.md, "
-                                     "report.html, config.yaml, env.json)")
+    bench.add_argument(
+        "--out",
+        help="run folder (results.jsonl, pred/, metrics.csv, curves.npz, summary.json, summary.md, "
+        "report.html, config.yaml, env.json)",
+    )
     bench.add_argument("--limit", type=int, help="only the first N images")
     bench.add_argument("--resume", action="store_true", help="continue a run in --out, skipping finished images")
-    bench.add_argument("--compare", nargs="+", metavar="RUN",
-                       help="print two or more runs' metrics as one Markdown table (rows: runs)")
-    bench.add_argument("--compare-out", metavar="DIR", help="with --compare: also write compare.md, compare.csv, compare.tex here")
+    bench.add_argument(
+        "--compare", nargs="+", metavar="RUN", help="print two or more runs' metrics as one Markdown table (rows: runs)"
+    )
+    bench.add_argument(
+        "--compare-out", metavar="DIR", help="with --compare: also write compare.md, compare.csv, compare.tex here"
+    )
     bench.add_argument("--synthetic-count", type=int, help="synthetic: number of scenes (default: --limit or 100)")
     bench.add_argument("--synthetic-seed", type=int, default=0)
-    for flag, kw in (("--task", {}), ("--preset", {}), ("--config", {}), ("--models", {}), ("--iterations", {"type": int}),
-                     ("--seed", {"type": int}), ("--device", {})):
+    for flag, kw in (
+        ("--task", {}),
+        ("--preset", {}),
+        ("--config", {}),
+        ("--models", {}),
+        ("--iterations", {"type": int}),
+        ("--seed", {"type": int}),
+        ("--device", {}),
+    ):
         bench.add_argument(flag, **kw)
     bench.add_argument("--ablation", action="append", metavar="SWITCH=on|off")
     bench.add_argument("--set", action="append", metavar="KEY=VALUE")
     bench.add_argument("--quiet", action="store_true")
+    ray = bench.add_argument_group("Ray", "segment the images on a pool of Ray actors, one IntEngine each")
+    ray.add_argument("--ray", action="store_true", help="run the images on Ray (a local loopback cluster unless --ray-address)")
+    ray.add_argument("--ray-address", help="an existing cluster (e.g. ray://head:10001 or auto)")
+    ray.add_argument("--workers", type=int, default=1, help="actors in the pool (default 1)")
+    ray.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        help="GPUs each actor reserves (1: one actor per GPU; default: one per CUDA device the config names)",
+    )
+    ray.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        help="CPUs each actor reserves (default: 1 beside a GPU, else 3/4 of the cluster's shared out)",
+    )
+    ray.add_argument("--ray-temp-dir", help="the local cluster's session and log folder (default: Ray's own)")
     bench.set_defaults(func=cmd_bench)
-
