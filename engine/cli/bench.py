@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .common import FATAL, _config, _models_dir
+from .common import FATAL, _config, _models_dir, add_config_flags
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -161,18 +161,8 @@ def add_parser(sub) -> None:
     )
     bench.add_argument("--synthetic-count", type=int, help="synthetic: number of scenes (default: --limit or 100)")
     bench.add_argument("--synthetic-seed", type=int, default=0)
-    for flag, kw in (
-        ("--task", {}),
-        ("--preset", {}),
-        ("--config", {}),
-        ("--models", {}),
-        ("--iterations", {"type": int}),
-        ("--seed", {"type": int}),
-        ("--device", {}),
-    ):
-        bench.add_argument(flag, **kw)
-    bench.add_argument("--ablation", action="append", metavar="SWITCH=on|off")
-    bench.add_argument("--set", action="append", metavar="KEY=VALUE")
+    bench.add_argument("--models", help="folder with vlm/ inpaint/ detector/ segmenter/ clip/ (default: the tiny zoo)")
+    add_config_flags(bench)
     bench.add_argument("--quiet", action="store_true")
     ray = bench.add_argument_group("Ray", "segment the images on a pool of Ray actors, one IntEngine each")
     ray.add_argument("--ray", action="store_true", help="run the images on Ray (a local loopback cluster unless --ray-address)")

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import FATAL, _config, _models_dir
+from .common import FATAL, _config, _models_dir, add_config_flags
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -75,18 +75,8 @@ def add_parsers(sub) -> None:
     prof = sub.add_parser("profile", help="time every stage of every iteration of one image")
     prof.add_argument("image")
     prof.add_argument("--out", default="profile", help="folder for trace.json, stages.png, stages.json")
-    for flag, kw in (
-        ("--task", {}),
-        ("--preset", {}),
-        ("--config", {}),
-        ("--models", {}),
-        ("--iterations", {"type": int}),
-        ("--seed", {"type": int}),
-        ("--device", {}),
-    ):
-        prof.add_argument(flag, **kw)
-    prof.add_argument("--ablation", action="append", metavar="SWITCH=on|off")
-    prof.add_argument("--set", action="append", metavar="KEY=VALUE")
+    prof.add_argument("--models", help="folder with vlm/ inpaint/ detector/ segmenter/ clip/ (default: the tiny zoo)")
+    add_config_flags(prof)
     prof.set_defaults(func=cmd_profile)
 
     export = sub.add_parser("export", help="compile SAM and the inpainting UNet/VAE to ONNX / TensorRT / torch.compile")
