@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,53 +24,27 @@ pytest.importorskip("fastapi")
 from service_helpers import png_bytes  # noqa: E402
 
 from int_engine.api import IntEngine  # noqa: E402
+from int_engine.bench.serve_load import ServerProcess  # noqa: E402
 from int_engine.bench.synthetic import make_scene  # noqa: E402
 from int_engine.config import EngineConfig  # noqa: E402
 from int_engine.models.cache import ensure_tiny_zoo  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``int-engine serve`` in a subprocess on a free loopback port."""
+class Server(ServerProcess):
+    """``int-engine serve`` in a subprocess on a free loopback port (bench/serve_load's), ready."""
 
     def __init__(self, *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "int_engine.cli", "serve", "--port", str(self.port), *args],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}: {self.proc.stdout.read()}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("server did not become ready in 240 s")
+        super().__init__(list(args))
+        try:
+            self.wait_ready()
+        except RuntimeError:
+            self.stop()
+            raise
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+    def stop(self, timeout_s: float = 60.0) -> int:
+        code = super().stop(timeout_s)
+        self.close()
+        return code
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +112,7 @@ def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0(zoo):
     assert late.status_code == 503 and "shutting down" in late.json()["error"]["message"]
     assert codes == [200] * 4
     assert server.proc.wait(120) == 0
+    server.close()
 
 
 @pytest.mark.skipif(
