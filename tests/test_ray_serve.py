@@ -26,9 +26,9 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
 from service_helpers import png_bytes  # noqa: E402
-from test_service_server import free_port  # noqa: E402
 
 from int_engine.api import IntEngine  # noqa: E402
+from int_engine.bench.serve_load import free_port  # noqa: E402
 from int_engine.bench.synthetic import make_scene  # noqa: E402
 from int_engine.cli import main  # noqa: E402
 from int_engine.config import EngineConfig  # noqa: E402
