@@ -72,6 +72,7 @@ class Scheduler:
         # called after every model batch with ("role.method", images carried, seconds): a
         # service's metrics hang here without the loop knowing about them
         self.on_batch: Callable[[str, int, float], None] | None = None
+        self._last_trim = time.monotonic()
 
     def run(self, jobs: Iterable[tuple[Any, Callable[[], Steps]]]) -> Iterator[tuple[Any, Result | Exception]]:
         """Yield ``(key, Result)`` as images finish (not in input order), or ``(key, error)`` for an
@@ -130,11 +131,20 @@ class Scheduler:
                 outcome = self._advance(job, reply)
                 if outcome is not None:
                     finished.append((job, outcome))
-        if self.config.trim_heap:
-            trim_heap()
         for job, _ in finished:
             self.inflight.remove(job)
+        self._maybe_trim_heap()
         return [(job.key, outcome) for job, outcome in finished]
+
+    def _maybe_trim_heap(self) -> None:
+        """``trim_heap`` once no image is in flight, or when ``trim_heap_every_s`` has passed since
+        the last trim: trimming costs a tick the page faults of its buffers' return."""
+        if not self.config.trim_heap:
+            return
+        now = time.monotonic()
+        if not self.inflight or now - self._last_trim >= self.config.trim_heap_every_s:
+            trim_heap()
+            self._last_trim = now
 
     def _decide(self, inflight: list[_Job]) -> list[list[_Job]]:
         """The tick's batches: the images waiting at the earliest call in the tick order (``calls.Call``),

@@ -1,12 +1,14 @@
 """The scheduler runs the eager pipeline's steps for many images with batched calls:
 same masks, fewer calls, bounded state, failures isolated to their image."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
 
 from int_engine.calls import mine_call, run_each
-from int_engine.config import EngineConfig, apply_overrides
+from int_engine.config import ConfigError, EngineConfig, apply_overrides
 from int_engine.mining import mine, mine_batch
 from int_engine.pipeline import drive, image_steps, run
 from int_engine.scheduler import Scheduler
@@ -91,18 +93,56 @@ def test_memory_is_bounded_by_max_in_flight():
     assert sorted(done) == list(range(7)) and peak[0] == 3
 
 
-@pytest.mark.parametrize("trim", [True, False])
-def test_freed_heap_is_given_back_after_every_tick(monkeypatch, trim):
+def _trimmed_ticks(monkeypatch, cfg, seconds_per_tick=None):
+    """Run 3 scenes; return the ticks after which the heap was trimmed, the images in flight at
+    each, and the tick count. With ``seconds_per_tick`` the scheduler's clock is a fake one
+    that advances that much at every reading (one reading per tick)."""
+    import types
+
     import int_engine.scheduler as scheduler_module
+
+    trims = []
+    monkeypatch.setattr(scheduler_module, "trim_heap", lambda: trims.append((sched.stats.ticks, len(sched.inflight))))
+    if seconds_per_tick is not None:
+        clock = iter(range(10_000))
+        fake = types.SimpleNamespace(perf_counter=time.perf_counter, monotonic=lambda: next(clock) * seconds_per_tick)
+        monkeypatch.setattr(scheduler_module, "time", fake)
+    sched = Scheduler(scripted_models(WORLD), cfg)
+    assert len(dict(sched.run(jobs(scenes(3), cfg)))) == 3
+    return [t for t, _ in trims], [n for _, n in trims], sched.stats.ticks
+
+
+def test_the_heap_is_trimmed_after_every_tick_with_a_zero_interval(monkeypatch):
     from int_engine.memory import trim_heap
 
     assert trim_heap() is True  # glibc Linux, as on the machines this runs on
-    ticks_done = []
-    monkeypatch.setattr(scheduler_module, "trim_heap", lambda: ticks_done.append(sched.stats.ticks))
-    cfg = EngineConfig(iterations=1, max_in_flight=2, trim_heap=trim)
-    sched = Scheduler(scripted_models(WORLD), cfg)
-    assert len(dict(sched.run(jobs(scenes(3), cfg)))) == 3
-    assert ticks_done == (list(range(1, sched.stats.ticks + 1)) if trim else [])
+    ticks, _, n = _trimmed_ticks(monkeypatch, EngineConfig(iterations=1, max_in_flight=2, trim_heap_every_s=0))
+    assert ticks == list(range(1, n + 1))
+
+
+def test_the_heap_is_trimmed_when_the_loop_goes_idle_and_not_after_busy_ticks(monkeypatch):
+    cfg = EngineConfig(iterations=1, max_in_flight=2, trim_heap_every_s=3600)
+    ticks, in_flight, n = _trimmed_ticks(monkeypatch, cfg)
+    assert ticks and ticks[-1] == n and set(in_flight) == {0}  # only when nothing was in flight
+    assert len(ticks) < n
+
+
+def test_the_heap_is_trimmed_every_interval_under_load(monkeypatch):
+    cfg = EngineConfig(iterations=1, max_in_flight=3, trim_heap_every_s=1.0)
+    ticks, in_flight, n = _trimmed_ticks(monkeypatch, cfg, seconds_per_tick=0.5)
+    busy = [t for t, k in zip(ticks, in_flight) if k]
+    assert busy == list(range(2, n, 2))[: len(busy)] and len(busy) >= 2  # every other tick at 0.5 s a tick
+    assert ticks[-1] == n and in_flight[-1] == 0
+
+
+def test_no_trim_when_turned_off(monkeypatch):
+    ticks, _, _ = _trimmed_ticks(monkeypatch, EngineConfig(iterations=1, max_in_flight=2, trim_heap=False))
+    assert ticks == []
+
+
+def test_a_negative_trim_interval_is_refused():
+    with pytest.raises(ConfigError, match="trim_heap_every_s"):
+        EngineConfig(trim_heap_every_s=-1)
 
 
 class _FailingVLM:

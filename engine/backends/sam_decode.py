@@ -182,7 +182,9 @@ def mask_probabilities(
     Requests sharing (input size, original size) are upscaled together, at most ``max_prompts``
     masks per pass so that memory stays bounded for large images.
     """
-    out = [torch.zeros(size, dtype=torch.float32, device=sam.device) for size in original_sizes]
+    # sigmoid is monotonic: the maximum of the logits, squashed once, is the maximum of the
+    # probabilities, without a sigmoid over every prompt's full-size mask
+    best = [torch.full(size, -torch.inf, dtype=torch.float32, device=sam.device) for size in original_sizes]
     groups: dict[tuple, list[int]] = {}
     for r, key in enumerate(zip(input_sizes, original_sizes)):
         groups.setdefault(key, []).append(r)
@@ -192,7 +194,6 @@ def mask_probabilities(
         for s in range(0, len(owner), max_prompts):
             rows = owner[s : s + max_prompts]
             upscaled = sam.postprocess_masks(stacked[s : s + max_prompts], input_size, original)[:, 0].float()
-            prob = torch.sigmoid(upscaled - sam.mask_threshold)
             for r in rows.unique_consecutive().tolist():
-                out[r] = torch.maximum(out[r], prob[(rows == r).to(prob.device)].amax(dim=0))
-    return out
+                best[r] = torch.maximum(best[r], upscaled[(rows == r).to(upscaled.device)].amax(dim=0))
+    return [torch.sigmoid(b - sam.mask_threshold) for b in best]

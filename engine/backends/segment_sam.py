@@ -29,6 +29,7 @@ from ..errors import ModelLoadError
 from ..models.checks import require_files
 from ..protocols import SegmentRequest
 from .precision import float32_islands
+from .sam_attention import use_sdpa
 from .sam_decode import Decoder, PromptDecoder, decode_requests, flatten_prompts, mask_probabilities
 
 ROLE = "segmenter"
@@ -94,7 +95,8 @@ def arch_from_json(data: dict[str, Any]) -> SamArch:
 
 def build_sam(arch: SamArch) -> Sam:
     """A randomly initialised ``Sam`` of architecture ``arch``, in eval mode, on the current
-    default device (wrap in ``torch.device("meta")`` to get the structure for free)."""
+    default device (wrap in ``torch.device("meta")`` to get the structure for free); its mask
+    decoder's attention runs on ``scaled_dot_product_attention`` (``sam_attention``)."""
     grid = arch.image_size // arch.patch_size
     sam = Sam(
         image_encoder=ImageEncoderViT(
@@ -132,6 +134,7 @@ def build_sam(arch: SamArch) -> Sam:
         pixel_mean=list(arch.pixel_mean),
         pixel_std=list(arch.pixel_std),
     )
+    use_sdpa(sam.mask_decoder.transformer)
     return sam.eval()
 
 

@@ -1,0 +1,39 @@
+"""The mask decoder's fused attention (``sam_attention``) against segment-anything's own."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from segment_anything.modeling.transformer import Attention, TwoWayTransformer
+
+from int_engine.backends.sam_attention import SdpaAttention, use_sdpa
+from int_engine.backends.segment_sam import PUBLISHED, build_sam
+
+
+@pytest.mark.parametrize("downsample", [1, 2])
+@pytest.mark.parametrize("tokens", [(7, 64), (64, 7), (1, 5)])
+def test_fused_attention_equals_segment_anythings(downsample, tokens):
+    torch.manual_seed(0)
+    plain = Attention(32, num_heads=4, downsample_rate=downsample).eval()
+    fused = copy.deepcopy(plain)
+    fused.__class__ = SdpaAttention
+    tq, tk = tokens
+    q, k, v = torch.randn(3, tq, 32), torch.randn(3, tk, 32), torch.randn(3, tk, 32)
+    with torch.inference_mode():
+        want, got = plain(q, k, v), fused(q, k, v)
+    assert got.shape == want.shape == (3, tq, 32)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_every_decoder_attention_is_switched_and_the_weights_keep_their_names():
+    arch = PUBLISHED["vit_h"]  # on meta: the structure only, no weights are made
+    with torch.device("meta"):
+        sam = build_sam(arch)
+        plain = TwoWayTransformer(arch.decoder_depth, arch.prompt_embed_dim, arch.decoder_num_heads, arch.decoder_mlp_dim)
+    attentions = [m for m in sam.mask_decoder.transformer.modules() if isinstance(m, Attention)]
+    assert len(attentions) == 3 * arch.decoder_depth + 1
+    assert all(type(m) is SdpaAttention for m in attentions)
+    assert list(sam.mask_decoder.transformer.state_dict()) == list(plain.state_dict())
+    assert use_sdpa(sam.mask_decoder.transformer) == 0  # already switched: nothing left to do
