@@ -6,9 +6,10 @@ import copy
 
 import pytest
 import torch
+from segment_anything.modeling import image_encoder
 from segment_anything.modeling.transformer import Attention, TwoWayTransformer
 
-from int_engine.backends.sam_attention import SdpaAttention, use_sdpa
+from int_engine.backends.sam_attention import SdpaAttention, SdpaEncoderAttention, use_sdpa
 from int_engine.backends.segment_sam import PUBLISHED, build_sam
 
 
@@ -27,7 +28,24 @@ def test_fused_attention_equals_segment_anythings(downsample, tokens):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_every_decoder_attention_is_switched_and_the_weights_keep_their_names():
+@pytest.mark.parametrize("rel_pos", [True, False])
+@pytest.mark.parametrize("grid", [(7, 7), (4, 6)])  # a window; a non-square global grid
+def test_fused_encoder_attention_equals_segment_anythings(rel_pos, grid):
+    torch.manual_seed(0)
+    plain = image_encoder.Attention(48, num_heads=3, use_rel_pos=rel_pos, input_size=grid).eval()
+    if rel_pos:  # zero-initialised in segment-anything: give them values a trained model has
+        torch.nn.init.normal_(plain.rel_pos_h, std=0.5)
+        torch.nn.init.normal_(plain.rel_pos_w, std=0.5)
+    fused = copy.deepcopy(plain)
+    fused.__class__ = SdpaEncoderAttention
+    x = torch.randn(2, *grid, 48)
+    with torch.inference_mode():
+        want, got = plain(x), fused(x)
+    assert got.shape == want.shape == (2, *grid, 48)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_every_attention_is_switched_and_the_weights_keep_their_names():
     arch = PUBLISHED["vit_h"]  # on meta: the structure only, no weights are made
     with torch.device("meta"):
         sam = build_sam(arch)
@@ -35,5 +53,7 @@ def test_every_decoder_attention_is_switched_and_the_weights_keep_their_names():
     attentions = [m for m in sam.mask_decoder.transformer.modules() if isinstance(m, Attention)]
     assert len(attentions) == 3 * arch.decoder_depth + 1
     assert all(type(m) is SdpaAttention for m in attentions)
+    blocks = [m for m in sam.image_encoder.modules() if isinstance(m, image_encoder.Attention)]
+    assert len(blocks) == arch.encoder_depth and all(type(m) is SdpaEncoderAttention for m in blocks)
     assert list(sam.mask_decoder.transformer.state_dict()) == list(plain.state_dict())
-    assert use_sdpa(sam.mask_decoder.transformer) == 0  # already switched: nothing left to do
+    assert use_sdpa(sam) == 0  # already switched: nothing left to do

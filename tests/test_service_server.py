@@ -103,7 +103,12 @@ def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0(zoo):
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(post, server.url, d) for d in data]
         deadline = time.time() + 60
-        while time.time() < deadline and httpx.get(server.url + "/readyz").json().get("in_flight", 0) < 1:
+
+        def accepted() -> int:  # requests the engine holds: waiting for admission or in flight
+            ready = httpx.get(server.url + "/readyz").json()
+            return ready.get("in_flight", 0) + ready.get("queue_depth", 0)
+
+        while time.time() < deadline and accepted() < len(data):  # all four in before the signal
             time.sleep(0.02)
         server.proc.send_signal(signal.SIGTERM)
         time.sleep(0.2)

@@ -95,8 +95,8 @@ def arch_from_json(data: dict[str, Any]) -> SamArch:
 
 def build_sam(arch: SamArch) -> Sam:
     """A randomly initialised ``Sam`` of architecture ``arch``, in eval mode, on the current
-    default device (wrap in ``torch.device("meta")`` to get the structure for free); its mask
-    decoder's attention runs on ``scaled_dot_product_attention`` (``sam_attention``)."""
+    default device (wrap in ``torch.device("meta")`` to get the structure for free); its
+    attention runs on ``scaled_dot_product_attention`` (``sam_attention``)."""
     grid = arch.image_size // arch.patch_size
     sam = Sam(
         image_encoder=ImageEncoderViT(
@@ -134,7 +134,7 @@ def build_sam(arch: SamArch) -> Sam:
         pixel_mean=list(arch.pixel_mean),
         pixel_std=list(arch.pixel_std),
     )
-    use_sdpa(sam.mask_decoder.transformer)
+    use_sdpa(sam)
     return sam.eval()
 
 

@@ -184,9 +184,13 @@ class HFLlavaVLM:
         firsts, inverse = distinct_rows(images)
         # Padded to a square as LLaVA-1.5 was trained, not centre-cropped (llava_image.py).
         fill = processor_fill(self.processor.image_processor)
-        pil = [Image.fromarray(pad_to_square(_check_image(images[j], j), fill)) for j in firsts]
+        squares = [pad_to_square(_check_image(images[j], j), fill) for j in firsts]
         if hasattr(self.processor, "replace_image_token") and hasattr(self.processor, "image_processor"):
-            pixels = self.processor.image_processor(pil, return_tensors="pt")["pixel_values"]
+            # arrays, not PIL images: the same pixel values without a round trip through PIL
+            # (a quarter of the image processor's time on 72 views)
+            pixels = self.processor.image_processor(squares, return_tensors="pt", input_data_format="channels_last")[
+                "pixel_values"
+            ]
             # LLaVA-1.5 resizes every image to one size: one "<image>" expansion serves all rows.
             expanded = self.processor.replace_image_token({"pixel_values": pixels}, image_idx=0)
             if self._expanded is None:
@@ -195,7 +199,11 @@ class HFLlavaVLM:
             batch["pixel_values"] = pixels
         else:  # another processor: its own call on every row
             batch = self.processor(
-                images=[pil[u] for u in inverse], text=texts, padding=True, padding_side=padding_side, return_tensors="pt"
+                images=[Image.fromarray(squares[u]) for u in inverse],
+                text=texts,
+                padding=True,
+                padding_side=padding_side,
+                return_tensors="pt",
             )
             batch["pixel_values"] = batch["pixel_values"][firsts]
         pixels = batch.pop("pixel_values")
