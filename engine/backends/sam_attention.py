@@ -49,12 +49,9 @@ class SdpaEncoderAttention(image_encoder.Attention):
         q, k, v = qkv.reshape(3, b * self.num_heads, h * w, -1).unbind(0)  # [B * heads, HW, c]
         bias = None
         if self.use_rel_pos:
-            rel_h = torch.einsum(
-                "bhwc,hkc->bhwk", q.reshape(-1, h, w, q.shape[-1]), image_encoder.get_rel_pos(h, h, self.rel_pos_h)
-            )
-            rel_w = torch.einsum(
-                "bhwc,wkc->bhwk", q.reshape(-1, h, w, q.shape[-1]), image_encoder.get_rel_pos(w, w, self.rel_pos_w)
-            )
+            grid_q = q.reshape(-1, h, w, q.shape[-1])
+            rel_h = torch.einsum("bhwc,hkc->bhwk", grid_q, image_encoder.get_rel_pos(h, h, self.rel_pos_h))
+            rel_w = torch.einsum("bhwc,wkc->bhwk", grid_q, image_encoder.get_rel_pos(w, w, self.rel_pos_w))
             bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(-1, h * w, h * w)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
         return self.proj(out.view(b, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1))
