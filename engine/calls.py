@@ -78,9 +78,10 @@ class CallKind(enum.Enum):
                 return kind
         raise ValueError(f"{role}.{method} is not a declared model call (int_engine.calls.Call)")
 
-    def call(self, items: tuple[list, ...], params: tuple = ()) -> "ModelCall":
-        """This call with ``items`` (parallel per-request lists) and shared ``params``."""
-        return ModelCall(self.stage, self.role, self.method, items, params)
+    def call(self, items: tuple[list, ...], params: tuple = (), keywords: tuple[str, ...] = ()) -> "ModelCall":
+        """This call with ``items`` (parallel per-request lists), shared ``params`` and the
+        names of the trailing items passed by keyword (``ModelCall.keywords``)."""
+        return ModelCall(self.stage, self.role, self.method, items, params, keywords)
 
 
 class Call(CallKind):
@@ -108,8 +109,11 @@ def call_kind(role: str, method: str) -> CallKind:
 
 @dataclass(frozen=True)
 class ModelCall:
-    """``role.method(*items, *params)``: ``items`` are parallel lists (one entry per request),
-    ``params`` scalars shared by all requests; ``stage`` names the SPEC step for timing.
+    """``role.method(*items, *params, **keyword_items)``: ``items`` are parallel lists (one entry
+    per request), ``params`` scalars shared by all requests; the last ``len(keywords)`` items are
+    passed by those names (an optional per-request argument such as the VLM's sampling ``seeds``,
+    so that a backend without it still answers the calls that do not use it); ``stage`` names the
+    SPEC step for timing.
 
     ``kind`` is the declared ``Call`` member, found when the call is made: a call that is not
     declared, or whose stage differs from the declaration, raises ValueError at once.
@@ -120,6 +124,7 @@ class ModelCall:
     method: str
     items: tuple[list, ...]
     params: tuple = ()
+    keywords: tuple[str, ...] = ()
     kind: CallKind = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -135,7 +140,7 @@ class ModelCall:
     @property
     def key(self) -> tuple:
         """Calls with the same key can be concatenated into one batch."""
-        return (self.role, self.method, self.params)
+        return (self.role, self.method, self.params, self.keywords)
 
     @property
     def label(self) -> str:
@@ -159,13 +164,17 @@ def run_model(models: Models, call: ModelCall) -> Any:
         s_before, s_after, history, eps = call.items[0][0], call.items[1][0], call.items[2][0], call.params[0]
         return [mine(s_before, s_after, history, eps)]
     fn: Callable = getattr(getattr(models, call.kind.field), call.method)
-    return fn(*call.items, *call.params)
+    n = len(call.items) - len(call.keywords)
+    return fn(*call.items[:n], *call.params, **dict(zip(call.keywords, call.items[n:])))
 
 
 def run_each(models: Models, call: ModelCall) -> Any:
     """Execute a call one request at a time (the sequential reference's way)."""
     parts = [
-        run_model(models, ModelCall(call.stage, call.role, call.method, tuple([it[j]] for it in call.items), call.params))
+        run_model(
+            models,
+            ModelCall(call.stage, call.role, call.method, tuple([it[j]] for it in call.items), call.params, call.keywords),
+        )
         for j in range(call.size)
     ]
     return concat(parts)

@@ -22,8 +22,23 @@ ROLES = ("vlm", "inpaint", "detector", "segmenter", "clip")
 SPLITS = ("whole", "halves_h", "halves_v", "quarters")
 # eq 11's normalisation of the views' CLIP scores (masks.normalise_weights); promac = the authors' code
 MASK_WEIGHTINGS = ("promac", "softmax", "minmax")
-# eq 11's sum: "coverage" divides by the weight of the views covering each pixel, "sum" is SPEC step 9 as written
-MASK_COMBINES = ("coverage", "sum")
+# eq 11's sum: "sum" is SPEC step 9 (the authors' code); "coverage" divides by the weight of the views covering each pixel
+MASK_COMBINES = ("sum", "coverage")
+# The string-valued choices of EngineConfig: the first value of each is the default (SPEC / the
+# authors' code), the others are the engine's earlier readings, kept reachable (docs/method.md).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "inpaint_scope": ("image", "view"),
+    "vlm_image": ("original", "reweighted"),
+    "contrast_mask": ("support", "threshold"),
+    "box_source": ("detector", "vlm", "none"),
+    "view_boxes": ("own", "overlap"),
+    "points_rule": ("threshold", "fixed"),
+    "mask_score_input": ("canvas", "crop"),
+    "mask_weighting": MASK_WEIGHTINGS,
+    "mask_combine": MASK_COMBINES,
+    "segmentation": ("selected", "threshold"),
+    "reweight_base": ("original", "current"),
+}
 
 
 @dataclass
@@ -71,27 +86,47 @@ class ModelsConfig:
 
 @dataclass
 class EngineConfig:
-    """The INT algorithm's settings (SPEC.md), with the paper's values as defaults.
+    """The INT algorithm's settings (SPEC.md). The defaults are the ``paper`` preset: the paper,
+    and where the paper is silent the authors' released code (ProMaC's, INT's predecessor).
+    Each string choice lists its values in ``CHOICES``, the default first; docs/method.md says for
+    every step which source its default follows and why each other value exists.
 
-    Choices where the paper is silent, each a field so a user can take the other one:
-    - ``inpaint_mask_threshold``: the previous mask M_{i-1} is binarised at this fraction
-      of its maximum before dilation (eq 4), because M_i is a weighted sum (eq 11) whose
-      scale depends on how many views found the object.
-    - ``points_grid``: CLIP point prompts are picked on a grid x grid pooling of the
-      similarity map so that the top points are spread over distinct cells, not adjacent pixels.
-    - ``view_box_overlap``: a merged detection box is given to a view's SAM call when at
-      least this fraction of its area lies inside the view (clipped to the view).
-    - ``inpaint_scope``: "image" (default, as the authors' released ProMaC code) inpaints the
-      whole image once per iteration with the union of the views' masks and crops every view's
-      contrast from it; "view" runs eq 4 per view. Measured on the scripted scenarios: every
-      claim holds in both with the same IoUs (spanning scenes over 8 seeds: identical figures),
-      at 1 inpainting job per image-iteration instead of 3-4 (tests/test_scenarios.py).
-    - ``mask_weighting``: eq 11's normalisation of the views' CLIP scores; "promac" is what the
-      authors' released ProMaC code does (SPEC step 9), "softmax" and "minmax" the simpler forms.
-    - ``mask_combine``: "coverage" (default) takes, at each pixel, the weighted mean over the views
-      that cover it before eq 11's min-max rescale; "sum" is the plain weighted sum of SPEC step 9.
-      With CLIP scores a few hundredths apart the plain sum erases parts of objects that span
-      views (``masks.weighted_sum`` says why; tests/scenarios.py measures it).
+    The steps' choices (default first):
+    - ``vlm_image``: "original": the VLM (steps 2, 4) and the inpainter (step 3) see the original
+      image X, guided by M_{i-1} through the inpainting mask (the authors' code); "reweighted":
+      they see X_i.
+    - ``contrast_mask``: eq 4's mask from iteration 2 on. "support": the pixels of the previous
+      soft map above ``contrast_support`` (1/255, the authors' non-zero rule on an 8-bit map);
+      "threshold": M_{i-1} >= ``inpaint_mask_threshold`` x its maximum, dilated by
+      ``inpaint_dilate_px``.
+    - ``inpaint_scope``: "image" inpaints the whole image once per iteration with the union of the
+      views' masks and crops every view's contrast from it (the authors' code); "view" runs eq 4 per view.
+    - ``box_source``: eq 9's boxes. "detector": GroundingDINO on every view (eq 8); "vlm": the VLM's
+      own P_B box, one per iteration (the whole view's, else the first view's), clipped to every
+      view it touches (ProMaC); "none": points only (GenSAM).
+    - ``view_boxes``: "own": each view's SAM gets that view's detections (eq 8-9); "overlap": the
+      boxes of all views merged by NMS, and a view gets those with >= ``view_box_overlap`` of
+      their area inside it.
+    - ``points_rule``: eq 9's Spatial CLIP points. "threshold": the map resampled to
+      ``points_grid`` x ``points_grid`` cells (28: twice CLIP's 14 x 14 tokens), n = the cells >=
+      ``points_threshold`` (capped at half the cells), the n highest positive and the n lowest
+      negative (the authors' ``similarity_map_to_points``); "fixed": ``positive_points`` /
+      ``negative_points`` cells of the grid.
+    - ``clip_background``: subtract the background names' map from the object's (the authors'
+      ``clip_use_bg_text``, FgBgHm).
+    - ``mask_score_input``: eq 10's image. "canvas": the view's masked pixels pasted on a black
+      canvas of the image's size (the authors' ``patch_match_list``); "crop": the masked view.
+    - ``mask_weighting``: eq 11's normalisation ("promac": softmax over views at
+      ``mask_temperature``, min-max, divided by the sum, as the authors' code).
+    - ``segmentation``: the iteration's binary mask M_i^bin. "selected": the union of the binary
+      masks of the views whose min-max weight is > ``select_weight`` (0.7), plus the whole view
+      (the authors' ``clip_similarity``); "threshold": M_i >= ``binary_threshold``.
+    - ``mask_combine``: the soft map M_i. "sum": Σ_k w_k p_k rescaled to [0, 1] (eq 11);
+      "coverage": each pixel's weighted mean over the views covering it, then rescaled.
+    - ``reweight_base``: eq 12's X. "original": X_{i+1} = w·(X ⊙ M_i) + (1 − w)·X_i (the paper's
+      "applied to the original image", the authors' ``clipInputEMA``); "current": X_i ⊙ M_i.
+    - ``temperature`` / ``seed``: the VLM's decoding, greedy at 0 (the authors sample at 0.2; the
+      paper reports the average of three trials); ``seed`` also seeds the inpainting noise.
     - ``max_side`` / ``min_side``: images are resized for processing so their long side is
       at most ``max_side`` and their short side at least ``min_side``; masks are written
       at the original size.
@@ -101,6 +136,8 @@ class EngineConfig:
       sides >= min_side // 2); the side bounds above apply to the padded frame.
     """
 
+    # the preset this config was built from (``PRESETS``; fields set after it are kept)
+    preset: str = "paper"
     task: str = "camouflaged animal"
     iterations: int = 4
     splits: tuple[str, ...] = SPLITS
@@ -111,21 +148,34 @@ class EngineConfig:
     smg: bool = True
     eps: float = 1e-3
     max_new_tokens: int = 48
+    temperature: float = 0.0
+    vlm_image: str = "original"
+    contrast_mask: str = "support"
+    contrast_support: float = 1.0 / 255.0
     inpaint_mask_threshold: float = 0.5
     inpaint_dilate_px: int = 11
     inpaint_scope: str = "image"
+    box_source: str = "detector"
     box_threshold: float = 0.35
     text_threshold: float = 0.25
     nms_iou: float = 0.5
+    view_boxes: str = "own"
     view_box_overlap: float = 0.5
+    points_rule: str = "threshold"
+    points_grid: int = 28
+    points_threshold: float = 0.9
     positive_points: int = 3
     negative_points: int = 1
-    points_grid: int = 16
+    clip_background: bool = True
+    mask_score_input: str = "canvas"
     mask_weighting: str = "promac"
-    mask_combine: str = "coverage"
     mask_temperature: float = 0.01
-    reweight_w: float = 0.3
+    segmentation: str = "selected"
+    select_weight: float = 0.7
+    mask_combine: str = "sum"
     binary_threshold: float = 0.5
+    reweight_base: str = "original"
+    reweight_w: float = 0.3
     early_stop_tol: float | None = None
     max_side: int = 1536
     min_side: int = 32
@@ -156,12 +206,26 @@ class EngineConfig:
         unknown = [s for s in self.splits if s not in SPLITS]
         if unknown or not self.splits:
             raise ConfigError(f"splits must be a non-empty subset of {SPLITS}, got {self.splits}")
-        if self.inpaint_scope not in ("view", "image"):
-            raise ConfigError(f"inpaint_scope must be 'view' or 'image', got {self.inpaint_scope!r}")
-        if self.mask_combine not in MASK_COMBINES:
-            raise ConfigError(f"mask_combine must be one of {', '.join(MASK_COMBINES)}, got {self.mask_combine!r}")
-        if self.mask_weighting not in MASK_WEIGHTINGS:
-            raise ConfigError(f"mask_weighting must be one of {', '.join(MASK_WEIGHTINGS)}, got {self.mask_weighting!r}")
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ConfigError(
+                    f"{name} must be one of {', '.join(allowed)}, got {value!r}{_did_you_mean(str(value), allowed)}"
+                )
+        if self.preset not in PRESETS:
+            raise ConfigError(
+                f"unknown preset {self.preset!r}{_did_you_mean(self.preset, PRESETS)}; presets are {', '.join(PRESETS)}"
+            )
+        if not self.temperature >= 0:
+            raise ConfigError(f"temperature must be >= 0 (0 is greedy decoding), got {self.temperature}")
+        if not 0.0 <= self.contrast_support < 1.0 or not 0.0 <= self.select_weight < 1.0:
+            raise ConfigError(
+                f"contrast_support and select_weight must be in [0, 1), got {self.contrast_support}, {self.select_weight}"
+            )
+        if self.points_grid < 1 or not 0.0 < self.points_threshold <= 1.0:
+            raise ConfigError(
+                f"need points_grid >= 1 and 0 < points_threshold <= 1, got {self.points_grid}, {self.points_threshold}"
+            )
         if not 0.0 <= self.reweight_w <= 1.0:
             raise ConfigError(f"reweight_w must be in [0, 1], got {self.reweight_w}")
         if self.eps <= 0:
@@ -204,28 +268,77 @@ class EngineConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: a config file must hold a mapping, got {type(data).__name__}")
         preset = data.pop("preset", None)
-        base = preset_config(preset) if preset else cls()
         try:
+            base = preset_config(str(preset)) if preset else cls()
             return _merge(base, data)
         except ConfigError as err:
             raise ConfigError(f"{p}: {err}") from None
 
 
-# Task presets (paper §4.1) and baselines expressed as configurations of the same engine.
-PRESETS: dict[str, dict[str, Any]] = {
-    "cod": {"task": "camouflaged animal", "iterations": 4},
-    "polyp": {"task": "polyp", "iterations": 6},
-    "skin": {"task": "skin lesion", "iterations": 4},
-    "gensam": {"hcg": False, "psnm": False, "pnm": False},
-    "promac": {"pnm": False},
+@dataclass(frozen=True)
+class Preset:
+    """A named set of config fields, applied on top of the defaults (or of a given config), and
+    what it reproduces: ``doc`` says whose method it is and what still differs from its authors' code."""
+
+    fields: dict[str, Any]
+    doc: str
+
+
+_PAPER_DIFFERS = (
+    "What differs from the authors' code: greedy decoding (they sample at temperature 0.2: set "
+    "temperature and run bench --trials 3), one batched VLM call per stage, and an empty soft map "
+    "stays empty (their min-max guard turns it into ones)."
+)
+
+# The paper's settings (§4.1), its tasks, and the baselines as configurations of the same engine.
+PRESETS: dict[str, Preset] = {
+    "paper": Preset(
+        {},
+        "INT as SPEC.md reads it: the paper, and where the paper is silent the authors' released code "
+        "(ProMaC's utils_mllm.py, clip/clip.py, main.py, config/*.yaml). " + _PAPER_DIFFERS,
+    ),
+    "cod": Preset(
+        {"task": "camouflaged animal", "iterations": 4},
+        "paper on camouflaged object detection (CHAMELEON, CAMO, COD10K): 4 iterations. " + _PAPER_DIFFERS,
+    ),
+    "polyp": Preset(
+        {"task": "polyp", "iterations": 6},
+        "paper on polyp segmentation (Kvasir, CVC-ColonDB): 6 iterations, as §4.1. " + _PAPER_DIFFERS,
+    ),
+    "skin": Preset(
+        {"task": "skin lesion", "iterations": 4},
+        "paper on skin lesion segmentation (ISIC): 4 iterations. " + _PAPER_DIFFERS,
+    ),
+    "gensam": Preset(
+        {"hcg": False, "psnm": False, "pnm": False, "box_source": "none"},
+        "GenSAM (Hu et al., AAAI 2024) as far as the engine's switches go: the whole image only, the "
+        "VLM's most frequent name, no inpainting, no mining, SAM prompted by Spatial CLIP's points "
+        "alone, the image reweighted by each iteration's mask. What differs: GenSAM asks its VLM "
+        "for a caption and name in a chain of prompts, and uses its own CLIP point rule; here the "
+        "VLM answers INT's P_A and the points follow the INT authors' rule.",
+    ),
+    "promac": Preset(
+        {
+            "splits": ("whole", "halves_h", "halves_v"),
+            "box_source": "vlm",
+            "pnm": False,
+            "temperature": 0.2,
+        },
+        "ProMaC (Hu et al., NeurIPS 2024) as far as the engine's switches go: the whole image and "
+        "its four halves (patch_list [1, 2]), the VLM's own box straight to SAM (no GroundingDINO), "
+        "inpainting contrast, no progressive mining, sampling at temperature 0.2. What differs: "
+        "ProMaC picks its name and box with two more VLM questions over all views' candidates and "
+        "contrastive decoding on the inpainted image; here the name is INT's eq 3-5 pick without "
+        "accumulation, and the box the whole view's P_B box (ProMaC's fallback, its first box).",
+    ),
 }
 
 
 def preset_config(name: str, base: EngineConfig | None = None) -> EngineConfig:
-    """``base`` (default: the defaults) with the preset's fields applied."""
+    """``base`` (default: the defaults, which are ``paper``) with the preset's fields applied."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}{_did_you_mean(name, PRESETS)}; presets are {', '.join(PRESETS)}")
-    return _merge(base or EngineConfig(), PRESETS[name])
+    return _merge(base or EngineConfig(), {**PRESETS[name].fields, "preset": name})
 
 
 def apply_overrides(cfg: EngineConfig, overrides: list[str]) -> EngineConfig:

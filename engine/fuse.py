@@ -5,18 +5,23 @@ from __future__ import annotations
 import torch
 
 
-def reweight(image: torch.Tensor, mask: torch.Tensor, w: float) -> torch.Tensor:
-    """X_{i+1} = w·(X_i ⊙ M_i) + (1 − w)·X_i (eq 12).
+def reweight(image: torch.Tensor, mask: torch.Tensor, w: float, original: torch.Tensor | None = None) -> torch.Tensor:
+    """X_{i+1} = w·(X ⊙ M_i) + (1 − w)·X_i (eq 12), X the ``original`` image: "the mask is
+    applied to the original image" (the authors' ``clipInputEMA``). With ``original=None``,
+    X_i ⊙ M_i instead (``reweight_base: current``).
 
-    image: float [H, W, 3]; mask: float [H, W] in [0, 1]. Returns float [H, W, 3].
+    image (X_i) and original (X): float [H, W, 3]; mask: float [H, W] in [0, 1]. Returns float [H, W, 3].
     """
-    return w * image * mask.unsqueeze(-1) + (1.0 - w) * image
+    base = image if original is None else original
+    return w * base * mask.unsqueeze(-1) + (1.0 - w) * image
 
 
 def final_mask(masks: list[torch.Tensor]) -> tuple[int, torch.Tensor]:
     """i* = argmin_i ‖M_i − M̄‖₁ with M̄ the mean of the iterations' masks (eq 13).
 
-    masks: I tensors float [H, W]. Returns (i*, M_{i*}); ties go to the earliest iteration.
+    The pipeline passes the iterations' segmentations M_i^bin (SPEC step 11: the authors choose
+    among their binary masks). masks: I tensors [H, W] (bool or float). Returns (i*, M_{i*});
+    ties go to the earliest iteration.
     """
     if not masks:
         raise ValueError("final_mask needs at least one iteration's mask")

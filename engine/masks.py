@@ -14,13 +14,15 @@ import torch.nn.functional as F
 from torchvision.ops import nms
 
 from .config import MASK_WEIGHTINGS
-from .patches import View, image_boxes_to_view, view_boxes_to_image
+from .patches import View, image_boxes_to_view, normalised_box_to_view, view_boxes_to_image
+from .prompts import ViewProposal
 from .protocols import SEGMENTER_THRESHOLD, Detections, SegmentRequest
 
 
 def merge_detections(found: Sequence[Detections], views: Sequence[View], nms_iou: float) -> tuple[np.ndarray, np.ndarray]:
     """B_i^k = GroundingDINO(X^k, A_i^u) found on every view (eq 8), mapped to image pixels and
-    merged by NMS. Returns boxes float32 [N, 4] and scores float32 [N]."""
+    merged by NMS: the image's boxes for the trace and the overlay (and the ``view_boxes:
+    overlap`` rule). Returns boxes float32 [N, 4] and scores float32 [N]."""
     boxes = [view_boxes_to_image(d.boxes, v) for d, v in zip(found, views)]
     scores = [np.asarray(d.scores, np.float32).reshape(-1) for d in found]
     all_boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)
@@ -31,46 +33,80 @@ def merge_detections(found: Sequence[Detections], views: Sequence[View], nms_iou
     return all_boxes[keep].astype(np.float32), all_scores[keep]
 
 
-def clip_points(similarity: np.ndarray, n_positive: int, n_negative: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """Spatial CLIP prompts for SAM (eq 9): the centres of the ``n_positive`` most and the
-    ``n_negative`` least similar cells of a ``grid`` x ``grid`` average pooling of the map.
+def view_prompt_boxes(
+    found: Sequence[Detections], views: Sequence[View], merged: np.ndarray, rule: str, min_overlap: float
+) -> list[np.ndarray]:
+    """The boxes each view's SAM call gets (eq 9), float32 [N_k, 4] in view pixels.
 
-    similarity: float [h, w]. Returns points float32 [P, 2] as (x, y) pixels and labels int64 [P]
-    (1 positive, 0 negative). Cells are distinct, so points never repeat.
+    ``rule="own"`` (SPEC step 7, eq 8-9 pair a view with its detections): the view's own
+    GroundingDINO boxes. ``"overlap"``: the ``merged`` image boxes holding at least
+    ``min_overlap`` of their area inside the view, clipped to it.
     """
-    h, w = similarity.shape
-    gh, gw = min(grid, h), min(grid, w)
-    pooled = F.adaptive_avg_pool2d(torch.from_numpy(np.ascontiguousarray(similarity, np.float32))[None, None], (gh, gw))[0, 0]
-    order = torch.argsort(pooled.flatten(), descending=True, stable=True)
-    n_pos = min(n_positive, order.numel())
-    n_neg = min(n_negative, order.numel() - n_pos)
-    chosen = torch.cat([order[:n_pos], order[order.numel() - n_neg :]]) if n_neg else order[:n_pos]
-    rows, cols = chosen // gw, chosen % gw
-    xs = (cols.double() + 0.5) * w / gw
-    ys = (rows.double() + 0.5) * h / gh
+    if rule == "own":
+        return [np.asarray(d.boxes, np.float32).reshape(-1, 4) for d in found]
+    return [image_boxes_to_view(merged, v, min_overlap) for v in views]
+
+
+def vlm_prompt_box(proposals: Sequence[ViewProposal], views: Sequence[View]) -> np.ndarray:
+    """``box_source: vlm`` (ProMaC): the iteration's one VLM box in image pixels, float32 [0 or 1, 4]:
+    the whole view's P_B box, else the first view's that gave one."""
+    order = sorted(range(len(views)), key=lambda k: views[k].name != "whole")
+    for k in order:
+        if proposals[k].box is not None:
+            return view_boxes_to_image(normalised_box_to_view(proposals[k].box, views[k])[None], views[k])
+    return np.zeros((0, 4), np.float32)
+
+
+def clip_points(
+    similarity: np.ndarray, height: int, width: int, grid: int, threshold: float, fixed: tuple[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Spatial CLIP's point prompts for SAM on a ``height`` x ``width`` view (eq 9).
+
+    The map (float [h, w] over the whole view, e.g. CLIP's 14 x 14 patch grid) is resampled
+    bilinearly to ``grid`` x ``grid`` cells and min-max normalised. As the authors'
+    ``similarity_map_to_points``: n = the number of cells >= ``threshold``, at most half the cells;
+    the n highest cells are positives and the n lowest negatives. ``fixed=(p, q)``: p positives and
+    q negatives instead. Points are the cells' centres in view pixels, truncated to integers and
+    kept inside the view, as the authors' code does.
+
+    Returns points float32 [P, 2] as (x, y) and labels int64 [P] (1 positive, 0 negative);
+    none for a flat map.
+    """
+    sim = torch.from_numpy(np.ascontiguousarray(similarity, np.float32))[None, None]
+    cells = F.interpolate(sim, size=(grid, grid), mode="bilinear", align_corners=False, antialias=True).flatten()
+    lo, hi = cells.min(), cells.max()
+    if not bool(hi > lo):
+        return np.zeros((0, 2), np.float32), np.zeros((0,), np.int64)
+    cells = (cells - lo) / (hi - lo)
+    order = torch.argsort(cells, stable=True)  # ascending
+    if fixed is None:
+        n = min(int((cells >= threshold).sum()), cells.numel() // 2)
+        n_pos = n_neg = n
+    else:
+        n_pos = min(fixed[0], cells.numel())
+        n_neg = min(fixed[1], cells.numel() - n_pos)
+    chosen = torch.cat([order.flip(0)[:n_pos], order[:n_neg]])
+    rows, cols = chosen // grid, chosen % grid
+    xs = torch.clamp((cols.double() + 0.5) * width / grid, max=width - 1).floor()
+    ys = torch.clamp((rows.double() + 0.5) * height / grid, max=height - 1).floor()
     points = torch.stack([xs, ys], dim=1).float().numpy().reshape(-1, 2)
-    labels = np.array([1] * n_pos + [0] * n_neg, np.int64)
-    return points, labels
+    return points, np.array([1] * n_pos + [0] * n_neg, np.int64)
 
 
 def sam_requests(
     view_images: Sequence[np.ndarray],
-    views: Sequence[View],
     maps: Sequence[np.ndarray],
-    boxes: np.ndarray,
-    n_positive: int,
-    n_negative: int,
+    boxes: Sequence[np.ndarray],
     grid: int,
-    min_overlap: float,
+    threshold: float,
+    fixed: tuple[int, int] | None = None,
 ) -> list[SegmentRequest]:
     """The prompts of m_i^k = SAM(Spatial CLIP(A_i^u, X_i^k), B_i^k, X_i^k) for every view (eq 9):
-    points from the view's CLIP map, and the merged image boxes of eq 8 that lie in the view."""
+    the points of the view's CLIP map (``clip_points``) and the view's boxes (view pixels)."""
     requests = []
-    for image, view, sim in zip(view_images, views, maps):
-        points, labels = clip_points(sim, n_positive, n_negative, grid)
-        requests.append(
-            SegmentRequest(image=image, boxes=image_boxes_to_view(boxes, view, min_overlap), points=points, labels=labels)
-        )
+    for image, sim, view_boxes in zip(view_images, maps, boxes):
+        points, labels = clip_points(sim, image.shape[0], image.shape[1], grid, threshold, fixed)
+        requests.append(SegmentRequest(image=image, boxes=np.asarray(view_boxes, np.float32), points=points, labels=labels))
     return requests
 
 
@@ -79,13 +115,26 @@ def view_binary(probability: np.ndarray) -> np.ndarray:
     return np.asarray(probability) > SEGMENTER_THRESHOLD
 
 
-def masked_views(view_images: Sequence[np.ndarray], view_masks: Sequence[np.ndarray]) -> tuple[list[int], list[np.ndarray]]:
-    """The inputs of s(m_i^k) = CLIP(m_i^k ⊙ X_i, A_i^u) (eq 10): for every view whose binary
-    mask is non-empty, its index and the view with the pixels outside that mask zeroed
-    (uint8 [h, w, 3]). view_masks: the segmenter's probabilities, float32 [h, w] each."""
+def masked_views(
+    view_images: Sequence[np.ndarray], view_masks: Sequence[np.ndarray], views: Sequence[View], canvas: tuple[int, int] | None
+) -> tuple[list[int], list[np.ndarray]]:
+    """The inputs of s(m_i^k) = CLIP(m_i^k ⊙ X_i, A_i^u) (eq 10) for every view whose binary mask
+    is non-empty: its index and uint8 [., ., 3] image. With ``canvas=(H, W)`` the view's masked
+    pixels are pasted on a black canvas of the image's size (the authors' ``patch_match_list``),
+    so that CLIP sees the object at its size in the image; with None, the masked view itself.
+    view_masks: the segmenter's probabilities, float32 [h, w] each."""
     binary = [view_binary(m) for m in view_masks]
     todo = [k for k, m in enumerate(binary) if m.any()]
-    return todo, [(view_images[k] * binary[k][..., None]).astype(np.uint8) for k in todo]
+    out = []
+    for k in todo:
+        masked = (view_images[k] * binary[k][..., None]).astype(np.uint8)
+        if canvas is not None:
+            board = np.zeros((*canvas, 3), np.uint8)
+            v = views[k]
+            board[v.y0 : v.y1, v.x0 : v.x1] = masked
+            masked = board
+        out.append(masked)
+    return todo, out
 
 
 def view_similarities(n_views: int, indices: Sequence[int], similarities: Sequence[float]) -> np.ndarray:
@@ -130,18 +179,40 @@ def normalise_weights(similarity: np.ndarray, mode: str, temperature: float) -> 
     return torch.where(valid, w, zeros)
 
 
+def selected_views(similarity: np.ndarray, views: Sequence[View], temperature: float, level: float) -> list[int]:
+    """The views whose masks make the iteration's segmentation (SPEC step 9, the authors'
+    ``clip_similarity``): softmax of the CLIP logits over the views with a mask, min-max
+    normalised (1e-9 guard), every view above ``level``; the whole view always.
+    similarity: float [K] (-inf for an empty mask). Returns sorted view indices."""
+    s = torch.as_tensor(similarity, dtype=torch.float64)
+    valid = torch.isfinite(s)
+    chosen = {k for k, v in enumerate(views) if v.name == "whole"}
+    if valid.any():
+        w = torch.softmax(torch.where(valid, s / temperature, torch.full_like(s, float("-inf"))), dim=0)
+        lo, hi = w[valid].min(), w[valid].max()
+        w = (w - lo + _TINY) / (hi - lo + _TINY)
+        chosen |= {k for k in range(len(s)) if bool(valid[k]) and float(w[k]) > level}
+    return sorted(chosen)
+
+
+def segmentation(masks: torch.Tensor, chosen: Sequence[int]) -> torch.Tensor:
+    """M_i^bin: the union of the chosen views' binary masks, bool [H, W].
+    masks: the view probabilities pasted into image coordinates, float [K, H, W]."""
+    out = torch.zeros(masks.shape[1:], dtype=torch.bool)
+    for k in chosen:
+        out |= masks[k] > SEGMENTER_THRESHOLD
+    return out
+
+
 def weighted_sum(masks: torch.Tensor, weights: torch.Tensor, views: Sequence[View] | None = None) -> torch.Tensor:
     """M̃_i = Σ_k s_k m_k (eq 11), or with ``views`` its coverage-normalised form
     Σ_k s_k m_k(x) / Σ_{k: x in view k} s_k, the weighted mean over the views that cover x.
 
-    Why the coverage form (``EngineConfig.mask_combine = "coverage"``, the default): every pixel
-    lies in 4 of the 9 views, and eq 11's normalised weights differ a lot between views (CLIP
-    logits a few hundredths apart become weights ~e^±2 apart at temperature 0.01), so the plain
-    sum differs from quarter to quarter of the image: after the min-max rescale, a quarter whose
-    views drew small weights falls below 0.5 although every view covering it segmented the object
-    (SPEC step 9's own requirement). Dividing by the weight that covers each pixel makes that
-    object reach ~m everywhere; with equal weights the two forms are equal after the rescale.
-    ``views=None`` is SPEC step 9 as written (``mask_combine = "sum"``).
+    ``views=None`` is SPEC step 9 and the authors' code (``mask_combine: sum``, the default). The
+    coverage form (``mask_combine: coverage``) is an earlier reading of ours: each pixel lies in 4
+    of the 9 views, so the plain sum differs from quarter to quarter when CLIP's weights do, and
+    dividing by the covering weight evens that out; but it also lifts a view CLIP rejected to ~1
+    wherever only low-weight views cover it (docs/method.md has the figures).
 
     masks: float [K, H, W] (view probabilities pasted into image coordinates, 0 outside their
     view); weights: float [K]; views: the K views. Returns float64 [H, W].

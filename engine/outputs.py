@@ -17,7 +17,7 @@ import numpy as np
 from .io import centred_region, mask_to_uint8, overlay, read_image, to_original_size, write_json, write_png
 
 if TYPE_CHECKING:
-    from .pipeline import Result
+    from .result import Result
     from .trace import ImageTrace
 
 SAVE_CHOICES = ("soft", "binary", "overlay", "rle", "iterations")

@@ -11,52 +11,23 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Generator, Iterable
+from typing import Any, Callable, Generator
 
-import cv2
 import numpy as np
 import torch
 
-from . import fuse, masks, outputs, patches, prompts
-from .calls import ModelCall, mine_call, run_model
+from . import contrast, fuse, masks, patches, prompts
+from .calls import Call, ModelCall, mine_call, run_model
 from .config import EngineConfig
 from .io import LoadedImage, clear_padding, crop_to_region, pad_to_aspect, padding_note, to_original_size
 from .mining import NameWeights, view_gains
 from .protocols import Models
+from .result import Result
 from .trace import ImageTrace, IterationTrace, call_range, cuda_sync
 
 NO_NAME_FOREGROUND = "object"
 NO_NAME_BACKGROUND = "background"
 Steps = Generator[ModelCall, "Reply", Any]
-
-
-@dataclass
-class Result:
-    """The output for one image: ``soft`` float32 [H, W] in [0, 1] and ``binary`` bool [H, W]
-    at the original size, the per-iteration masks at working size, and the trace."""
-
-    soft: np.ndarray
-    binary: np.ndarray
-    iteration_masks: list[np.ndarray]
-    trace: ImageTrace
-
-    def save(
-        self, folder: str | Path, what: Iterable[str] | str = ("soft", "binary", "overlay"), image: np.ndarray | None = None
-    ) -> list[Path]:
-        """Write the files ``int-engine segment`` writes per image into ``folder``: ``what`` from
-        soft, binary, overlay, rle, iterations, and ``trace.json``; ``image`` uint8 [H, W, 3] (the
-        original pixels) for the overlay, else ``trace.source`` is read. Returns the paths written."""
-        return outputs.save_result(self, folder, what, image)
-
-    def to_rle(self) -> dict:
-        """COCO RLE of ``binary``: ``{"size": [H, W], "counts": str}`` (pycocotools' encoding)."""
-        return outputs.to_rle(self.binary)
-
-    def overlay(self, image: np.ndarray) -> np.ndarray:
-        """uint8 [H, W, 3]: ``image`` (uint8 [H, W, 3], original size) with the mask, the kept
-        iteration's boxes and its picked name drawn on it."""
-        return outputs.result_overlay(self, image)
 
 
 @dataclass
@@ -83,35 +54,6 @@ def ask(call: ModelCall, tr: IterationTrace, clock: _Clock) -> Generator[ModelCa
     return reply.result
 
 
-def contrast_masks(
-    views: list[patches.View], proposals: list[prompts.ViewProposal], previous: np.ndarray | None, cfg: EngineConfig
-) -> list[np.ndarray | None]:
-    """The inpainting mask IM_i^k of eq 4 per view (uint8 [h_k, w_k], 1 = remove), or None.
-
-    Iteration 1: the view's P_B box as a filled rectangle. Later: the view's part of
-    M_{i-1} binarised at ``inpaint_mask_threshold`` of its maximum, dilated by
-    ``inpaint_dilate_px``. No box / an empty mask gives None (no contrast for that view).
-    """
-    out: list[np.ndarray | None] = []
-    if previous is not None:
-        top = float(previous.max())
-        full = (previous >= cfg.inpaint_mask_threshold * top).astype(np.uint8) if top > 0 else np.zeros_like(previous, np.uint8)
-        if cfg.inpaint_dilate_px > 0 and full.any():
-            size = 2 * cfg.inpaint_dilate_px + 1
-            full = cv2.dilate(full, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
-    for view, proposal in zip(views, proposals):
-        if previous is not None:
-            m = patches.crop(full, view).copy()
-        elif proposal.box is not None:
-            x0, y0, x1, y1 = patches.normalised_box_to_view(proposal.box, view)
-            m = np.zeros((view.height, view.width), np.uint8)
-            m[int(np.floor(y0)) : int(np.ceil(y1)), int(np.floor(x0)) : int(np.ceil(x1))] = 1
-        else:
-            m = None
-        out.append(m if m is not None and m.any() else None)
-    return out
-
-
 def contrast_views(
     image: np.ndarray,
     crops: list[np.ndarray],
@@ -125,10 +67,11 @@ def contrast_views(
 ) -> Generator[ModelCall, Reply, list[np.ndarray | None]]:
     """X'_k of eq 4 for every view (uint8 [h_k, w_k, 3]), None where nothing is removed.
 
-    ``inpaint_scope="view"``: one job per view with a mask, on the view, prompted with that view's
-    names. ``"image"`` (the authors' released code): one job per image-iteration on the whole
-    image X_i with the union of the views' masks, prompted with all the views' background names
-    (P_p) and foreground names (P_n); every view with masked pixels gets its crop of the result.
+    ``image`` and ``crops`` are what the VLM sees (the original X by default). ``inpaint_scope=
+    "image"`` (the authors' released code): one job per image-iteration on the whole image with
+    the union of the views' masks, prompted with all their background names (P_p) and foreground
+    names (P_n); every view with masked pixels gets its crop of the result. A union covering the
+    whole image removes nothing. ``"view"``: one job per view with a mask, with that view's names.
     """
     if cfg.inpaint_scope == "image":
         h, w = image.shape[:2]
@@ -136,22 +79,17 @@ def contrast_views(
         for view, m in zip(views, to_remove):
             if m is not None:
                 patches.crop(union, view)[...] |= m
-        tr.inpaint_jobs = int(union.any())
-        if not union.any():
+        if not union.any() or union.all():
+            tr.inpaint_jobs = 0
             return [None] * len(views)
+        tr.inpaint_jobs = 1
         fores = ", ".join(dict.fromkeys(p.foreground for p, m in zip(proposals, to_remove) if m is not None and p.foreground))
         backs = ", ".join(dict.fromkeys(p.background for p, m in zip(proposals, to_remove) if m is not None and p.background))
         positive, negative = prompts.inpaint_prompts(fores or NO_NAME_FOREGROUND, backs or NO_NAME_BACKGROUND, cfg.task)
         whole = np.ascontiguousarray(np.clip(np.round(image), 0, 255).astype(np.uint8))
+        seed = cfg.seed * 1_000_003 + iteration * 97
         (filled,) = yield from ask(
-            ModelCall(
-                "inpaint",
-                "inpaint",
-                "inpaint",
-                ([whole], [union.astype(np.float32)], [positive], [negative], [cfg.seed * 1_000_003 + iteration * 97]),
-            ),
-            tr,
-            clock,
+            Call.INPAINT.call(([whole], [union.astype(np.float32)], [positive], [negative], [seed])), tr, clock
         )
         return [np.ascontiguousarray(patches.crop(filled, v)) if patches.crop(union, v).any() else None for v in views]
     jobs = [j for j, m in enumerate(to_remove) if m is not None]
@@ -164,158 +102,215 @@ def contrast_views(
             )
             for j in jobs
         ]
-        filled = yield from ask(
-            ModelCall(
-                "inpaint",
-                "inpaint",
-                "inpaint",
-                (
-                    [crops[j] for j in jobs],
-                    [to_remove[j].astype(np.float32) for j in jobs],
-                    [t[0] for t in texts],
-                    [t[1] for t in texts],
-                    [cfg.seed * 1_000_003 + iteration * 97 + j for j in jobs],
-                ),
-            ),
-            tr,
-            clock,
+        items = (
+            [crops[j] for j in jobs],
+            [to_remove[j].astype(np.float32) for j in jobs],
+            [t[0] for t in texts],
+            [t[1] for t in texts],
+            [cfg.seed * 1_000_003 + iteration * 97 + j for j in jobs],
         )
+        filled = yield from ask(Call.INPAINT.call(items), tr, clock)
         for j, out in zip(jobs, filled):
             contrasts[j] = out
     return contrasts
 
 
-def score_rows(
-    crops: list[np.ndarray], contrasts: list[np.ndarray | None], candidates: list[str]
-) -> tuple[list[int], list[np.ndarray], list[str]]:
-    """The rows of step 4's one scoring call: every view with a contrast image × {before,
-    after} × every candidate. Returns the active views, the row images and row answers."""
-    active = [j for j in range(len(crops)) if contrasts[j] is not None]
-    images = [crops[j] for j in active for _ in candidates] + [contrasts[j] for j in active for _ in candidates]
-    return active, images, candidates * (2 * len(active))
+def uint8_crops(image: np.ndarray, views: list[patches.View]) -> list[np.ndarray]:
+    """Every view's pixels of a float [H, W, 3] image as uint8 [h_k, w_k, 3]."""
+    return [np.ascontiguousarray(np.clip(np.round(patches.crop(image, v)), 0, 255).astype(np.uint8)) for v in views]
 
 
-def score_tensors(n_views: int, active: list[int], candidates: list[str], s: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """s(c | X_k) and s(c | X'_k) as float64 [1, K, C]; views without contrast all -inf (padded)."""
-    c = len(candidates)
-    before = torch.full((1, n_views, c), float("-inf"), dtype=torch.float64)
-    after = before.clone()
-    if active:
-        s = torch.as_tensor(np.asarray(s), dtype=torch.float64)
-        half = len(active) * c
-        before[0, active] = s[:half].reshape(len(active), c)
-        after[0, active] = s[half:].reshape(len(active), c)
-    return before, after
+def propose(
+    crops: list[np.ndarray], views: list[patches.View], cfg: EngineConfig, iteration: int, tr: IterationTrace, clock: _Clock
+) -> Generator[ModelCall, Reply, list[prompts.ViewProposal]]:
+    """Step 2 (eq 2): P_B and P_A for every view in one generate call; each view's proposal."""
+    k = len(views)
+    asks = [prompts.box_prompt(cfg.task)] * k + [prompts.name_prompt(cfg.task)] * k
+    if cfg.temperature > 0:  # sampled: each request its own seeded stream, as the inpainting's
+        seeds = [cfg.seed * 1_000_003 + iteration * 97 + j for j in range(2 * k)]
+        call = Call.GENERATE.call((crops + crops, asks, seeds), (cfg.max_new_tokens, cfg.temperature), ("seeds",))
+    else:
+        call = Call.GENERATE.call((crops + crops, asks), (cfg.max_new_tokens,))
+    answers = yield from ask(call, tr, clock)
+    return [prompts.parse_proposal(answers[j], answers[k + j], cfg.task, v.width, v.height) for j, v in enumerate(views)]
+
+
+def select_name(
+    image: np.ndarray,
+    crops: list[np.ndarray],
+    views: list[patches.View],
+    proposals: list[prompts.ViewProposal],
+    previous: np.ndarray | None,
+    weights: NameWeights,
+    cfg: EngineConfig,
+    iteration: int,
+    tr: IterationTrace,
+    clock: _Clock,
+) -> Generator[ModelCall, Reply, str]:
+    """Steps 3-6 (eq 3-7): A_i^u, the candidate whose removal moves the VLM most, accumulated over
+    iterations. ``image`` / ``crops``: what the VLM and the inpainter see."""
+    candidates = prompts.candidate_list(proposals)
+    weights.observe(candidates)  # every iteration counts for W's start value (eq 6-7)
+    tr.candidates = list(candidates)
+    if not candidates:
+        tr.pick_source = "task prompt (no candidate name parsed)"
+        return cfg.task
+    if not cfg.psnm or len(candidates) == 1:
+        tr.pick_source = "most frequent name" if not cfg.psnm else "only candidate"
+        return candidates[0]
+    # step 3 (eq 4): remove the candidates
+    to_remove = contrast.contrast_masks(views, proposals, previous, cfg)
+    contrasts = yield from contrast_views(image, crops, views, proposals, to_remove, cfg, iteration, tr, clock)
+    # step 4 (eq 3): one scoring call for all views x {before, after} x candidates
+    active, rows, row_answers = contrast.score_rows(crops, contrasts, candidates)
+    s = np.zeros(0)
+    if rows:
+        s = yield from ask(Call.SCORE.call((rows, [prompts.name_prompt(cfg.task)] * len(rows), row_answers)), tr, clock)
+    s_before, s_after = contrast.score_tensors(len(views), active, candidates, s)
+    # steps 5-6 (eq 5-7)
+    history = weights.history(candidates) if cfg.pnm else torch.ones((1, len(candidates)), dtype=torch.float64)
+    index, scores, new_history = (yield from ask(mine_call(s_before, s_after, history, cfg.eps), tr, clock))[0]
+    if cfg.pnm:
+        weights.update(candidates, scores, new_history)
+    view_pick, view_gain = view_gains(s_before, s_after)
+    on = torch.isfinite(s_before[0]).any(dim=-1).tolist()
+    tr.view_picks = [candidates[int(j)] if a else None for j, a in zip(view_pick[0], on)]
+    tr.view_gains = view_gain[0].tolist()
+    tr.scores = dict(zip(candidates, scores.reshape(-1).tolist()))
+    tr.weights_before = dict(zip(candidates, history.reshape(-1).tolist()))
+    # with Σ Ď = 0 the argmax's tie rule returns the most frequent name: say so
+    tr.pick_source = "negative mining" if bool(scores.sum() > 0) else "no view moved (most frequent name)"
+    return candidates[int(index.reshape(-1)[0])]
+
+
+def prompt_boxes(
+    crops: list[np.ndarray],
+    views: list[patches.View],
+    proposals: list[prompts.ViewProposal],
+    pick: str,
+    cfg: EngineConfig,
+    tr: IterationTrace,
+    clock: _Clock,
+) -> Generator[ModelCall, Reply, list[np.ndarray]]:
+    """Step 7 (eq 8): the boxes each view's SAM call gets, float32 [N_k, 4] in view pixels
+    (``box_source``: GroundingDINO on every view, the VLM's own box, or none)."""
+    if cfg.box_source == "none":
+        return [np.zeros((0, 4), np.float32) for _ in views]
+    if cfg.box_source == "vlm":
+        box = masks.vlm_prompt_box(proposals, views)
+        tr.boxes, tr.box_scores = box.tolist(), [1.0] * len(box)
+        return [patches.image_boxes_to_view(box, v, 0.0) for v in views]
+    params = (cfg.box_threshold, cfg.text_threshold)
+    found = yield from ask(Call.DETECT.call((crops, [pick] * len(views)), params), tr, clock)
+    merged, merged_scores = masks.merge_detections(found, views, cfg.nms_iou)
+    tr.boxes, tr.box_scores = merged.tolist(), merged_scores.tolist()
+    return masks.view_prompt_boxes(found, views, merged, cfg.view_boxes, cfg.view_box_overlap)
+
+
+def segment_views(
+    crops: list[np.ndarray],
+    views: list[patches.View],
+    boxes: list[np.ndarray],
+    pick: str,
+    backgrounds: list[str],
+    cfg: EngineConfig,
+    tr: IterationTrace,
+    clock: _Clock,
+) -> Generator[ModelCall, Reply, list[np.ndarray]]:
+    """Step 8 (eq 9): Spatial CLIP's points on every view, then SAM with those points and the
+    view's boxes. Returns each view's probability, float32 [h_k, w_k]."""
+    k = len(views)
+    maps = yield from ask(Call.SIMILARITY_MAPS.call((crops, [pick] * k, [backgrounds] * k)), tr, clock)
+    fixed = (cfg.positive_points, cfg.negative_points) if cfg.points_rule == "fixed" else None
+    requests = masks.sam_requests(crops, maps, boxes, cfg.points_grid, cfg.points_threshold, fixed)
+    for entry, req in zip(tr.views, requests):  # view pixels
+        entry["sam_boxes"], entry["points"] = np.round(req.boxes, 1).tolist(), int(len(req.points))
+    return (yield from ask(Call.SEGMENT.call((requests,)), tr, clock))
+
+
+def weigh_masks(
+    crops: list[np.ndarray],
+    views: list[patches.View],
+    view_masks: list[np.ndarray],
+    pick: str,
+    size: tuple[int, int],
+    cfg: EngineConfig,
+    tr: IterationTrace,
+    clock: _Clock,
+) -> Generator[ModelCall, Reply, tuple[np.ndarray, np.ndarray]]:
+    """Step 9 (eq 10-11): CLIP weighs the views' masks. Returns the iteration's soft map M_i
+    (float32 [H, W] in [0, 1]) and segmentation M_i^bin (bool [H, W])."""
+    h, w = size
+    pasted = torch.stack([patches.paste(torch.from_numpy(np.asarray(m, np.float32)), v, h, w) for m, v in zip(view_masks, views)])
+    if not cfg.smg:
+        soft = masks.union(pasted)
+        return soft.numpy(), (soft > 0.5).numpy()
+    canvas = size if cfg.mask_score_input == "canvas" else None
+    todo, masked = masks.masked_views(crops, view_masks, views, canvas)
+    sims: Any = []
+    if todo:
+        sims = yield from ask(Call.IMAGE_TEXT_SIMILARITY.call((masked, [pick] * len(todo))), tr, clock)
+    sims = masks.view_similarities(len(views), todo, sims)
+    weights_k = masks.normalise_weights(sims, cfg.mask_weighting, cfg.mask_temperature)
+    tr.mask_similarity = [float(s) if np.isfinite(s) else None for s in sims]
+    tr.mask_weights = weights_k.tolist()
+    soft = masks.rescale(masks.weighted_sum(pasted, weights_k, views if cfg.mask_combine == "coverage" else None))
+    if cfg.segmentation == "selected":
+        chosen = masks.selected_views(sims, views, cfg.mask_temperature, cfg.select_weight)
+        tr.selected_views = [views[j].name for j in chosen]
+        return soft.numpy(), masks.segmentation(pasted, chosen).numpy()
+    return soft.numpy(), (soft >= cfg.binary_threshold).numpy()
 
 
 def iteration_steps(
+    original: np.ndarray,
     image: np.ndarray,
     previous_mask: np.ndarray | None,
     weights: NameWeights,
     cfg: EngineConfig,
     iteration: int,
     tr: IterationTrace,
-) -> Generator[ModelCall, Reply, np.ndarray]:
-    """One iteration of INT on X_i (float32 [H, W, 3] in 0..255); returns M_i float32 [H, W]."""
+) -> Generator[ModelCall, Reply, tuple[np.ndarray, np.ndarray]]:
+    """One iteration of INT: X the ``original`` image and X_i the reweighted ``image`` (float32
+    [H, W, 3] in 0..255), M_{i-1} the previous soft map or None. Returns M_i (float32 [H, W]) and
+    M_i^bin (bool [H, W])."""
     clock = _Clock()
     h, w = image.shape[:2]
     views = patches.views(h, w, cfg.active_splits)
-    crops = [np.ascontiguousarray(np.clip(np.round(patches.crop(image, v)), 0, 255).astype(np.uint8)) for v in views]
-    k = len(views)
+    crops = uint8_crops(image, views)  # X_i^k: detection, Spatial CLIP, SAM and CLIP see these
+    seen = original if cfg.vlm_image == "original" else image  # the VLM and the inpainter see these
+    seen_crops = uint8_crops(seen, views) if seen is not image else crops
     tr.seconds["patches"] = time.perf_counter() - clock.mark
     clock.mark = time.perf_counter()
 
-    # step 2 (eq 2): one generate for P_B and P_A over all views
-    asks = [prompts.box_prompt(cfg.task)] * k + [prompts.name_prompt(cfg.task)] * k
-    answers = yield from ask(ModelCall("propose", "vlm", "generate", (crops + crops, asks), (cfg.max_new_tokens,)), tr, clock)
-    proposals = [prompts.parse_proposal(answers[j], answers[k + j], cfg.task, v.width, v.height) for j, v in enumerate(views)]
-    candidates = prompts.candidate_list(proposals)
-    weights.observe(candidates)  # every iteration counts for W's start value (eq 6-7)
-    tr.candidates = list(candidates)
-    if not candidates:
-        pick, tr.pick_source = cfg.task, "task prompt (no candidate name parsed)"
-    elif not cfg.psnm or len(candidates) == 1:
-        pick, tr.pick_source = candidates[0], "most frequent name" if not cfg.psnm else "only candidate"
-    else:
-        # step 3 (eq 4): remove the candidates
-        to_remove = contrast_masks(views, proposals, previous_mask, cfg)
-        contrasts = yield from contrast_views(image, crops, views, proposals, to_remove, cfg, iteration, tr, clock)
-        # step 4 (eq 3): one scoring call for all views x {before, after} x candidates
-        active, rows, row_answers = score_rows(crops, contrasts, candidates)
-        s = (
-            (
-                yield from ask(
-                    ModelCall("score", "vlm", "score", (rows, [prompts.name_prompt(cfg.task)] * len(rows), row_answers)),
-                    tr,
-                    clock,
-                )
-            )
-            if rows
-            else np.zeros(0)
-        )
-        s_before, s_after = score_tensors(k, active, candidates, s)
-        # steps 5-6 (eq 5-7)
-        history = weights.history(candidates) if cfg.pnm else torch.ones((1, len(candidates)), dtype=torch.float64)
-        index, scores, new_history = (yield from ask(mine_call(s_before, s_after, history, cfg.eps), tr, clock))[0]
-        if cfg.pnm:
-            weights.update(candidates, scores, new_history)
-        view_pick, view_gain = view_gains(s_before, s_after)
-        on = torch.isfinite(s_before[0]).any(dim=-1).tolist()
-        tr.view_picks = [candidates[int(j)] if a else None for j, a in zip(view_pick[0], on)]
-        tr.view_gains = view_gain[0].tolist()
-        tr.scores = dict(zip(candidates, scores.reshape(-1).tolist()))
-        tr.weights_before = dict(zip(candidates, history.reshape(-1).tolist()))
-        moved = bool(scores.sum() > 0)
-        pick = candidates[int(index.reshape(-1)[0])]
-        # with Σ Ď = 0 the argmax's tie rule returns the most frequent name: say so
-        tr.pick_source = "negative mining" if moved else "no view moved (most frequent name)"
+    proposals = yield from propose(seen_crops, views, cfg, iteration, tr, clock)  # step 2
+    pick = yield from select_name(seen, seen_crops, views, proposals, previous_mask, weights, cfg, iteration, tr, clock)
     tr.pick = pick
-    tr.views = [
-        {
-            "name": v.name,
-            "box": list(v.box),
-            "answer_box": p.box_text[:200],
-            "answer_name": p.name_text[:200],
-            "box_parsed": list(p.box) if p.box else None,  # normalised to the view padded to a square
-            "box_view_px": patches.normalised_box_to_view(p.box, v).round(1).tolist() if p.box else None,
-            "foreground": p.foreground,
-            "background": p.background,
-        }
-        for v, p in zip(views, proposals)
-    ]
-    # step 7 (eq 8)
-    found = yield from ask(
-        ModelCall("detect", "detector", "detect", (crops, [pick] * k), (cfg.box_threshold, cfg.text_threshold)), tr, clock
-    )
-    boxes, box_scores = masks.merge_detections(found, views, cfg.nms_iou)
-    tr.boxes, tr.box_scores = boxes.tolist(), box_scores.tolist()
-    # step 8 (eq 9): spatial CLIP points, then SAM with points and boxes
-    maps = yield from ask(ModelCall("segment", "clip", "similarity_maps", (crops, [pick] * k)), tr, clock)
-    requests = masks.sam_requests(
-        crops, views, maps, boxes, cfg.positive_points, cfg.negative_points, cfg.points_grid, cfg.view_box_overlap
-    )
-    view_masks = yield from ask(ModelCall("segment", "segmenter", "segment", (requests,)), tr, clock)
-    pasted = torch.stack([patches.paste(torch.from_numpy(np.asarray(m, np.float32)), v, h, w) for m, v in zip(view_masks, views)])
-    # step 9 (eq 10-11): CLIP scores of the binary masks weight the views' probabilities
-    if cfg.smg:
-        todo, masked = masks.masked_views(crops, view_masks)
-        sims = (
-            (yield from ask(ModelCall("weight", "clip", "image_text_similarity", (masked, [pick] * len(todo))), tr, clock))
-            if todo
-            else []
-        )
-        sims = masks.view_similarities(k, todo, sims)
-        weights_k = masks.normalise_weights(sims, cfg.mask_weighting, cfg.mask_temperature)
-        tr.mask_similarity = [float(s) if np.isfinite(s) else None for s in sims]
-        tr.mask_weights = weights_k.tolist()
-        mask = masks.rescale(masks.weighted_sum(pasted, weights_k, views if cfg.mask_combine == "coverage" else None))
-    else:
-        mask = masks.union(pasted)
-    tr.mask_area = float(mask.mean())
-    tr.soft_max = float(mask.max())
-    tr.binary_area = float((mask >= cfg.binary_threshold).float().mean())
+    tr.views = [view_record(v, p) for v, p in zip(views, proposals)]
+    boxes = yield from prompt_boxes(crops, views, proposals, pick, cfg, tr, clock)  # step 7
+    backgrounds = [b for b in dict.fromkeys(p.background for p in proposals if p.background) if b != pick]
+    tr.clip_backgrounds = backgrounds if cfg.clip_background else []
+    view_masks = yield from segment_views(crops, views, boxes, pick, tr.clip_backgrounds, cfg, tr, clock)  # step 8
+    soft, segmented = yield from weigh_masks(crops, views, view_masks, pick, (h, w), cfg, tr, clock)  # step 9
+    tr.mask_area = float(soft.mean())
+    tr.soft_max = float(soft.max())
+    tr.binary_area = float(segmented.mean())
     tr.seconds["weight"] = tr.seconds.get("weight", 0.0) + time.perf_counter() - clock.mark
-    return mask.numpy()
+    return soft, segmented
+
+
+def view_record(v: patches.View, p: prompts.ViewProposal) -> dict[str, Any]:
+    """What the trace keeps of one view's proposal."""
+    return {
+        "name": v.name,
+        "box": list(v.box),
+        "answer_box": p.box_text[:200],
+        "answer_name": p.name_text[:200],
+        "box_parsed": list(p.box) if p.box else None,  # normalised to the view padded to a square
+        "box_view_px": patches.normalised_box_to_view(p.box, v).round(1).tolist() if p.box else None,
+        "foreground": p.foreground,
+        "background": p.background,
+    }
 
 
 def image_steps(
@@ -327,8 +322,8 @@ def image_steps(
 ) -> Generator[ModelCall, Reply, Result]:
     """INT on one image (uint8 [H, W, 3] at working size): I iterations, then eq 13.
 
-    Randomness (the inpainting noise) comes from ``cfg.seed`` only: the same image, config
-    and models give the same masks, whatever drives the calls.
+    Randomness (the inpainting noise, the VLM's sampling) comes from ``cfg.seed`` only: the same
+    image, config and models give the same masks, whatever drives the calls.
     """
     start = time.perf_counter()
     h, w = image.shape[:2]
@@ -338,36 +333,40 @@ def image_steps(
     conversions = tuple(conversions) + tuple(filter(None, [padding_note(region, image.shape[:2], cfg.max_aspect)]))
     trace = ImageTrace(source, original_size, (h, w), list(conversions), cfg.task)
     weights = NameWeights(cfg.eps)
-    x = image.astype(np.float32)
-    iteration_masks: list[np.ndarray] = []
+    original = image.astype(np.float32)
+    x = original
+    softs: list[np.ndarray] = []
+    segmentations: list[np.ndarray] = []
     previous: np.ndarray | None = None
     for i in range(cfg.iterations):
         tr = IterationTrace(iteration=i)
-        mask = yield from iteration_steps(x, previous, weights, cfg, i, tr)
-        mask = clear_padding(mask, region)  # the padding is never the object, also not for eq 12 and the next eq 4
+        soft, segmented = yield from iteration_steps(original, x, previous, weights, cfg, i, tr)
+        # the padding is never the object, also not for eq 12 and the next eq 4
+        soft, segmented = clear_padding(soft, region), clear_padding(segmented, region)
         t0 = time.perf_counter()
-        x = fuse.reweight(torch.from_numpy(x), torch.from_numpy(mask), cfg.reweight_w).numpy()  # eq 12
+        base = torch.from_numpy(original) if cfg.reweight_base == "original" else None
+        x = fuse.reweight(torch.from_numpy(x), torch.from_numpy(soft), cfg.reweight_w, base).numpy()  # eq 12
         tr.seconds["fuse"] = time.perf_counter() - t0
         trace.iterations.append(tr)
-        iteration_masks.append(np.ascontiguousarray(crop_to_region(mask, region)))  # working size, unpadded
-        # the change is measured on the image's pixels only (iteration_masks), not diluted by the padding
+        softs.append(np.ascontiguousarray(crop_to_region(soft, region)))  # working size, unpadded
+        segmentations.append(np.ascontiguousarray(crop_to_region(segmented, region)))
+        # the change is measured on the image's pixels only, not diluted by the padding
         stop = (
             cfg.early_stop_tol is not None
             and previous is not None
             and trace.iterations[-2].pick == tr.pick
-            and fuse.mask_change(torch.from_numpy(iteration_masks[-2]), torch.from_numpy(iteration_masks[-1]))
-            < cfg.early_stop_tol
+            and fuse.mask_change(torch.from_numpy(softs[-2]), torch.from_numpy(softs[-1])) < cfg.early_stop_tol
         )
-        previous = mask
+        previous = soft
         if stop:
             trace.stopped_early = True
             break
-    best, soft = fuse.final_mask([torch.from_numpy(m) for m in iteration_masks])  # eq 13
+    best, _ = fuse.final_mask([torch.from_numpy(m) for m in segmentations])  # eq 13, among the segmentations
     trace.final_iteration = best
-    soft_full = to_original_size(soft.numpy(), original_size)
-    binary = fuse.binarise(torch.from_numpy(soft_full), cfg.binary_threshold).numpy()
+    soft_full = to_original_size(softs[best], original_size)
+    binary = to_original_size(segmentations[best].astype(np.float32), original_size) >= 0.5
     trace.seconds_total = time.perf_counter() - start
-    return Result(soft_full, binary, iteration_masks, trace)
+    return Result(soft_full, binary, softs, trace, segmentations)
 
 
 def drive(steps: Steps, models: Models, execute: Callable[[Models, ModelCall], Any] = run_model, device: str = "cpu") -> Any:

@@ -93,16 +93,51 @@ def normalise_name(word: str) -> str | None:
     return w
 
 
+_TOKEN = re.compile(r"[a-z]+(?:-[a-z]+)*|[^\sa-z]")
+# A word after one of these describes what comes before it ("is camouflaged"), and one of these
+# between the task's noun and another name makes the noun the subject of a naming phrase ("the
+# camouflaged animal is a frog").
+_COPULAS = frozenset("is are was were be been being looks look appears appear seems seem very".split())
+_NAMING = frozenset("a an the called named probably likely".split())
+# ... except after these, where the copula names the environment ("its environment is skin")
+_SETTINGS = frozenset("environment background surrounding surroundings setting habitat".split())
+
+
+def task_words(task: str) -> tuple[str | None, frozenset[str]]:
+    """The task prompt's head noun (its last word, singular) and its modifiers (the other words):
+    "skin lesion" -> ("lesion", {"skin"}), "polyp" -> ("polyp", {})."""
+    words = [normalise_name(w) or w for w in _WORD.findall(task.lower())]
+    return (words[-1] if words else None), frozenset(words[:-1])
+
+
 def parse_names(text: str, task: str) -> tuple[str | None, str | None]:
-    """(A_fore, A_back) from the answer to P_A: the first two content words that are not the
-    task's own words, or None for each that is missing."""
-    task_words = set(_WORD.findall(task.lower()))
+    """(A_fore, A_back) from the answer to P_A (SPEC "Names"): its first two distinct names, or
+    None for each that is missing. A name is a content word, lower-cased and singular
+    (``normalise_name``), that is not a framing word. The task's own words count as the paper's
+    medical tasks need them ("Polyp, colon." -> polyp, colon; "Lesion, skin." -> lesion, skin),
+    except where they only frame the answer:
+
+    - the head noun is skipped as the subject of a naming phrase ("The camouflaged animal is a
+      frog" -> frog; "Animal: frog");
+    - a modifier is skipped where it modifies ("camouflaged frog", "skin lesion") or describes
+      ("it is camouflaged"), and kept where it stands as a name ("Lesion, skin.").
+    """
+    head, modifiers = task_words(task)
+    tokens = _TOKEN.findall((text or "").lower())
     names: list[str] = []
-    for raw in _WORD.findall((text or "").lower()):
-        if raw in task_words:
-            continue
+    for i, raw in enumerate(tokens):
         name = normalise_name(raw)
-        if name and name not in names:
+        if name is None:
+            continue
+        after = tokens[i + 1] if i + 1 < len(tokens) else ""
+        later = tokens[i + 2] if i + 2 < len(tokens) else ""
+        before = tokens[i - 1] if i else ""
+        if name == head and (after == ":" or (after in _COPULAS and later in _NAMING)):
+            continue
+        describes = before in _COPULAS and (tokens[i - 2] if i > 1 else "") not in _SETTINGS
+        if name in modifiers and name != head and (_WORD.fullmatch(after) or describes):
+            continue
+        if name not in names:
             names.append(name)
         if len(names) == 2:
             break

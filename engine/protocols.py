@@ -51,8 +51,18 @@ class SegmentRequest:
 class VLM(Protocol):
     """A vision-language model (LLaVA-1.5): free text out, and teacher-forced scores."""
 
-    def generate(self, images: Sequence[np.ndarray], prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-        """Greedy answer to ``prompts[j]`` about ``images[j]``, one string per request (eq 1-2).
+    def generate(
+        self,
+        images: Sequence[np.ndarray],
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        seeds: Sequence[int] | None = None,
+    ) -> list[str]:
+        """The answer to ``prompts[j]`` about ``images[j]``, one string per request (eq 1-2):
+        greedy at ``temperature`` 0, else sampled at that temperature with request j's own
+        random stream seeded by ``seeds[j]``, so that an answer does not depend on the batch.
+        The engine passes ``temperature`` and ``seeds`` only when it samples.
 
         The backend wraps each prompt in its model's chat template.
         """
@@ -99,9 +109,11 @@ class Segmenter(Protocol):
 
     def segment(self, requests: Sequence[SegmentRequest]) -> list[np.ndarray]:
         """One float32 [H, W] mask probability in [0, 1] per request (SAM: the sigmoid of its
-        mask logits): the pixel-wise maximum over its boxes (each box with all the points), or
-        the points-only mask when it has no box; all zeros when it has neither. The binary mask
-        is ``probability > SEGMENTER_THRESHOLD`` (SAM's own threshold, 0 in logits)."""
+        mask logits): the pixel-wise maximum over its boxes (one prompt per box, each with all
+        the points), or the points-only mask when it has no box; all zeros when it has neither.
+        SAM's backend keeps, per prompt, the highest-scoring of its multimask outputs (the
+        authors' setting). The binary mask is ``probability > SEGMENTER_THRESHOLD`` (SAM's own
+        threshold, 0 in logits): the union of the prompts' binary masks."""
         ...
 
 
@@ -113,9 +125,14 @@ class Clip(Protocol):
         """Cosine similarity of ``images[j]`` and ``texts[j]``: float32 [len(images)] in [-1, 1]."""
         ...
 
-    def similarity_maps(self, images: Sequence[np.ndarray], texts: Sequence[str]) -> list[np.ndarray]:
-        """CLIP-Surgery-style map of ``texts[j]`` over ``images[j]``: float32 [H, W] per image
-        at the image's size; higher means more of the text's object there."""
+    def similarity_maps(
+        self, images: Sequence[np.ndarray], texts: Sequence[str], backgrounds: Sequence[Sequence[str]] | None = None
+    ) -> list[np.ndarray]:
+        """Spatial CLIP's map of ``texts[j]`` over ``images[j]`` (eq 9): float32 [h, w] in
+        [0, 1] per image, covering the whole image on the model's own grid (CLIP Surgery: its
+        patch tokens, 14 x 14 for ViT-B/16 whatever the image's aspect); higher means more of
+        the text's object there. With ``backgrounds[j]`` (names; may be empty) the map of those
+        names is subtracted first (the authors' FgBgHm), then the result min-max normalised."""
         ...
 
 

@@ -183,6 +183,7 @@ class Scheduler:
                     first.method,
                     tuple(concat([j.call.items[i] for j in jobs]) for i in range(len(first.items))),
                     first.params,
+                    first.keywords,
                 )
                 with call_range(merged):
                     results = split(self.execute(self.models, merged), [j.call.size for j in jobs])

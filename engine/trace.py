@@ -27,11 +27,13 @@ class IterationTrace:
     inpaint_jobs: int = 0  # eq 4's inpainting jobs (1 per image-iteration with inpaint_scope "image")
     boxes: list[list[float]] = field(default_factory=list)
     box_scores: list[float] = field(default_factory=list)
+    clip_backgrounds: list[str] = field(default_factory=list)  # the names whose map eq 9's Spatial CLIP subtracts
     mask_similarity: list[float | None] = field(default_factory=list)
     mask_weights: list[float] = field(default_factory=list)
-    mask_area: float = 0.0  # mean of M_i
+    selected_views: list[str] = field(default_factory=list)  # the views whose masks make M_i^bin (SPEC step 9)
+    mask_area: float = 0.0  # mean of the soft map M_i
     soft_max: float = 0.0  # max of M_i: 0 means nothing was segmented in this iteration
-    binary_area: float = 0.0  # share of pixels with M_i >= binary_threshold
+    binary_area: float = 0.0  # share of pixels in the segmentation M_i^bin
     seconds: dict[str, float] = field(default_factory=dict)
 
 

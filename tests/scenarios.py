@@ -17,10 +17,8 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-import torch
 
-from int_engine.config import EngineConfig
-from int_engine.fuse import final_mask
+from int_engine.config import EngineConfig, preset_config
 from int_engine.pipeline import Result, run
 from int_engine.testing import ColourWorld, Thing, scripted_models
 from int_engine.testing.scenes import Scene, compose, ellipse
@@ -28,17 +26,41 @@ from int_engine.testing.scenes import Scene, compose, ellipse
 H, W = 128, 160
 ALL_VIEWS = ["whole", "top", "bottom", "left", "right", "top_left", "top_right", "bottom_left", "bottom_right"]
 MIN_IOU = 0.8  # the bar for a found object, against the scene's exact ground truth
+MAX_DISTRACTOR = 0.02  # at most this share of a distractor's pixels in the segmentation
 
 
-def bark_world(*extra: Thing, frog_confusions: dict | None = None) -> ColourWorld:
-    """Bark background; a frog; a snake the VLM "sees" in bark texture (Fig. 1)."""
+class OutcomeFailure(AssertionError):
+    """An outcome a user sees is wrong: the segmentation's IoU, the picked name, a distractor's
+    pixels in the mask, the soft map. ``tests/test_mutations.py`` requires every mutation to be
+    caught by one of these, with the scenarios' checks of the trace switched off."""
+
+
+TRACE_CHECKS = True  # the checks of how the outcome came about (the trace); the mutation test turns them off
+
+
+def outcome(ok: bool, figures=None) -> None:
+    """Check an outcome a user sees (``OutcomeFailure``)."""
+    if not ok:
+        raise OutcomeFailure(figures)
+
+
+def check(ok: bool, figures=None) -> None:
+    """Check how the outcome came about (the trace, another configuration's result)."""
+    if TRACE_CHECKS and not ok:
+        raise AssertionError(figures)
+
+
+def bark_world(*extra: Thing, frog_confusions: dict | None = None, seed: int = 0) -> ColourWorld:
+    """Bark background; a frog; a snake the VLM "sees" in bark texture (Fig. 1). ``seed`` draws the
+    models' errors (``ColourWorld.seed``)."""
     return ColourWorld(
         [
             Thing("bark", (120, 80, 40), kind="background"),
             Thing("frog", (70, 140, 50), confusions=frog_confusions or {}),
             Thing("snake", (150, 40, 150), confusions={"bark": 0.08}),
             *extra,
-        ]
+        ],
+        seed=seed,
     )
 
 
@@ -51,20 +73,103 @@ def picks(result: Result) -> list[str]:
 
 
 def frog_scene(objects: list[np.ndarray], seed: int) -> tuple[ColourWorld, Scene]:
-    world = bark_world()
+    """The frogs on bark; ``seed`` draws the texture and the models' errors."""
+    world = bark_world(seed=seed)
     return world, compose(world, "bark", [("frog", m) for m in objects], H, W, seed=seed)
 
 
-def found(result: Result, scene: Scene, name: str = "frog") -> dict:
-    """The figures every object scenario reports and checks: IoU >= MIN_IOU, soft maximum 1."""
+def found(result: Result, scene: Scene, name: str = "frog", distractor: str | None = None) -> dict:
+    """The figures every object scenario reports and checks: the segmentation's IoU >= MIN_IOU,
+    and at most MAX_DISTRACTOR of a distractor's pixels in it and in the soft map cut at 0.5."""
     figures = {
         "iou": round(iou(result.binary, scene.gt(name)), 3),
+        "soft_iou": round(iou(result.soft >= 0.5, scene.gt(name)), 3),
         "soft_max": round(float(result.soft.max()), 3),
         "picks": picks(result),
     }
-    assert figures["iou"] >= MIN_IOU, figures
-    assert figures["soft_max"] == 1.0, figures
+    if distractor is not None:
+        figures["distractor_share"] = round(distractor_share(result, scene, distractor), 3)
+        figures["whole_view_boxed_distractor"] = whole_view_boxed(result, scene.gt(distractor))
+        gt = scene.gt(distractor)
+        figures["soft_distractor_share"] = round(float(((result.soft >= 0.5) & gt).sum() / max(1, gt.sum())), 3)
+        outcome(figures["distractor_share"] <= MAX_DISTRACTOR, figures)
+        outcome(figures["soft_distractor_share"] <= MAX_DISTRACTOR, figures)
+    outcome(figures["iou"] >= MIN_IOU, figures)
     return figures
+
+
+def distractor_share(result: Result, scene: Scene, name: str) -> float:
+    """The share of the distractor ``name``'s pixels that the segmentation holds."""
+    gt = scene.gt(name)
+    return float((result.binary & gt).sum() / max(1, gt.sum()))
+
+
+def whole_view_boxed(result: Result, region: np.ndarray) -> bool:
+    """Whether the whole view's SAM call of the kept iteration had a box over most of ``region``
+    (a false positive of GroundingDINO's there: the authors' rule always keeps the whole view)."""
+    views = result.trace.iterations[result.trace.final_iteration].views
+    for x0, y0, x1, y1 in views[0]["sam_boxes"] if views and views[0]["name"] == "whole" else []:
+        inside = region[int(y0) : int(np.ceil(y1)), int(x0) : int(np.ceil(x1))].sum()
+        if inside > 0.5 * region.sum():
+            return True
+    return False
+
+
+class MissesWholeView:
+    """SAM that finds nothing in the largest image of a call (the whole view), as SAM misses a
+    small camouflaged object at the whole image's scale, and is the scripted SAM elsewhere."""
+
+    def __init__(self, segmenter) -> None:
+        self.segmenter = segmenter
+
+    def segment(self, requests):
+        out = self.segmenter.segment(requests)
+        largest = max(r.image.shape[0] * r.image.shape[1] for r in requests)
+        return [np.zeros_like(m) if r.image.shape[0] * r.image.shape[1] == largest else m for r, m in zip(requests, out)]
+
+
+class ConfusesWhenZoomed:
+    """GroundingDINO that also boxes ``other`` (score 0.4, a false positive) in the views where
+    ``other`` fills at least ``share`` of the view, as it does for a look-alike seen up close,
+    and is the scripted detector otherwise."""
+
+    def __init__(self, detector, world: ColourWorld, other: str, share: float) -> None:
+        self.detector, self.world, self.other, self.share = detector, world, other, share
+
+    def detect(self, images, texts, box_threshold, text_threshold):
+        from int_engine.protocols import Detections
+        from int_engine.testing.world import box_of
+
+        out = []
+        for image, d in zip(images, self.detector.detect(images, texts, box_threshold, text_threshold)):
+            extra = [box_of(c) for c in self.world.components(image, self.other) if c.mean() >= self.share]
+            if extra:
+                boxes = np.concatenate([d.boxes, np.array(extra, np.float32)])
+                d = Detections(boxes, np.concatenate([d.scores, np.full(len(extra), 0.4, np.float32)]))
+            out.append(d)
+        return out
+
+
+class GlitchesOnce:
+    """A detector that, on its ``nth`` call, answers a box over the lower half of every image it
+    is given (GroundingDINO's false positive on a texture), and is the scripted detector otherwise."""
+
+    def __init__(self, detector, nth: int) -> None:
+        self.detector, self.nth, self.calls = detector, nth, 0
+
+    def detect(self, images, texts, box_threshold, text_threshold):
+        self.calls += 1
+        out = self.detector.detect(images, texts, box_threshold, text_threshold)
+        if self.calls != self.nth:
+            return out
+        from int_engine.protocols import Detections
+
+        glitch = []
+        for image, d in zip(images, out):
+            h, w = image.shape[:2]
+            box = np.array([[0.0, h * 0.55, w, h]], np.float32)
+            glitch.append(Detections(np.concatenate([d.boxes, box]), np.concatenate([d.scores, np.float32([0.4])])))
+        return glitch
 
 
 # --- the paper's claims --------------------------------------------------------------------------
@@ -77,125 +182,149 @@ def fig1() -> dict:
     r = run(scene.image, scripted_models(world), EngineConfig(iterations=2))
     first = r.trace.iterations[0]
     whole = first.views[0]
-    assert whole["name"] == "whole" and whole["foreground"] == "snake"  # the VLM alone is wrong
-    assert first.candidates[0] == "snake"  # ... and so is its most frequent answer
+    check(whole["name"] == "whole" and whole["foreground"] == "snake")  # the VLM alone is wrong
+    check(first.candidates[0] == "snake")  # ... and so is its most frequent answer
     # Every view that moved picks the frog. The boxes are jittered, so a view may remove only
     # part of the frog and move less: the claim is on the largest drop, not on every view's.
     moved = [k for k, p in enumerate(first.view_picks) if p is not None]
-    assert moved and all(first.view_picks[k] == "frog" for k in moved)
-    assert max(first.view_gains) > 0.1
-    assert picks(r) == ["frog", "frog"]
+    check(moved and all(first.view_picks[k] == "frog" for k in moved))
+    check(max(first.view_gains) > 0.1)
+    outcome(picks(r) == ["frog", "frog"], picks(r))
     off = run(scene.image, scripted_models(world), EngineConfig(iterations=2, psnm=False))
-    assert picks(off) == ["snake", "snake"]
+    outcome(picks(off) == ["snake", "snake"], picks(off))
     figures = found(r, scene)
-    assert iou(off.binary, scene.gt("frog")) < 0.1
+    figures["iou_without_mining"] = round(iou(off.binary, scene.gt("frog")), 3)
     return figures
 
 
-def progressive() -> dict:
-    """Eq 6-7: a pale moth (a strong VLM prior) next to the frog, outside the frog's box, is
-    removed only from iteration 2 on (when the dilated mask covers it): progressive mining keeps
-    the frog; without it (pnm=False) the moth wins from iteration 2."""
-    world = bark_world(Thing("moth", (150, 150, 190), bias=2.0))
+def progressive(seed: int = 2) -> dict:
+    """Eq 6-7: a pale moth (a strong VLM prior) lies against the frog, outside the frog's box, and
+    GroundingDINO boxes it as a "frog" where it is seen up close (a view it fills >= 3% of).
+    Iteration 1 removes the VLM's boxes: the frog moves, the moth does not. From iteration 2 the
+    contrast mask is the previous soft map's support, which holds the moth's low-weight masks
+    too: the moth, removed for the first time, moves more than the frog. Progressive mining keeps
+    the frog (the moth's W is ε); without it (pnm=False) the moth wins from iteration 2 and the
+    segmentation follows it."""
+    world = bark_world(Thing("moth", (150, 150, 190), bias=2.0), seed=seed)
     scene = compose(
-        world, "bark", [("frog", ellipse(H, W, 80, 36, 20, 14)), ("moth", ellipse(H, W, 113, 36, 10, 10))], H, W, seed=2
+        world, "bark", [("frog", ellipse(H, W, 80, 36, 20, 14)), ("moth", ellipse(H, W, 110, 36, 10, 10))], H, W, seed=seed
     )
-    cfg = dict(iterations=3, inpaint_dilate_px=25)
-    on = run(scene.image, scripted_models(world), EngineConfig(pnm=True, **cfg))
-    off = run(scene.image, scripted_models(world), EngineConfig(pnm=False, **cfg))
+
+    def models():
+        m = scripted_models(world)
+        m.detector = ConfusesWhenZoomed(m.detector, world, "moth", share=0.03)
+        return m
+
+    on = run(scene.image, models(), EngineConfig(pnm=True, iterations=3))
+    off = run(scene.image, models(), EngineConfig(pnm=False, iterations=3))
     it2 = off.trace.iterations[1]
-    assert it2.scores["moth"] > it2.scores["frog"] > 0
-    assert picks(on) == ["frog", "frog", "frog"]
-    assert picks(off)[1:] == ["moth", "moth"]
+    check(it2.scores["moth"] > it2.scores["frog"] > 0)
+    outcome(picks(on) == ["frog", "frog", "frog"], picks(on))
+    outcome(picks(off)[1:] == ["moth", "moth"], picks(off))
     w = on.trace.iterations[1].weights_before
-    assert w["moth"] == 1e-3 and w["frog"] > 0.5  # the moth starts at ε in iteration 2
-    return found(on, scene)
+    check(w["moth"] < 0.5 < w["frog"])  # the moth moved less than the frog in iteration 1, if at all
+    figures = found(on, scene)
+    figures["moth_share"] = round(distractor_share(on, scene, "moth"), 3)
+    outcome(figures["moth_share"] <= MAX_DISTRACTOR, figures)
+    figures["iou_without_pnm"] = round(iou(off.binary, scene.gt("frog")), 3)
+    return figures
 
 
 def patches_quarter() -> dict:
-    """HCG: an object the whole image never names is found through the quarter that shows it."""
+    """HCG: an object the whole image never names is named, and found, through the views that show
+    it; without HCG (the whole image only) the engine never names it."""
     world, scene = frog_scene([ellipse(H, W, 120, 40, 14, 10)], seed=4)
     with_hcg = run(scene.image, scripted_models(world), EngineConfig(iterations=1))
     without = run(scene.image, scripted_models(world), EngineConfig(iterations=1, hcg=False))
-    assert [v["name"] for v in without.trace.iterations[0].views] == ["whole"]
-    assert without.trace.iterations[0].candidates == ["snake"]
-    assert "frog" in with_hcg.trace.iterations[0].candidates
-    figures = found(with_hcg, scene)
-    assert iou(without.binary, scene.gt("frog")) < 0.1
-    return figures
+    check([v["name"] for v in without.trace.iterations[0].views] == ["whole"])
+    check(without.trace.iterations[0].candidates == ["snake"])
+    outcome(picks(without) == ["snake"], picks(without))
+    check("frog" in with_hcg.trace.iterations[0].candidates)
+    outcome(picks(with_hcg) == ["frog"], picks(with_hcg))
+    return found(with_hcg, scene)
 
 
 def two_instances() -> dict:
-    """Eq 8: two frogs in opposite corners; detection on every view and NMS keep both."""
+    """Eq 8-9: two frogs in opposite quarters; every view's SAM gets that view's own detections, so
+    the whole view, which CLIP weighs highest, segments both."""
     a, b = ellipse(H, W, 40, 32, 16, 12), ellipse(H, W, 118, 96, 16, 12)
     world, scene = frog_scene([a, b], seed=5)
     r = run(scene.image, scripted_models(world), EngineConfig(iterations=2))
-    assert picks(r) == ["frog", "frog"]
-    assert len(r.trace.iterations[0].boxes) >= 2
+    outcome(picks(r) == ["frog", "frog"], picks(r))
+    check(len(r.trace.iterations[0].boxes) >= 2)
     for instance in (a, b):
-        assert (r.binary & instance).sum() > 0.8 * instance.sum()
+        outcome((r.binary & instance).sum() > 0.8 * instance.sum())
     return found(r, scene)
 
 
-def clip_weighting() -> dict:
-    """Eq 10-11: SAM masks a yellow-green leaf (background) that CLIP's map of "frog" lights up a
-    little; CLIP weighting keeps it out of the mask, the plain union (smg=False) keeps it."""
-    world = bark_world(Thing("leaf", (130, 130, 20), kind="background"), frog_confusions={"leaf": 0.3})
+def clip_weighting(seed: int = 6) -> dict:
+    """Eq 10-11 and the iteration's segmentation (SPEC step 9): CLIP's map of "frog" lights up a
+    yellow-green leaf a little, so SAM masks the leaf in the views that show it and not the frog;
+    SAM misses the frog in the whole view. CLIP gives the leaf masks tiny weights: they stay out
+    of the segmentation (the union of the views CLIP selects). The union of every mask (smg=False)
+    takes the leaf in, and so does the coverage-normalised soft map cut at 0.5 (an earlier reading
+    of ours, ``mask_combine: coverage`` + ``segmentation: threshold``): with the whole view empty,
+    the leaf's pixels are covered only by low-weight views, and dividing by their weight lifts the
+    leaf back to ~1."""
+    world = bark_world(Thing("leaf", (130, 130, 20), kind="background"), frog_confusions={"leaf": 0.3}, seed=seed)
     leaf = ellipse(H, W, 40, 100, 12, 8)
-    scene = compose(world, "bark", [("frog", ellipse(H, W, 120, 40, 14, 10)), ("leaf", leaf)], H, W, seed=6)
-    r = run(scene.image, scripted_models(world), EngineConfig(iterations=1))
+    scene = compose(world, "bark", [("frog", ellipse(H, W, 120, 40, 14, 10)), ("leaf", leaf)], H, W, seed=seed)
+
+    def models():
+        m = scripted_models(world)
+        m.segmenter = MissesWholeView(m.segmenter)
+        return m
+
+    r = run(scene.image, models(), EngineConfig(iterations=1))
     it = r.trace.iterations[0]
     leaf_only = [ALL_VIEWS.index(name) for name in ("bottom", "left", "bottom_left")]
-    # SAM masks the leaf in the leaf-only views where CLIP's noisy map puts a positive point on it
     masked_leaf = [k for k in leaf_only if it.mask_similarity[k] is not None]
-    assert masked_leaf
-    # ... and eq 10-11 give those masks a negligible weight: the leaf's similarity to "frog" is
-    # ~0.05 below the frog views' (share 0.3 vs 1 at a gap of 0.08), e^-5 at temperature 0.01
-    assert all(it.mask_weights[k] < 1e-3 for k in masked_leaf)
-    assert abs(sum(it.mask_weights) - 1.0) < 1e-9
-    assert (r.binary & leaf).sum() == 0
-    figures = found(r, scene)
-    union = run(scene.image, scripted_models(world), EngineConfig(iterations=1, smg=False))
-    assert (union.binary & leaf).sum() > 0.8 * leaf.sum()
-    assert iou(union.binary, scene.gt("frog")) < figures["iou"] - 0.2
+    check(it.mask_similarity[0] is None)  # SAM missed the whole view
+    check(masked_leaf)  # SAM masks the leaf where CLIP's map put points on it
+    check(not {ALL_VIEWS[k] for k in masked_leaf} & set(it.selected_views))
+    figures = found(r, scene, distractor="leaf")
+    union = run(scene.image, models(), EngineConfig(iterations=1, smg=False))
+    check(distractor_share(union, scene, "leaf") > 0.8)
+    coverage = run(scene.image, models(), EngineConfig(iterations=1, mask_combine="coverage", segmentation="threshold"))
+    check(distractor_share(coverage, scene, "leaf") > 0.8)
     figures["leaf_weights"] = [it.mask_weights[k] for k in masked_leaf]
+    figures["leaf_share_union"] = round(distractor_share(union, scene, "leaf"), 3)
+    figures["leaf_share_coverage"] = round(distractor_share(coverage, scene, "leaf"), 3)
     return figures
 
 
 def eq13() -> dict:
-    """Eq 13: a VLM that refuses boxes has no contrast in iteration 1 and follows its most frequent
-    (wrong) name. Where iteration 1 still gives a mask (SAM, prompted by CLIP points on the bark,
-    masks bark), that mask is the contrast of iteration 2, the frog is found from then on, and the
-    final mask (the iteration mask closest to the mean) beats iteration 1.
+    """Eq 13: the final mask is the iteration's segmentation closest to their mean, so one iteration
+    that goes wrong does not decide the output.
 
-    Known gap, asserted so that it shows if it changes: where iteration 1's mask is empty (the
-    CLIP points' positive and negative prompts fall on the same bark), a VLM without boxes gives
-    no later iteration anything to remove, and the engine stays on its first (wrong) name."""
-    world = bark_world()
-    scenes = [
-        compose(world, "bark", [("frog", ellipse(H, W, cx, cy, 14, 10))], H, W, seed=s)
-        for s, (cx, cy) in enumerate([(120, 40), (40, 90), (110, 100)])
-    ]
-    first, final, recovered = [], [], []
-    for scene in scenes:
+    - First iteration wrong: a VLM that refuses boxes has no contrast in iteration 1 and follows
+      its most frequent (wrong) name; iteration 1's mask is the contrast of iteration 2, the frog
+      is picked from then on, and the final mask beats iteration 1's.
+    - Last iteration wrong: GroundingDINO glitches once, in the last iteration, with a box over
+      the lower half of every view; the whole view's SAM takes the bark there into that
+      iteration's segmentation, and eq 13 leaves that iteration out."""
+    scenes = [frog_scene([ellipse(H, W, cx, cy, 14, 10)], seed=s) for s, (cx, cy) in enumerate([(120, 40), (40, 90), (110, 100)])]
+    first, final = [], []
+    for world, scene in scenes:
         r = run(scene.image, scripted_models(world, gives_boxes=False), EngineConfig(iterations=4))
-        masks = r.iteration_masks
-        mean = np.mean(masks, axis=0)
-        closest = int(np.argmin([np.abs(m - mean).sum() for m in masks]))
-        assert r.trace.final_iteration == closest == final_mask([torch.from_numpy(m) for m in masks])[0]
-        assert np.array_equal(r.soft, masks[closest])
         gt = scene.gt("frog")
-        first.append(iou(masks[0] >= 0.5, gt))
+        outcome(picks(r)[0] == "snake" and picks(r)[1:] == ["frog"] * 3, picks(r))
+        first.append(iou(r.iteration_segmentations[0], gt))
         final.append(iou(r.binary, gt))
-        if r.trace.iterations[0].binary_area > 0:
-            recovered.append(final[-1] - first[-1])
-        else:
-            assert picks(r) == ["snake"] * 4 and not r.binary.any()
-    assert recovered and all(gain > 0.5 for gain in recovered)
+        outcome(final[-1] >= MIN_IOU and final[-1] > first[-1] + 0.5)
+    glitched = []
+    for world, scene in scenes:
+        models = scripted_models(world)
+        models.detector = GlitchesOnce(models.detector, nth=4)
+        r = run(scene.image, models, EngineConfig(iterations=4))
+        last = iou(r.iteration_segmentations[-1], scene.gt("frog"))
+        glitched.append((round(last, 3), round(iou(r.binary, scene.gt("frog")), 3)))
+        check(last < 0.5)  # the glitch spoilt the last iteration ...
+        outcome(glitched[-1][1] >= MIN_IOU, glitched)  # ... and not the output
     return {
         "iou_iteration_1": np.round(first, 3).tolist(),
         "iou_final": np.round(final, 3).tolist(),
-        "scenes_with_a_first_mask": len(recovered),
+        "glitched_last_vs_final": glitched,
     }
 
 
@@ -221,7 +350,7 @@ def one_per_quarter() -> dict:
     r = run(scene.image, scripted_models(world), EngineConfig(iterations=2))
     figures = found(r, scene)
     for frog in frogs:
-        assert (r.binary & frog).sum() > 0.7 * frog.sum(), figures
+        outcome((r.binary & frog).sum() > 0.7 * frog.sum(), figures)
     return figures
 
 
@@ -235,17 +364,61 @@ def filling_most() -> dict:
 
 def no_object() -> dict:
     """Only bark: no object of the task. INT has no rejection step, so what comes out is decided by
-    the models: the VLM still names its best guess (the snake it sees in bark), the detector finds
-    no snake and SAM, prompted by CLIP points that all lie on the same bark, returns no mask above
-    its threshold. What must come out: an empty binary mask, soft maximum 0 in every iteration,
-    and a trace that shows it (binary_area 0) — never a mask blown up from noise by eq 11's rescale."""
-    world = bark_world()
-    scene = compose(world, "bark", [], H, W, seed=15)
+    the models: the VLM still names its best guess (the snake it sees in bark), GroundingDINO finds
+    no snake (now and then a false positive on bark), Spatial CLIP's points fall on bark and SAM
+    masks bark. What must hold: no frog is
+    ever named, every iteration finishes, and the trace shows CLIP's verdict on every mask (at the
+    level of an unrelated image, far below a real match's)."""
+    world, scene = frog_scene([], seed=15)
     r = run(scene.image, scripted_models(world), EngineConfig(iterations=2))
-    assert picks(r) == ["snake", "snake"]
-    assert not r.binary.any() and float(r.soft.max()) == 0.0
-    assert all(it.binary_area == 0.0 and it.soft_max == 0.0 for it in r.trace.iterations)
-    return {"soft_max": float(r.soft.max()), "binary_area": float(r.binary.mean()), "picks": picks(r)}
+    outcome(picks(r) == ["snake", "snake"], picks(r))
+    sims = [s for it in r.trace.iterations for s in it.mask_similarity if s is not None]
+    check(sims and max(sims) < 0.21 + 0.04)
+    return {"picks": picks(r), "max_mask_similarity": round(max(sims), 3), "binary_area": round(float(r.binary.mean()), 3)}
+
+
+# --- the paper's medical tasks: the task's own noun is the object's name ---------------------------
+
+
+def polyp(seed: int = 31) -> dict:
+    """Polyp segmentation (preset ``polyp``: 6 iterations): the VLM answers "Polyp, colon." as a real
+    one does, and the task's own word is the candidate. A fold of the colon wall that CLIP and
+    GroundingDINO take a little for a polyp stays out of the mask."""
+    world = ColourWorld(
+        [
+            Thing("colon", (190, 90, 80), kind="background"),
+            Thing("polyp", (200, 130, 70), confusions={"fold": 0.3}),
+            Thing("fold", (150, 60, 90), kind="background"),
+        ],
+        seed=seed,
+    )
+    fold = ellipse(H, W, 126, 100, 22, 6, 35)
+    scene = compose(world, "colon", [("polyp", ellipse(H, W, 60, 52, 30, 24, 20)), ("fold", fold)], H, W, seed=seed)
+    r = run(scene.image, scripted_models(world), preset_config("polyp"))
+    check(r.trace.iterations[0].views[0]["answer_name"].startswith(("Polyp", "The polyp")))
+    outcome(picks(r) == ["polyp"] * 6, picks(r))
+    return found(r, scene, name="polyp", distractor="fold")
+
+
+def skin_lesion(seed: int = 32) -> dict:
+    """Skin lesion segmentation (preset ``skin``): the VLM answers "Lesion, skin.", the task's head
+    noun is the candidate and its modifier the environment. A pen mark that CLIP and GroundingDINO
+    take a little for a lesion stays out of the mask."""
+    world = ColourWorld(
+        [
+            Thing("skin", (225, 180, 150), kind="background"),
+            Thing("lesion", (120, 70, 50), confusions={"ink": 0.3}),
+            Thing("ink", (90, 80, 170), kind="background"),
+        ],
+        seed=seed,
+    )
+    ink = ellipse(H, W, 24, 110, 14, 4, 30)
+    scene = compose(world, "skin", [("lesion", ellipse(H, W, 90, 60, 34, 28, 10)), ("ink", ink)], H, W, seed=seed)
+    r = run(scene.image, scripted_models(world), preset_config("skin"))
+    first = r.trace.iterations[0]
+    check(first.views[0]["foreground"] == "lesion" and first.views[0]["background"] == "skin")
+    outcome(picks(r) == ["lesion"] * 4, picks(r))
+    return found(r, scene, name="lesion", distractor="ink")
 
 
 SPANNING: dict[str, list[np.ndarray]] = {
@@ -253,6 +426,22 @@ SPANNING: dict[str, list[np.ndarray]] = {
     "across_centre_line": [ellipse(H, W, 80, 36, 26, 14)],
     "one_per_quarter": [ellipse(H, W, cx, cy, 14, 10) for cx, cy in [(38, 30), (122, 34), (42, 96), (118, 92)]],
     "filling_most": [ellipse(H, W, 80, 64, 74, 56)],
+}
+
+
+# The engine's readings before SPEC named the authors' choices, each still a config value
+# (docs/method.md): what the scenarios compare the paper's defaults with.
+EARLIER_READING = {
+    "vlm_image": "reweighted",
+    "contrast_mask": "threshold",
+    "view_boxes": "overlap",
+    "points_rule": "fixed",
+    "points_grid": 16,
+    "clip_background": False,
+    "mask_score_input": "crop",
+    "segmentation": "threshold",
+    "mask_combine": "coverage",
+    "reweight_base": "current",
 }
 
 
@@ -284,5 +473,7 @@ SCENARIOS: dict[str, Callable[[], dict]] = {
         one_per_quarter,
         filling_most,
         no_object,
+        polyp,
+        skin_lesion,
     )
 }

@@ -56,6 +56,34 @@ def test_parse_names(text, expected):
     assert parse_names(text, "camouflaged animal") == expected
 
 
+@pytest.mark.parametrize(
+    "task,text,expected",
+    [
+        ("polyp", "Polyp, colon.", ("polyp", "colon")),
+        ("polyp", "Polyps, colon", ("polyp", "colon")),
+        ("polyp", "The polyp is a growth in the colon.", ("growth", "colon")),
+        ("polyp", "The polyp is located in the colon.", ("polyp", "located")),
+        ("skin lesion", "Lesion, skin.", ("lesion", "skin")),
+        ("skin lesion", "Skin lesion, skin", ("lesion", "skin")),
+        ("skin lesion", "Melanoma, skin.", ("melanoma", "skin")),
+        ("skin lesion", "The skin lesion is a mole on the skin.", ("mole", "skin")),
+        ("camouflaged animal", "Camouflaged frog, tree.", ("frog", "tree")),
+        ("camouflaged animal", "Animal: frog. Environment: tree.", ("frog", "tree")),
+        ("camouflaged animal", "Animal, forest.", ("animal", "forest")),
+        ("camouflaged animal", "The frog is camouflaged in the bark.", ("frog", "bark")),
+    ],
+)
+def test_the_task_head_noun_is_a_name_and_its_modifiers_frame(task, text, expected):
+    """SPEC "Names": the task's head noun is a valid candidate (the medical tasks answer with it);
+    only framing uses of the task's words are skipped."""
+    assert parse_names(text, task) == expected
+
+
+def test_task_words():
+    assert prompts.task_words("skin lesion") == ("lesion", frozenset({"skin"}))
+    assert prompts.task_words("Polyps") == ("polyp", frozenset())
+
+
 def test_any_text_parses_without_raising():
     rng = random.Random(0)
     alphabet = string.printable + "äß漢字 [],.0123456789"

@@ -204,7 +204,7 @@ class SamSegmenter:
     def __init__(
         self,
         sam: Sam,
-        multimask_output: bool = False,
+        multimask_output: bool = True,
         batch_size: int = 4,
         decode_batch: int = 64,
         *,
@@ -231,7 +231,7 @@ class SamSegmenter:
         device: str = "cpu",
         dtype: str = "float32",
         *,
-        multimask_output: bool = False,
+        multimask_output: bool = True,
         batch_size: int = 4,
         decode_batch: int = 64,
         checkpoint: str | None = None,
@@ -241,7 +241,8 @@ class SamSegmenter:
         """Load the SAM directory ``path`` (see the module docstring) offline.
 
         multimask_output: ask SAM for its 3 masks per prompt and keep the highest-scoring
-        one (better for a lone point); False takes SAM's single mask.
+        one (SPEC step 8: the authors' ``predict(..., multimask_output=True)`` and ``argmax(scores)``);
+        False takes SAM's single mask.
         batch_size: images per image-encoder call. decode_batch: prompts per mask-decoder
         pass (each holds a copy of its image embedding: 4 MB for vit_h). checkpoint: which
         ``*.pth`` to load.

@@ -9,6 +9,7 @@ request always gets the same answer whatever else shares its batch.
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from dataclasses import dataclass
 from typing import Sequence
@@ -16,6 +17,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from ..patches import square_frame
 from ..protocols import Detections, Models, SegmentRequest
 from .world import ColourWorld, box_of
 
@@ -30,38 +32,68 @@ class ModelErrors:
         box_wrong: probability that the box lands on another thing's region, or off the object
             (the box moved by about its own size) when nothing else is there.
         box_missing: probability that the VLM answers without a box.
+        name_sentence: probability that P_A is answered with a sentence that repeats the task
+            ("The camouflaged animal is a frog, and its environment is bark.") instead of
+            "Frog, bark.".
     Detector (GroundingDINO): det_jitter, σ of each edge as a fraction of the box size; scores
-        drawn in [0.4, 0.9] (all above the default 0.35 threshold, not all equal).
-    Segmenter (SAM): edge_px, σ in pixels of a smooth displacement of the mask boundary; the
-        probability is a sigmoid of the signed distance to that boundary, between 0.02 and 0.98.
+        drawn in [0.4, 0.9] (all above the default 0.35 threshold, not all equal); det_false x w,
+        the probability of a false positive on each region of a thing the name is confused with
+        at weight w (``Thing.confusions``: a leaf for "frog" at 0.3 gives 3%) when the region fills
+        5% of the view or more, less for a smaller one, scored in [0.35, 0.5].
+    Segmenter (SAM): edge_px, σ in pixels of the view of a displacement of the mask boundary that
+        depends on the boundary's local shape (SAM sees each view at 1024 px, so its boundary is
+        within a pixel or two of the truth at a view's scale); the
+        probability is a sigmoid of the signed distance to that boundary (~1e-13 far outside);
+        neg_radius, the radius of what a negative point removes, as a fraction of the image's
+        short side (a neighbourhood, not the whole region under it).
     CLIP (ViT-B/16): the cosine similarity of an image and a name is 0.21 + clip_gap x (share of
-        the visible pixels showing the name) + N(0, clip_noise). Real CLIP gives ~0.30 for a
-        matching image-caption pair and ~0.20 for an unrelated one, and masked crops of the same
-        object in different views differ by 1-3 hundredths: hence a gap of 0.08 and σ = 0.01
-        (at eq 11's temperature 0.01 that noise alone changes a view's softmax weight ~e^±1).
+        the visible pixels showing the name) x (how much of the image they fill, saturating at
+        ``clip_full_view`` of it: a small object on a black canvas is recognised less) +
+        N(0, clip_noise). Real CLIP gives ~0.30 for a matching image-caption pair and ~0.20 for
+        an unrelated one, and masked crops of the same object in different views differ by 1-3
+        hundredths: hence a gap of 0.08 and σ = 0.01 (at eq 11's temperature 0.01 that noise
+        alone changes a view's softmax weight ~e^±1).
         map_noise: amplitude of the smooth noise added to the similarity map, which is computed
-        on a 14 x 14 patch grid (ViT-B/16 at 224 px) and upsampled, as CLIP Surgery's is.
+        on a 14 x 14 patch grid (ViT-B/16 at 224 px), as CLIP Surgery's is.
     """
 
     box_jitter: float = 0.15
     box_wrong: float = 0.1
     box_missing: float = 0.1
+    name_sentence: float = 0.3
     det_jitter: float = 0.04
-    edge_px: float = 1.5
+    det_false: float = 0.1
+    edge_px: float = 0.7
+    neg_radius: float = 0.06
     clip_gap: float = 0.08
+    clip_full_view: float = 0.05
     clip_noise: float = 0.01
     map_noise: float = 0.15
 
     @staticmethod
     def exact() -> "ModelErrors":
         """No error at all: oracle models, for unit tests of plumbing only."""
-        return ModelErrors(0.0, 0.0, 0.0, 0.0, 0.0, 0.08, 0.0, 0.0)
+        return ModelErrors(
+            box_jitter=0.0,
+            box_wrong=0.0,
+            box_missing=0.0,
+            name_sentence=0.0,
+            det_jitter=0.0,
+            det_false=0.0,
+            edge_px=0.0,
+            clip_full_view=0.0,
+            clip_noise=0.0,
+            map_noise=0.0,
+        )
 
 
-def request_rng(image: np.ndarray, salt: str) -> np.random.Generator:
-    """A generator seeded by the request (its pixels and ``salt``): the same request, the same draw."""
-    seed = zlib.crc32(np.ascontiguousarray(image).tobytes()) ^ zlib.crc32(salt.encode())
-    return np.random.default_rng(seed)
+def request_rng(world: ColourWorld, image: np.ndarray, salt: str) -> np.random.Generator:
+    """A generator seeded by the request: what the world sees in its pixels (``world.labels``, so
+    eq 12's brightness scaling does not change the draw), ``world.seed`` and ``salt``. The same
+    request, the same draw, whatever else shares its batch."""
+    labels = np.ascontiguousarray(world.labels(image), np.int16)
+    key = zlib.crc32(labels.tobytes()) ^ zlib.crc32(f"{labels.shape}:{world.seed}:{salt}".encode())
+    return np.random.default_rng(key)
 
 
 def smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.ndarray:
@@ -71,16 +103,35 @@ def smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.nd
     return cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
 
 
+_CODE = np.float64(2.0) ** np.arange(25).reshape(5, 5)  # a 5 x 5 binary neighbourhood as one integer
+
+
+def boundary_noise(mask: np.ndarray) -> np.ndarray:
+    """float32 [h, w], about unit spread near the mask's boundary, 0 far from it: a pseudo-random
+    function of each pixel's 5 x 5 neighbourhood of the mask, smoothed. It depends on the shape
+    alone, so the same edge seen in two views, or in a reweighted image (eq 12), moves the same
+    way, as a real SAM's errors on the same object do."""
+    code = cv2.filter2D(mask.astype(np.float64), -1, _CODE, borderType=cv2.BORDER_REPLICATE)
+    code = np.round(code).astype(np.uint64)
+    mixed = (code != 0) & (code != np.uint64(2**25 - 1))
+    hashed = (code * np.uint64(2654435761) + np.uint64(12345)) % np.uint64(2**32)
+    value = np.where(mixed, hashed.astype(np.float64) / 2**31 - 1.0, 0.0).astype(np.float32)
+    return np.clip(cv2.GaussianBlur(value, (0, 0), 1.5) / 0.14, -3.0, 3.0)
+
+
 class ScriptedVLM:
     """A VLM that names what it sees, with priors and confusions (``Thing.bias``/``confusions``).
 
     - P_B (a prompt mentioning "bounding box"): the normalised box of the largest region of any
       object's own pixels, with ``ModelErrors``' jitter, wrong boxes and refusals;
       ``gives_boxes=False`` always refuses, as VLMs often do.
-    - P_A (a prompt asking for "the name"): "<object>, <environment>" where the object has the
-      highest score below and the environment the most pixels.
+    - P_A (a prompt asking for "the name of the <task>"): "Frog, bark." where the object has the
+      highest score below and the environment the most pixels, or (``ModelErrors.name_sentence``)
+      a sentence repeating the task, as LLaVA sometimes answers.
     - score: s(c | X) = log(δ + evidence(c)) + bias(c): the share of pixels showing c (plus
       confused pixels), so removing c's pixels lowers it.
+    - sampling (``temperature`` > 0): each request's errors are drawn from its own seed, and the
+      object named is drawn from the softmax of the scores at that temperature.
     """
 
     def __init__(
@@ -96,9 +147,9 @@ class ScriptedVLM:
         bias = t.bias if t else 0.0
         return math.log(self.delta + self.world.evidence(fractions, name)) + bias
 
-    def _box(self, image: np.ndarray) -> tuple[float, float, float, float] | None:
+    def _box(self, image: np.ndarray, rng: np.random.Generator) -> tuple[float, float, float, float] | None:
         """The box the VLM answers in pixels, or None for a refusal."""
-        e, rng = self.errors, request_rng(image, "vlm-box")
+        e = self.errors
         regions = [(t.name, c) for t in self.world.objects for c in self.world.components(image, t.name)[:1]]
         if not self.gives_boxes or not regions or rng.random() < e.box_missing:
             return None
@@ -119,35 +170,49 @@ class ScriptedVLM:
         y0, y1 = sorted(np.clip([y0 + jy[0], y1 + jy[1]], 0, h))
         return (x0, y0, x1, y1) if x1 - x0 >= 1 and y1 - y0 >= 1 else None
 
-    def _answer_box(self, image: np.ndarray) -> str:
-        box = self._box(image)
+    def _answer_box(self, image: np.ndarray, rng: np.random.Generator) -> str:
+        box = self._box(image, rng)
         if box is None:
             return "Sorry, I cannot give coordinates." if not self.gives_boxes else "There is none in this image."
         # As LLaVA-1.5 answers: normalised to the image padded to a centred square (its training
         # frame, patches.normalised_box_to_view), not to the image itself.
-        from ..patches import square_frame
-
         side, top, left = square_frame(*image.shape[:2])
         x0, y0, x1, y1 = box
         return f"[{(x0 + left) / side:.3f}, {(y0 + top) / side:.3f}, {(x1 + left) / side:.3f}, {(y1 + top) / side:.3f}]"
 
-    def _answer_name(self, image: np.ndarray) -> str:
+    def _answer_name(self, image: np.ndarray, prompt: str, rng: np.random.Generator, temperature: float) -> str:
         fr = self.world.fractions(image)
         seen = [t for t in self.world.objects if self.world.evidence(fr, t.name) > 0]
         if not seen:
             return "I cannot see one."
-        fore = max(seen, key=lambda t: self._log_score(fr, t.name)).name
+        scores = np.array([self._log_score(fr, t.name) for t in seen])
+        if temperature > 0:
+            p = np.exp((scores - scores.max()) / temperature)
+            fore = seen[int(rng.choice(len(seen), p=p / p.sum()))].name
+        else:
+            fore = seen[int(scores.argmax())].name
         backs = [t for t in self.world.backgrounds if fr[t.name] > 0]
         back = max(backs, key=lambda t: fr[t.name]).name if backs else "background"
-        return f"{fore}, {back}"
+        task = re.search(r"name of the (.+?) and its environment", prompt)
+        if task and rng.random() < self.errors.name_sentence:
+            return f"The {task.group(1)} is a {fore}, and its environment is {back}."
+        return f"{fore.capitalize()}, {back}."
 
-    def generate(self, images: Sequence[np.ndarray], prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+    def generate(
+        self,
+        images: Sequence[np.ndarray],
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        seeds: Sequence[int] | None = None,
+    ) -> list[str]:
         out = []
-        for image, prompt in zip(images, prompts):
+        for j, (image, prompt) in enumerate(zip(images, prompts)):
+            sampled = f":{seeds[j]}" if temperature > 0 and seeds is not None else ""
             if "bounding box" in prompt:
-                out.append(self._answer_box(image))
+                out.append(self._answer_box(image, request_rng(self.world, image, "vlm-box" + sampled)))
             elif "name of the" in prompt:
-                out.append(self._answer_name(image))
+                out.append(self._answer_name(image, prompt, request_rng(self.world, image, "vlm-name" + sampled), temperature))
             else:
                 out.append("I do not know.")
         return out
@@ -162,8 +227,9 @@ class ScriptedVLM:
 
 
 class ScriptedDetector:
-    """Finds the regions whose colour is the named thing's (no confusions), with jittered boxes and
-    scores in [0.4, 0.9]."""
+    """Finds the regions whose colour is the named thing's, with jittered boxes and scores in
+    [0.4, 0.9], and now and then a false positive on a region of a thing the name is confused
+    with (``ModelErrors.det_false``), scored just above the threshold as GroundingDINO's are."""
 
     def __init__(self, world: ColourWorld, min_area: int = 6, errors: ModelErrors = ModelErrors()) -> None:
         self.world = world
@@ -175,32 +241,45 @@ class ScriptedDetector:
     ) -> list[Detections]:
         out = []
         for image, text in zip(images, texts):
-            rng = request_rng(image, "det:" + text)
-            h, w = image.shape[:2]
+            rng = request_rng(self.world, image, "det:" + text)
             boxes, scores = [], []
             for region in self.world.components(image, text, self.min_area):
-                x0, y0, x1, y1 = box_of(region)
-                jx = rng.normal(0, self.errors.det_jitter * (x1 - x0), 2)
-                jy = rng.normal(0, self.errors.det_jitter * (y1 - y0), 2)
                 score = rng.uniform(0.4, 0.9) if self.errors.det_jitter > 0 else 0.9
-                if score >= box_threshold:
-                    boxes.append(
-                        [
-                            np.clip(x0 + jx[0], 0, w),
-                            np.clip(y0 + jy[0], 0, h),
-                            np.clip(x1 + jx[1], 0, w),
-                            np.clip(y1 + jy[1], 0, h),
-                        ]
-                    )
-                    scores.append(score)
-            out.append(Detections(np.array(boxes, np.float32).reshape(-1, 4), np.array(scores, np.float32)))
+                boxes.append(self._jittered(region, image.shape[:2], rng))
+                scores.append(score)
+            thing = self.world.thing(text)
+            for other, weight in (thing.confusions if thing else {}).items():
+                for region in self.world.components(image, other, self.min_area):
+                    prominence = min(1.0, float(region.mean()) / 0.05)  # a look-alike seen up close fools it more
+                    if rng.random() < self.errors.det_false * weight * prominence:
+                        boxes.append(self._jittered(region, image.shape[:2], rng))
+                        scores.append(rng.uniform(0.35, 0.5))
+            keep = [j for j, sc in enumerate(scores) if sc >= box_threshold]
+            out.append(
+                Detections(
+                    np.array([boxes[j] for j in keep], np.float32).reshape(-1, 4), np.array([scores[j] for j in keep], np.float32)
+                )
+            )
         return out
+
+    def _jittered(self, region: np.ndarray, size: tuple[int, int], rng: np.random.Generator) -> list[float]:
+        h, w = size
+        x0, y0, x1, y1 = box_of(region)
+        jx = rng.normal(0, self.errors.det_jitter * (x1 - x0), 2)
+        jy = rng.normal(0, self.errors.det_jitter * (y1 - y0), 2)
+        return [np.clip(x0 + jx[0], 0, w), np.clip(y0 + jy[0], 0, h), np.clip(x1 + jx[1], 0, w), np.clip(y1 + jy[1], 0, h)]
 
 
 class ScriptedSegmenter:
-    """SAM-like: a box gives its dominant thing's pixels inside it; a positive point gives the
-    connected region of the thing under it, minus regions under negative points. The answer is a
-    probability with a ragged boundary (``ModelErrors.edge_px``), never exactly 0 or 1."""
+    """SAM-like, one prompt per box, each with all the points, the prompts' masks united:
+
+    - a box gives the region of the thing it outlines best (its connected region whose bounding
+      box matches the box most), inside the box, and a positive point inside the box adds its
+      thing's pixels there (SAM keeps to the box);
+    - without a box, a positive point gives the connected region of the thing under it;
+    - a negative point removes a disc around it (``ModelErrors.neg_radius``), not its whole region.
+
+    The answer is a probability with a ragged boundary (``ModelErrors.edge_px``)."""
 
     def __init__(self, world: ColourWorld, errors: ModelErrors = ModelErrors()) -> None:
         self.world = world
@@ -212,31 +291,64 @@ class ScriptedSegmenter:
     def _one(self, r: SegmentRequest) -> np.ndarray:
         labels = self.world.labels(r.image)
         h, w = labels.shape
-        out = np.zeros((h, w), bool)
-        for x0, y0, x1, y1 in np.asarray(r.boxes).reshape(-1, 4):
-            xa, ya, xb, yb = int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1))
-            inside = labels[ya:yb, xa:xb]
-            known = inside[inside >= 0]
-            if known.size:
-                dominant = np.bincount(known).argmax()
-                out[ya:yb, xa:xb] |= inside == dominant
-        if len(r.boxes) == 0:
-            for (x, y), label in zip(np.asarray(r.points).reshape(-1, 2), np.asarray(r.labels).reshape(-1)):
-                region = self._region_at(labels, int(min(max(x, 0), w - 1)), int(min(max(y, 0), h - 1)))
-                out = out | region if label == 1 else out & ~region
         if len(r.boxes) == 0 and len(r.points) == 0:
             return np.zeros((h, w), np.float32)
-        return self._probability(out, request_rng(r.image, "sam"))
+        points = np.asarray(r.points, np.float64).reshape(-1, 2)
+        point_labels = np.asarray(r.labels).reshape(-1)
+        out = np.zeros((h, w), bool)
+        for box in np.asarray(r.boxes).reshape(-1, 4) if len(r.boxes) else [None]:
+            out |= self._prompt(labels, box, points, point_labels)
+        return self._probability(out)
 
-    def _probability(self, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """float32 [h, w]: sigmoid of the signed distance (pixels) to a ragged version of the boundary."""
+    def _prompt(self, labels: np.ndarray, box: np.ndarray | None, points: np.ndarray, point_labels: np.ndarray) -> np.ndarray:
+        h, w = labels.shape
+        region = np.zeros((h, w), bool)
+        inside = np.ones((h, w), bool)
+        if box is not None:
+            xa, ya = int(np.floor(box[0])), int(np.floor(box[1]))
+            xb, yb = int(np.ceil(box[2])), int(np.ceil(box[3]))
+            inside = np.zeros((h, w), bool)
+            inside[max(ya, 0) : yb, max(xa, 0) : xb] = True
+            region = inside & self._fitting_component(labels, (xa, ya, xb, yb))
+        for (x, y), label in zip(points, point_labels):
+            xi, yi = int(min(max(x, 0), w - 1)), int(min(max(y, 0), h - 1))
+            if label == 1 and inside[yi, xi]:
+                region |= self._region_at(labels, xi, yi) & inside
+        radius = max(2.0, self.errors.neg_radius * min(h, w))
+        yy, xx = np.mgrid[0:h, 0:w]
+        for (x, y), label in zip(points, point_labels):
+            if label == 0:
+                region &= (xx - x) ** 2 + (yy - y) ** 2 > radius**2
+        return region
+
+    def _probability(self, mask: np.ndarray) -> np.ndarray:
+        """float32 [h, w]: sigmoid of the signed distance (pixels) to a ragged version of the
+        boundary (``boundary_noise``: the same edge moves the same way in every view)."""
         m = mask.astype(np.uint8)
         inside = cv2.distanceTransform(m, cv2.DIST_L2, 3)
         outside = cv2.distanceTransform(1 - m, cv2.DIST_L2, 3)
         signed = np.where(mask, inside - 0.5, 0.5 - outside).astype(np.float32)
-        h, w = mask.shape
-        signed = np.clip(signed + self.errors.edge_px * smooth_noise(rng, h, w, cell=6.0), -15.0, 15.0)
-        return (0.02 + 0.96 / (1.0 + np.exp(np.clip(-2.0 * signed, -30.0, 30.0)))).astype(np.float32)
+        signed = np.clip(signed + self.errors.edge_px * boundary_noise(mask), -15.0, 15.0)
+        return (1.0 / (1.0 + np.exp(-2.0 * signed))).astype(np.float32)
+
+    @staticmethod
+    def _fitting_component(labels: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+        """bool [h, w]: the connected region of one thing whose bounding box best matches ``box``
+        (IoU of the two boxes), as SAM segments the object a box outlines, not what fills most of it."""
+        xa, ya, xb, yb = box
+        best, best_iou = np.zeros(labels.shape, bool), 0.0
+        window = labels[max(ya, 0) : yb, max(xa, 0) : xb]
+        for label in np.unique(window[window >= 0]):
+            n, comp, stats, _ = cv2.connectedComponentsWithStats((labels == label).astype(np.uint8), connectivity=8)
+            for c in np.unique(comp[max(ya, 0) : yb, max(xa, 0) : xb][window == label]):
+                x, y, w, h = stats[c, :4]
+                ix = max(0, min(xb, x + w) - max(xa, x))
+                iy = max(0, min(yb, y + h) - max(ya, y))
+                union = (xb - xa) * (yb - ya) + w * h - ix * iy
+                fit = ix * iy / union if union > 0 else 0.0
+                if fit > best_iou:
+                    best, best_iou = comp == c, fit
+        return best
 
     @staticmethod
     def _region_at(labels: np.ndarray, x: int, y: int) -> np.ndarray:
@@ -248,8 +360,9 @@ class ScriptedSegmenter:
 
 class ScriptedClip:
     """CLIP-like: cosine 0.21 + gap x (share of the visible pixels showing the text's thing,
-    confusions weighted) + noise; the map is that share per pixel on a coarse patch grid, plus
-    smooth noise (``ModelErrors``)."""
+    confusions weighted) x (how much of the image they fill) + noise; the map is that share per
+    cell of a 14 x 14 patch grid plus smooth noise, min-max normalised, with the background
+    names' map subtracted first when given (``ModelErrors``)."""
 
     PATCHES = 14  # ViT-B/16 at 224 px
 
@@ -274,21 +387,35 @@ class ScriptedClip:
         for image, text in zip(images, texts):
             visible = image.astype(np.float32).mean(axis=-1) >= self.world.min_brightness
             share = float(self._per_pixel(image, text)[visible].mean()) if visible.any() else 0.0
-            noise = request_rng(image, "clip:" + text).normal(0, self.errors.clip_noise)
-            out.append(0.21 + self.errors.clip_gap * share + noise)
+            full = self.errors.clip_full_view
+            size = min(1.0, float(visible.mean()) / full) ** 0.5 if full > 0 else 1.0
+            noise = request_rng(self.world, image, "clip:" + text).normal(0, self.errors.clip_noise)
+            out.append(0.21 + self.errors.clip_gap * share * size + noise)
         return np.asarray(out, np.float32)
 
-    def similarity_maps(self, images: Sequence[np.ndarray], texts: Sequence[str]) -> list[np.ndarray]:
+    def _grid_map(self, image: np.ndarray, text: str) -> np.ndarray:
+        """float32 [14, 14] in [0, 1]: the text's share per patch with smooth noise, min-max."""
+        g = self.PATCHES
+        coarse = cv2.resize(self._per_pixel(image, text), (g, g), interpolation=cv2.INTER_AREA)
+        noise = smooth_noise(request_rng(self.world, image, "map:" + text), g, g, cell=g / 4)
+        return _minmax(coarse + self.errors.map_noise * noise)
+
+    def similarity_maps(
+        self, images: Sequence[np.ndarray], texts: Sequence[str], backgrounds: Sequence[Sequence[str]] | None = None
+    ) -> list[np.ndarray]:
         out = []
-        for image, text in zip(images, texts):
-            h, w = image.shape[:2]
-            per_pixel = self._per_pixel(image, text)
-            g = self.PATCHES
-            coarse = cv2.resize(per_pixel, (g, g), interpolation=cv2.INTER_AREA)
-            smooth = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR)
-            noise = smooth_noise(request_rng(image, "map:" + text), h, w, cell=max(h, w) / 4)
-            out.append((smooth + self.errors.map_noise * noise).astype(np.float32))
+        for j, (image, text) in enumerate(zip(images, texts)):
+            fg = self._grid_map(image, text)
+            names = list(backgrounds[j]) if backgrounds is not None else []
+            if names:
+                fg = _minmax(fg - np.mean([self._grid_map(image, n) for n in names], axis=0))
+            out.append(fg.astype(np.float32))
         return out
+
+
+def _minmax(m: np.ndarray) -> np.ndarray:
+    lo, hi = float(m.min()), float(m.max())
+    return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
 
 
 def scripted_models(

@@ -49,9 +49,9 @@ class _Proxy:
         if name not in METHODS[self._role]:
             return attr
 
-        def call(*args: Any) -> Any:
-            result = attr(*args)
-            self._log.append(Call(self._role, name, args, result))
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = attr(*args, **kwargs)
+            self._log.append(Call(self._role, name, args + tuple(kwargs.values()), result))
             return result
 
         return call

@@ -28,9 +28,15 @@ class Thing:
 
 @dataclass
 class ColourWorld:
+    """The things of a world, and how pixels are matched to them. ``seed`` varies the scripted
+    models' errors: they draw them from what they see in a request (its labels, not its
+    brightness, so eq 12's reweighting does not redraw them) and this seed, so two worlds that
+    differ only in ``seed`` see the same scene through different errors."""
+
     things: list[Thing]
     tolerance: float = 0.05
     min_brightness: float = 12.0
+    seed: int = 0
 
     def __post_init__(self) -> None:
         self.by_name = {t.name: t for t in self.things}
