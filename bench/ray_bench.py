@@ -96,7 +96,7 @@ def ray_init_local(tmp_dir: str | None, num_cpus: int | None = None) -> ModuleTy
 class BenchActor:
     """One actor of the pool: its own ``IntEngine``, loaded once, segmenting the batches it gets."""
 
-    def __init__(self, config: dict[str, Any], models_dir: str | None, torch_threads: int) -> None:
+    def __init__(self, config: dict[str, Any], models_dir: str | None, torch_threads: int, score: str = "binary") -> None:
         import torch
 
         from ..api import IntEngine
@@ -105,6 +105,7 @@ class BenchActor:
         torch.set_num_threads(torch_threads)
         self.engine = IntEngine(replica_config(EngineConfig.from_dict(config)), models_dir=models_dir)
         self.worker = {"host": socket.gethostname(), "pid": os.getpid()}
+        self.score = score
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Segment a batch of rows (name, image, gt); per image: PNG bytes (empty on error), the
@@ -112,7 +113,7 @@ class BenchActor:
         pairs = [Pair(str(n), Path(str(i)), Path(str(g))) for n, i, g in zip(batch["name"], batch["image"], batch["gt"])]
         before, started = work_of(self.engine.models), time.time()
         names, pngs, rows = [], [], []
-        for pair, png, row in segment_pairs(self.engine, pairs):
+        for pair, png, row in segment_pairs(self.engine, pairs, self.score):
             names.append(pair.name)
             pngs.append(png or b"")
             rows.append(json.dumps({**row, "worker": self.worker}))
@@ -161,7 +162,12 @@ def _cpus_per_worker(ray: ModuleType, config: EngineConfig, settings: RayBenchSe
 
 
 def segment_on_ray(
-    ray: ModuleType, config: EngineConfig, models_dir: str | Path | None, todo: list[Pair], settings: RayBenchSettings
+    ray: ModuleType,
+    config: EngineConfig,
+    models_dir: str | Path | None,
+    todo: list[Pair],
+    settings: RayBenchSettings,
+    score: str = "binary",
 ) -> Any:
     """The Ray Data pipeline over ``todo``: an iterator of output rows (``BenchActor.__call__``'s
     columns), in completion order. Ray must be initialised."""
@@ -181,6 +187,7 @@ def segment_on_ray(
             "config": config.to_dict(),
             "models_dir": str(models_dir) if models_dir else None,
             "torch_threads": max(1, int(cpus)),
+            "score": score,
         },
         compute=ray.data.ActorPoolStrategy(size=settings.workers, max_tasks_in_flight_per_actor=2),
         num_cpus=cpus,
@@ -201,12 +208,13 @@ def run_ray_bench(
     resume: bool = False,
     models_label: str | None = None,
     on_image: Callable[[dict], None] | None = None,
+    score: str = "binary",
 ) -> dict[str, Any]:
     """``run.run_bench`` with the images segmented on Ray (see the module's doc); returns the
     summary. Starts a local loopback cluster unless ``settings.address`` names one, and
     disconnects at the end. ``on_image`` gets each new results line (it has a ``worker``: host, pid)."""
     out = Path(out)
-    pairs, done, todo = prepare_run(config, dataset, out, limit, resume, models_label, models_dir)
+    pairs, done, todo = prepare_run(config, dataset, out, limit, resume, models_label, models_dir, score)
     writer = RunWriter(out, done, on_image)
     work: dict[str, float] = {}
     start = time.perf_counter()
@@ -217,7 +225,7 @@ def run_ray_bench(
             ray.init(address=settings.address, log_to_driver=False)
         try:
             by_name = {p.name: p for p in todo}
-            for item in segment_on_ray(ray, config, models_dir, todo, settings):
+            for item in segment_on_ray(ray, config, models_dir, todo, settings, score):
                 row = json.loads(item["row"])
                 png = bytes(item["png"]) if row["ok"] else None
                 if writer.write(by_name[row["name"]], png, row):

@@ -63,6 +63,8 @@ def write_reports(
         "dataset": dataset.name,
         "task": dataset.task,
         "images": len(pairs),
+        # what pred/ holds and the metrics scored: each image's segmentation (binary) or soft map
+        "score": _scored_mask(out),
         "scored": scores.scored,
         "failed": [{"name": r["name"], "image": r["image"], "error": r["error"]} for r in rows if not r["ok"]],
         # images whose binary mask came out empty (rows written before this field count as non-empty)
@@ -162,10 +164,18 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
+SCORED_MEANING = {
+    "binary": "segmentation (the binary mask eq 13 chose, as the authors scored)",
+    "soft": "soft map (8-bit)",
+}
+
+
 def markdown(summary: dict[str, Any]) -> str:
     """RUN/summary.md: the metric table, counts, throughput, work and the per-stage table."""
     lines = [
         f'# int-engine bench: {summary["dataset"]} (task: "{summary["task"]}")',
+        "",
+        f"Scored: each image's {SCORED_MEANING.get(summary.get('score', 'soft'), summary.get('score'))}.",
         "",
         *_md_table(*metric_table(summary)),
         "",
@@ -356,3 +366,13 @@ table.grid td:first-child{{text-align:left}} .charts svg{{margin-right:2em}}</st
 {_gallery(out, f"Best {len(best)} by Sα", best, per_image, "best")}
 </body></html>
 """
+
+
+def _scored_mask(out: Path) -> str:
+    """ "binary" or "soft", as the run folder's run.json says (runs made before it: "soft")."""
+    from .run import RUN_INFO
+
+    try:
+        return json.loads((out / RUN_INFO).read_text(encoding="utf-8")).get("score", "soft")
+    except (OSError, ValueError):
+        return "soft"

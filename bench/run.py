@@ -5,7 +5,8 @@ The run folder is a contract other tools read:
     RUN/config.yaml       the effective config with resolved checkpoint paths (``--config`` re-runs it)
     RUN/env.json          versions, git sha, devices (``int_engine.run_info``)
     RUN/results.jsonl     one line per image, appended and flushed as each finishes
-    RUN/pred/<GT stem>.png 8-bit soft masks at GT size
+    RUN/pred/<GT stem>.png what was scored at GT size: the binary segmentation (0/255, default,
+                          as the authors scored) or the 8-bit soft map (``score="soft"``)
     RUN/metrics.csv       one row per image: its metrics, picked iteration, seconds (or its error)
     RUN/curves.npz        dataset PR and F-measure curves over 256 thresholds
     RUN/summary.json      metrics (MAE, adpFm, meanEm, Sm, ..., Dice, IoU) and throughput
@@ -41,6 +42,9 @@ from .datasets import Dataset, Pair
 from .metrics import PER_IMAGE_KEYS, DatasetMetrics, image_metrics
 
 RESULTS, SUMMARY, RUN_INFO = "results.jsonl", "summary.json", "run.json"
+# What pred/ holds and the metrics score: the segmentation eq 13 chose (the authors' code scores
+# its binary mask, so Table 1's columns mean the same), or the soft map.
+SCORES = ("binary", "soft")
 METRICS_CSV, CURVES = "metrics.csv", "curves.npz"
 
 
@@ -81,14 +85,21 @@ def _append(out: Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
-def _run_info(dataset: Dataset, cfg: EngineConfig, models: str | None) -> dict[str, Any]:
+def _run_info(dataset: Dataset, cfg: EngineConfig, models: str | None, score: str) -> dict[str, Any]:
     return {
         "dataset": dataset.name,
         "images_dir": str(dataset.images_dir),
         "gt_dir": str(dataset.gt_dir),
         "models": models,
+        "score": score,
         "config": cfg.to_dict(),
     }
+
+
+def check_score(score: str) -> str:
+    if score not in SCORES:
+        raise ConfigError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+    return score
 
 
 def _check_resume(out: Path, info: dict[str, Any]) -> None:
@@ -96,8 +107,8 @@ def _check_resume(out: Path, info: dict[str, Any]) -> None:
     if not path.exists():
         return
     old = json.loads(path.read_text(encoding="utf-8"))
-    for key in ("dataset", "images_dir", "gt_dir", "models", "config"):
-        if old.get(key) != json.loads(json.dumps(info[key])):
+    for key in ("dataset", "images_dir", "gt_dir", "models", "score", "config"):
+        if old.get(key, "soft" if key == "score" else None) != json.loads(json.dumps(info[key])):
             raise ConfigError(f"{out}: cannot resume: this run was started with a different {key}; use a new --out")
 
 
@@ -111,10 +122,11 @@ def _reader(engine) -> Callable[[Pair, str], LoadedImage]:
     return read
 
 
-def segment_pairs(engine, pairs: list[Pair]) -> Iterator[tuple[Pair, bytes | None, dict[str, Any]]]:
+def segment_pairs(engine, pairs: list[Pair], score: str = "binary") -> Iterator[tuple[Pair, bytes | None, dict[str, Any]]]:
     """Segment ``pairs`` through ``engine``'s scheduler; yields ``(pair, prediction PNG or None,
-    results line)`` as each finishes. Used in-process by ``run_bench`` and inside each Ray actor
-    (``bench/ray_bench.py``), so both produce the very same bytes and lines."""
+    results line)`` as each finishes (the PNG: what ``score`` names). Used in-process by
+    ``run_bench`` and inside each Ray actor (``bench/ray_bench.py``), so both produce the very
+    same bytes and lines."""
     by_name = {p.name: p for p in pairs}
     for name, outcome in engine.segment_many(((p.name, p) for p in pairs), load=_reader(engine)):
         pair = by_name[name]
@@ -122,20 +134,22 @@ def segment_pairs(engine, pairs: list[Pair]) -> Iterator[tuple[Pair, bytes | Non
             if isinstance(outcome, Exception):
                 yield pair, None, error_row(pair, outcome)
                 continue
-            png, row = finish_pair(pair, outcome)
+            png, row = finish_pair(pair, outcome, score)
         except Exception as err:  # e.g. an unreadable GT at scoring time: recorded, the run goes on
             yield pair, None, error_row(pair, err)
             continue
         yield pair, png, row
 
 
-def finish_pair(pair: Pair, result) -> tuple[bytes, dict[str, Any]]:
-    """A finished image's prediction as PNG bytes (8-bit soft mask at GT size) and its results line."""
+def finish_pair(pair: Pair, result, score: str = "binary") -> tuple[bytes, dict[str, Any]]:
+    """A finished image's prediction as PNG bytes at GT size (the binary segmentation as 0/255,
+    or the 8-bit soft map, as ``score`` says) and its results line."""
     gt = read_gray(pair.gt)
-    soft = result.soft
-    if soft.shape != gt.shape:  # a GT stored at another size than its image: score at GT size
-        soft = cv2.resize(soft, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
-    pred = mask_to_uint8(soft)
+    mask = result.binary.astype(np.float32) if score == "binary" else result.soft
+    if mask.shape != gt.shape:  # a GT stored at another size than its image: score at GT size
+        mask = cv2.resize(mask, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
+        mask = (mask >= 0.5).astype(np.float32) if score == "binary" else mask
+    pred = mask_to_uint8(mask)
     ok, png = cv2.imencode(".png", pred)
     if not ok:
         raise IntEngineError(f"{pair.name}: cannot encode the prediction as PNG")
@@ -183,12 +197,13 @@ def prepare_run(
     resume: bool,
     models_label: str | None,
     models_dir: str | Path | None,
+    score: str = "binary",
 ) -> tuple[list[Pair], dict[str, dict], list[Pair]]:
     """Open the run folder (refusing a finished run without ``resume``, or a resume under another
-    config), write run.json, config.yaml and env.json, drop torn results lines. Returns the
-    dataset's pairs in scope, the lines already recorded, and the pairs still to run."""
+    config or score), write run.json, config.yaml and env.json, drop torn results lines. Returns
+    the dataset's pairs in scope, the lines already recorded, and the pairs still to run."""
     pairs = dataset.pairs[:limit] if limit else dataset.pairs
-    info = _run_info(dataset, config, models_label)
+    info = _run_info(dataset, config, models_label, check_score(score))
     if out.exists() and (out / RESULTS).exists() and not resume:
         raise ConfigError(f"{out}: holds an earlier run; pass --resume to continue it or choose a new --out")
     if resume:
@@ -267,8 +282,12 @@ def run_bench(
     models_label: str | None = None,
     on_image: Callable[[dict], None] | None = None,
     models_dir: str | Path | None = None,
+    score: str = "binary",
 ) -> dict[str, Any]:
     """Benchmark ``engine`` on ``dataset`` into ``out``; returns the summary (also written).
+
+    ``score``: "binary" (default) scores each image's segmentation, as the authors' code scored
+    its binary mask; "soft" its soft map. pred/ holds what was scored; summary.json says which.
 
     ``models_dir``: the folder the engine's checkpoints were loaded from (as given to
     ``IntEngine``), for RUN/config.yaml's resolved paths.
@@ -278,12 +297,12 @@ def run_bench(
     The same run on a Ray cluster: ``bench/ray_bench.py``.
     """
     out = Path(out)
-    pairs, done, todo = prepare_run(engine.config, dataset, out, limit, resume, models_label, models_dir)
+    pairs, done, todo = prepare_run(engine.config, dataset, out, limit, resume, models_label, models_dir, score)
     writer = RunWriter(out, done, on_image)
     start = time.perf_counter()
     models = getattr(engine, "models", None)
     work_before = work_of(models)  # int_engine.work counters of this session
-    for pair, png, row in segment_pairs(engine, todo):
+    for pair, png, row in segment_pairs(engine, todo, score):
         writer.write(pair, png, row)
     wall = time.perf_counter() - start
     return finish_run(out, dataset, pairs, writer, wall, work_delta(work_before, work_of(models)))

@@ -2,7 +2,8 @@
 ``int-engine segment``, COCO RLE, and the overlay's boxes and name taken from the trace.
 
 Per image folder: ``soft.png``, ``binary.png``, ``overlay.png``, ``mask.rle.json`` and
-``iterations/<k>.png`` as asked for (``SAVE_CHOICES``), and always ``trace.json``, written last:
+``iterations/<k>.png`` (each iteration's soft map) with ``iterations/<k>_binary.png`` (its
+segmentation) as asked for (``SAVE_CHOICES``), and always ``trace.json``, written last:
 a folder holding it and the files asked for is complete (what ``segment --resume`` checks).
 """
 
@@ -121,6 +122,9 @@ def save_result(
                 old.unlink()
             for k, m in enumerate(result.iteration_masks):
                 write_png(path / f"{k}.png", mask_to_uint8(to_original_size(np.asarray(m, np.float32), size)))
+            for k, seg in enumerate(result.iteration_segmentations):  # what eq 13 chose among
+                binary = to_original_size(np.asarray(seg, np.float32), size) >= 0.5
+                write_png(path / f"{k}_binary.png", binary.astype(np.uint8) * 255)
         written.append(path)
     write_json(folder / TRACE_FILE, result.trace.to_dict())
     return written + [folder / TRACE_FILE]

@@ -77,7 +77,30 @@ def config_yaml(cfg: EngineConfig, hashes: dict[str, str] | None = None) -> str:
     checkpoint hashes as comments above it."""
     head = ["# int-engine effective config: re-run with --config this-file"]
     head += [f"# {role} checkpoint sha256 (zoo manifest): {digest}" for role, digest in sorted((hashes or {}).items())]
+    head += [f"# {line}" for line in describe(cfg)]
     return "\n".join(head) + "\n" + yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+BOX_SOURCES = {
+    "detector": "GroundingDINO on every view (eq 8)",
+    "vlm": "the VLM's own P_B box, no GroundingDINO",
+    "none": "none: Spatial CLIP's points alone, no GroundingDINO",
+}
+
+
+def describe(cfg: EngineConfig) -> list[str]:
+    """What a config runs, in words: its preset and what that preset is, the views it cuts, the
+    boxes SAM gets."""
+    import textwrap
+
+    from .config import PRESETS
+    from .patches import views
+
+    names = [v.name for v in views(64, 64, cfg.active_splits)]
+    lines = textwrap.wrap(f"preset {cfg.preset}: {PRESETS[cfg.preset].doc}", 100, subsequent_indent="  ")
+    lines.append(f"views per iteration: {', '.join(names)} ({len(names)})")
+    lines.append(f"boxes for SAM: {BOX_SOURCES[cfg.box_source]}")
+    return lines
 
 
 def git_sha() -> str | None:

@@ -62,10 +62,115 @@ def test_similarity_is_cosine_of_encoders(clip, images):
 def test_maps_shape_range_and_not_constant(clip, images):
     maps = clip.similarity_maps(images, TEXTS)
     assert len(maps) == len(images)
-    for m, image in zip(maps, images):
-        assert m.shape == image.shape[:2] and m.dtype == np.float32
-        assert np.all(np.isfinite(m)) and m.min() >= 0.0 and m.max() <= 1.0
-        assert m.max() - m.min() > 0.1
+    for m in maps:
+        assert m.shape == tuple(clip.model.visual.grid_size) and m.dtype == np.float32  # the patch grid
+        assert np.all(np.isfinite(m)) and m.min() == 0.0 and m.max() == pytest.approx(1.0)
+
+
+def _authors_map(clip, image, text, backgrounds, depth=6):
+    """Spatial CLIP as the authors' ``clip_surgery`` computes it, written out from their formulas
+    (ProMaC utils_mllm.py / clip.py, CLIP Surgery with ``attn_qkv_strategy: kk``) on open_clip's
+    modules: attention with q = k in the last ``depth`` blocks on a path without MLPs, features
+    divided by their norm over the tokens, the redundant "" subtracted from the prompt-ensembled
+    text, per-text min-max, the background map subtracted, min-max again."""
+    from int_engine.backends.clip_open import PROMPT_TEMPLATES
+
+    visual = clip.model.visual
+    with torch.inference_mode():
+        x = visual._embeds(clip._pixels([image]))
+        blocks = visual.transformer.resblocks
+        start = len(blocks) - depth
+        for block in blocks[:start]:
+            x = block(x)
+        path = x
+        for block in blocks[start:]:
+            h = block.ln_1(x)
+            attn = block.attn
+            q, k, v = torch.nn.functional.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+            heads = attn.num_heads
+            split = lambda t: t.view(1, t.shape[1], heads, -1).transpose(1, 2)  # noqa: E731
+            q, k, v = split(q), split(k), split(v)
+            scale = q.shape[-1] ** -0.5
+            ori = ((q @ k.transpose(-2, -1)) * scale).softmax(-1) @ v
+            kk = ((k @ k.transpose(-2, -1)) * scale).softmax(-1) @ v
+            merge = lambda t: attn.out_proj(t.transpose(1, 2).reshape(1, -1, heads * t.shape[-1]))  # noqa: E731
+            path = path + merge(kk)
+            x = x + merge(ori)
+            x = x + block.mlp(block.ln_2(x))
+        path = path.clone()
+        path[:, 0] = x[:, 0]  # the class token from the original path
+        feats = visual.ln_post(path) @ visual.proj  # [1, 1 + P, D]
+        feats = feats / feats.norm(dim=1, keepdim=True)
+
+        def ensemble(t):
+            e = clip.model.encode_text(clip.tokenizer([tpl.format(t) for tpl in PROMPT_TEMPLATES]))
+            e = e / e.norm(dim=-1, keepdim=True)
+            e = e.mean(0)
+            return e / e.norm()
+
+        redundant = ensemble("")
+
+        def norm_map(t):
+            sm = (feats @ (ensemble(t) - redundant))[0, 1:]
+            return (sm - sm.min()) / (sm.max() - sm.min())
+
+        sm = norm_map(text)
+        if backgrounds:
+            sm = sm - torch.stack([norm_map(b) for b in backgrounds]).mean(0)
+            sm = (sm - sm.min()) / (sm.max() - sm.min())
+    return sm.view(*visual.grid_size).numpy()
+
+
+def test_maps_are_the_authors_spatial_clip(clip_dir, images):
+    """SPEC step 8: the map equals the authors' computation, with and without background names."""
+    deep = OpenClipModel.load(clip_dir, surgery_depth=2)  # the tiny tower has 2 blocks
+    for image, text, backgrounds in [
+        (images[0], "frog", ["bark"]),
+        (images[1], "polyp", []),
+        (images[2], "frog", ["bark", "leaf"]),
+    ]:
+        (got,) = deep.similarity_maps([image], [text], [backgrounds])
+        np.testing.assert_allclose(got, _authors_map(deep, image, text, backgrounds, depth=2), atol=1e-5)
+
+
+def test_each_of_the_authors_choices_changes_the_map(clip_dir, images):
+    """kk vs CLIP Surgery's vv, the prompt ensemble, the norm over tokens, the background map:
+    each is a real switch (the defaults are the authors')."""
+    image, text = images[0], "frog"
+    base = OpenClipModel.load(clip_dir)
+    assert (base.surgery_attention, base.prompt_ensemble, base.feature_norm) == ("kk", True, "tokens")
+    (ref,) = base.similarity_maps([image], [text], [["bark"]])
+    variants = [
+        OpenClipModel.load(clip_dir, surgery_attention="vv").similarity_maps([image], [text], [["bark"]])[0],
+        OpenClipModel.load(clip_dir, prompt_ensemble=False).similarity_maps([image], [text], [["bark"]])[0],
+        OpenClipModel.load(clip_dir, feature_norm="channels").similarity_maps([image], [text], [["bark"]])[0],
+        base.similarity_maps([image], [text], [[]])[0],
+        base.similarity_maps([image], [text])[0],
+    ]
+    for other in variants:
+        assert np.abs(other - ref).max() > 1e-3
+    np.testing.assert_array_equal(variants[3], variants[4])  # no background names: no subtraction
+    with pytest.raises(ModelLoadError, match="surgery_attention"):
+        OpenClipModel.load(clip_dir, surgery_attention="qq")
+
+
+def test_openai_weights_need_quick_gelu(clip_dir, tmp_path):
+    """OpenAI's CLIP was trained with QuickGELU, which open_clip builds only when model_cfg says so:
+    a checkpoint named for OpenAI's weights without it is refused, with the fix in the message."""
+    named = tmp_path / "models--timm--vit_base_patch16_clip_224.openai"
+    shutil.copytree(clip_dir, named)
+    with pytest.raises(ModelLoadError, match="quick_gelu") as err:
+        OpenClipModel.load(named)
+    assert str(named) in str(err.value) and "QuickGELU" in str(err.value)
+    forced = OpenClipModel.load(named, quick_gelu=True)
+    assert any(type(m).__name__ == "QuickGELU" for m in forced.model.visual.modules())
+    config = json.loads((named / "open_clip_config.json").read_text())
+    config["model_cfg"]["quick_gelu"] = True
+    (named / "open_clip_config.json").write_text(json.dumps(config))
+    from_config = OpenClipModel.load(named)
+    assert any(type(m).__name__ == "QuickGELU" for m in from_config.model.visual.modules())
+    plain = OpenClipModel.load(clip_dir)  # not OpenAI's by name: as its config says (GELU)
+    assert not any(type(m).__name__ == "QuickGELU" for m in plain.model.visual.modules())
 
 
 def test_maps_depend_on_text(clip, images):

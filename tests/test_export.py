@@ -201,13 +201,14 @@ def test_sam_backend_onnx_equals_eager(sams, multimask):
     calls = []
     encode = onnx.encoder
     onnx.encoder = lambda x: calls.append(len(x)) or encode(x)  # prove the graph ran
+    before = eager.multimask_output, onnx.multimask_output
     eager.multimask_output = onnx.multimask_output = multimask
     try:
         reqs = _sam_requests()
         want, got = eager.segment(reqs), onnx.segment(reqs)
     finally:
         onnx.encoder = encode
-        eager.multimask_output = onnx.multimask_output = False
+        eager.multimask_output, onnx.multimask_output = before
     assert sum(calls) == len(reqs)
     for w, g in zip(want, got):
         assert 0 < (w > 0.5).sum() < w.size  # SAM's probabilities, on and off the mask

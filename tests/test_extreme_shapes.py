@@ -194,15 +194,18 @@ def test_padding_never_leaks_into_the_mask(greedy):
     cfg = EngineConfig(iterations=2, reweight_w=0.3)
     r = IntEngine(cfg, models=rec.wrapped()).segment(scene.image)
     assert r.soft.shape == (H, W) and all(m.shape == (H, W) for m in r.iteration_masks)
-    # iteration 2 sees X_2 = w·X_1·M_1 + (1 − w)·X_1 (eq 12): had M_1 been > 0 anywhere in the
-    # padding, the padding there would be brighter than (1 − w) times the fill
-    first, second = rec.of("vlm", "generate")[:2]
+    # iteration 2's detector sees X_2 = w·X·M_1 + (1 − w)·X_1 (eq 12): had M_1 been > 0 anywhere
+    # in the padding, the padding there would be brighter than (1 − w) times the fill
+    first, second = rec.of("detector", "detect")[:2]
     whole_1, whole_2 = first.args[0][0], second.args[0][0]
     assert whole_1.shape[:2] == (PH, W) and whole_2.shape[:2] == (PH, W)
     fill = padding_pixels(whole_1)
     assert (fill == fill[0]).all()
     expected = np.clip(np.round((1 - cfg.reweight_w) * fill[0].astype(np.float32)), 0, 255).astype(np.uint8)
     assert (np.abs(padding_pixels(whole_2).astype(int) - expected.astype(int)) <= 1).all()
+    # the VLM sees the original image, padding and all, in every iteration (SPEC step 10)
+    vlm_1, vlm_2 = (c.args[0][0] for c in rec.of("vlm", "generate")[:2])
+    assert np.array_equal(vlm_1, vlm_2) and np.array_equal(padding_pixels(vlm_2), fill)
     if not greedy:
         # the frog on the edge is still found, and nothing else (recall is lower on the row next
         # to the padding: there the frog is cut by a border, as at any image border in SAM)

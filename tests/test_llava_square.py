@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from scenarios import bark_world
 
+import int_engine.contrast as contrast
 import int_engine.pipeline as pipeline
 from int_engine.backends.llava_image import complete_processor, pad_to_square, processor_fill
 from int_engine.backends.vlm_hf import HFLlavaVLM
@@ -105,8 +106,8 @@ def test_iteration_one_contrast_masks_cover_the_object(monkeypatch):
         seen.append((vs, out, previous is None))
         return out
 
-    original = pipeline.contrast_masks
-    monkeypatch.setattr(pipeline, "contrast_masks", spy)
+    original = contrast.contrast_masks
+    monkeypatch.setattr(contrast, "contrast_masks", spy)
     cfg = EngineConfig(iterations=1)
     pipeline.run(scene.image, scripted_models(world, errors=ModelErrors.exact()), cfg)
     vs, masks, first = seen[0]

@@ -1,5 +1,7 @@
 """The whole pipeline on the five real backends (tiny zoo): structure, shapes, determinism."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -47,12 +49,15 @@ def test_two_images_two_iterations_all_real_backends(models):
             assert set(it.seconds) <= set(STAGES) and {"patches", "propose", "detect", "segment", "weight", "fuse"} <= set(
                 it.seconds
             )
-            assert len(it.mask_weights) == 9 and abs(sum(it.mask_weights) - 1.0) < 1e-6 or sum(it.mask_weights) == 0
+            assert len(it.mask_weights) == 9
+            assert abs(sum(it.mask_weights) - 1.0) < 1e-6 or sum(it.mask_weights) == 0
             if it.pick_source == "negative mining":
                 assert set(it.scores) == set(it.candidates) and len(it.view_picks) == 9
             for box in it.boxes:
                 assert 0 <= box[0] <= box[2] <= w and 0 <= box[1] <= box[3] <= h
         assert np.array_equal(r.soft, np.asarray(r.iteration_masks[t.final_iteration]))
+        assert np.array_equal(r.binary, r.iteration_segmentations[t.final_iteration])
+        assert all(s.dtype == bool and s.shape == (h, w) for s in r.iteration_segmentations)
 
 
 def test_same_image_config_and_seed_give_identical_masks(models):
@@ -99,7 +104,7 @@ def test_step6_a_name_first_seen_after_an_iteration_without_mining_starts_at_eps
     def first_iteration_sees_only_frogs(images, prompts, max_new_tokens):
         calls.append(1)
         answers = generate(images, prompts, max_new_tokens)
-        return [a.replace("snake", "frog") for a in answers] if len(calls) == 1 else answers
+        return [re.sub("snake", "frog", a, flags=re.IGNORECASE) for a in answers] if len(calls) == 1 else answers
 
     models.vlm.generate = first_iteration_sees_only_frogs
     r = run(scene.image, models, EngineConfig(iterations=2))
@@ -121,7 +126,7 @@ def test_trace_says_when_no_view_moved_and_records_the_mask_it_made():
     assert it.pick == it.candidates[0] and it.pick_source == "no view moved (most frequent name)"
     mask = r.iteration_masks[0]
     assert it.soft_max == pytest.approx(float(mask.max()))
-    assert it.binary_area == pytest.approx(float((mask >= 0.5).mean()))
+    assert it.binary_area == pytest.approx(float(r.iteration_segmentations[0].mean()))
     found = run(scene.image, scripted_models(world), EngineConfig(iterations=1)).trace.iterations[0]
     assert found.pick_source == "negative mining" and found.soft_max == 1.0 and 0 < found.binary_area < 0.1
 
@@ -153,3 +158,25 @@ def test_inpaint_scope_image_is_one_job_per_iteration_and_views_crop_it(scope):
     for im in score.args[0][len(score.args[0]) // 2 :]:
         assert any(np.array_equal(im, filled[y0:y1, x0:x1]) for x0, y0, x1, y1 in [v["box"] for v in r.trace.iterations[0].views])
     assert "high quality" in positive and "is not a" in negative
+
+
+def test_the_vlm_and_the_inpainter_see_the_original_image():
+    """SPEC step 10: from iteration 2 the VLM (generate and score) and the inpainter see the
+    original image X, the detector, Spatial CLIP and SAM the reweighted X_i; ``vlm_image:
+    reweighted`` shows X_i to all of them."""
+    from int_engine.pipeline import run
+    from int_engine.testing import scripted_models
+    from int_engine.testing.recorder import Recorder
+
+    world, scene = _frog_in_a_quarter()
+    for setting in ("original", "reweighted"):
+        rec = Recorder(scripted_models(world))
+        run(scene.image, rec.wrapped(), EngineConfig(iterations=2, vlm_image=setting))
+        whole = lambda call: call.args[0][0]  # noqa: E731 - the first request's image (the whole view)
+        gen, det, inp = rec.of("vlm", "generate"), rec.of("detector", "detect"), rec.of("inpainter", "inpaint")
+        assert not np.array_equal(whole(det[0]), whole(det[1]))  # X_2 differs from X_1 = X
+        assert np.array_equal(whole(det[0]), scene.image)
+        if setting == "original":
+            assert np.array_equal(whole(gen[1]), scene.image) and np.array_equal(whole(inp[-1]), scene.image)
+        else:
+            assert np.array_equal(whole(gen[1]), whole(det[1])) and np.array_equal(whole(inp[-1]), whole(det[1]))

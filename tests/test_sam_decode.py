@@ -76,11 +76,11 @@ def test_each_prompt_decodes_against_its_own_image(segmenter):
 def test_segmenter_equals_sam_predictor_request_by_request(segmenter, multimask):
     """The whole backend against segment-anything's SamPredictor (set_image + predict_torch)."""
     reqs = _requests()
-    segmenter.multimask_output = multimask
+    before, segmenter.multimask_output = segmenter.multimask_output, multimask
     try:
         got = segmenter.segment(reqs)
     finally:
-        segmenter.multimask_output = False
+        segmenter.multimask_output = before
     predictor = SamPredictor(segmenter.sam)
     for req, mask in zip(reqs, got):
         predictor.set_image(req.image)

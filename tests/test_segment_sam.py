@@ -101,9 +101,15 @@ def test_batch_equals_one_by_one(segmenter):
 
 
 def test_multimask_output_keeps_one_mask(sam_dir, image):
-    seg = SamSegmenter.load(sam_dir, multimask_output=True)
-    (mask,) = seg.segment([SegmentRequest(image, points=np.array([[20, 30]], np.float32), labels=np.array([1]))])
+    """SPEC step 8: by default SAM gives its three masks per prompt and the best-scoring one is kept
+    (the authors' setting); ``multimask_output=False`` takes SAM's single mask, another mask."""
+    seg = SamSegmenter.load(sam_dir)
+    assert seg.multimask_output is True
+    request = SegmentRequest(image, points=np.array([[20, 30]], np.float32), labels=np.array([1]))
+    (mask,) = seg.segment([request])
     assert mask.shape == (96, 80) and 0.0 <= mask.min() and mask.max() <= 1.0
+    (single,) = SamSegmenter.load(sam_dir, multimask_output=False).segment([request])
+    assert np.abs(mask - single).max() > 1e-3
 
 
 def test_missing_dir(tmp_path):

@@ -65,7 +65,7 @@ def test_small_clip_is_vit_b16_shaped_and_scores(small, scene):
     assert 85e6 < params < 92e6, params  # 88.2M, of which 25.3M is the 49408 x 512 token embedding
 
     (smap,) = clip.similarity_maps([scene], ["frog"])
-    assert smap.shape == scene.shape[:2] and 0.0 <= smap.min() < smap.max() <= 1.0
+    assert smap.shape == (14, 14) and 0.0 <= smap.min() < smap.max() <= 1.0  # ViT-B/16's patch grid
     sims = clip.image_text_similarity([scene, scene], ["frog", "a photo of a lizard"])
     assert sims.shape == (2,) and np.all(np.abs(sims) <= 1.0) and sims[0] != sims[1]
 

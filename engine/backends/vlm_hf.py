@@ -44,6 +44,7 @@ from PIL import Image
 
 from ..errors import ConfigError, ModelLoadError
 from ..models.checks import require_files
+from .hf_sampling import SeededSampling
 from .llava_common import (
     _check_image,
     _check_lengths,
@@ -236,12 +237,22 @@ class HFLlavaVLM:
     # ---- the protocol ----------------------------------------------------------------------
 
     @torch.inference_mode()
-    def generate(self, images: Sequence[np.ndarray], prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-        """Greedy answers, one string per (image, prompt) pair, stripped of special tokens
-        and surrounding spaces. Left padding, so every row's answer starts at the end."""
+    def generate(
+        self,
+        images: Sequence[np.ndarray],
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        seeds: Sequence[int] | None = None,
+    ) -> list[str]:
+        """One answer per (image, prompt) pair, stripped of special tokens and surrounding
+        spaces: greedy, or sampled at ``temperature`` > 0 with each row's own generator seeded
+        by ``seeds[j]`` (``hf_sampling``). Left padding, so every row's answer starts at the end."""
         _check_lengths(images, prompts, "prompts")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if temperature > 0 and (seeds is None or len(seeds) != len(prompts)):
+            raise ValueError(f"{ROLE}: sampling needs one seed per prompt ({len(prompts)}), got {seeds!r}")
         texts = chat_texts(self.chat_text, prompts)
         lengths = self._row_lengths(texts)
         self.work["prefill_tokens"] += sum(lengths)
@@ -249,12 +260,16 @@ class HFLlavaVLM:
         # Each row grows by up to max_new_tokens, all of which the KV cache holds: the budget
         # counts them, so a pass's cache is at most max_batch_tokens tokens.
         for rows in self._passes(lengths, extra=max_new_tokens):
-            answers += self._generate_rows(images[rows], texts[rows], max_new_tokens)
+            sampling = SeededSampling(temperature, seeds[rows]) if temperature > 0 else None
+            answers += self._generate_rows(images[rows], texts[rows], max_new_tokens, sampling)
         return answers
 
-    def _generate_rows(self, images: Sequence[np.ndarray], texts: list[str], max_new_tokens: int) -> list[str]:
-        """One pass of greedy generation; each distinct image encoded once (``mm_encoder_outputs``
-        instead of every row's pixels)."""
+    def _generate_rows(
+        self, images: Sequence[np.ndarray], texts: list[str], max_new_tokens: int, sampling: SeededSampling | None = None
+    ) -> list[str]:
+        """One pass of generation (greedy, or ``sampling``'s per-row draws); each distinct image
+        encoded once (``mm_encoder_outputs`` instead of every row's pixels)."""
+        from transformers import LogitsProcessorList
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         batch = self._inputs(images, texts, padding_side="left")
@@ -268,6 +283,7 @@ class HFLlavaVLM:
             do_sample=False,
             num_beams=1,
             pad_token_id=self.tokenizer.pad_token_id,
+            logits_processor=LogitsProcessorList([sampling] if sampling is not None else []),
         )
         new_tokens = out[:, batch["input_ids"].shape[1] :]
         return [a.strip() for a in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]

@@ -201,20 +201,36 @@ class VLLMLlavaVLM:
 
     # ---- the protocol ------------------------------------------------------------------------
 
-    def generate(self, images: Sequence[np.ndarray], prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-        """Greedy answers, one string per (image, prompt) pair, without special tokens and
-        surrounding spaces; all requests in one engine call."""
+    def generate(
+        self,
+        images: Sequence[np.ndarray],
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        seeds: Sequence[int] | None = None,
+    ) -> list[str]:
+        """One answer per (image, prompt) pair, without special tokens and surrounding spaces:
+        greedy, or sampled at ``temperature`` > 0 with vLLM's per-request ``seed`` (each
+        request's own random stream); all requests in one engine call."""
         self._check_open()
         from vllm import SamplingParams
 
         _check_lengths(images, prompts, "prompts")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if temperature > 0 and (seeds is None or len(seeds) != len(prompts)):
+            raise ValueError(f"{ROLE}: sampling needs one seed per prompt ({len(prompts)}), got {seeds!r}")
         if not prompts:
             return []
         # Decoded here, not by vLLM: its incremental detokenizer holds back an unfinished
         # UTF-8 byte sequence at the end, where transformers' batch_decode writes U+FFFD.
-        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, detokenize=False)
+        if temperature > 0:
+            params = [
+                SamplingParams(temperature=temperature, seed=int(s) % 2**63, max_tokens=max_new_tokens, detokenize=False)
+                for s in seeds
+            ]
+        else:
+            params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, detokenize=False)
         outputs = self._run(self._requests(images, chat_texts(self.chat_text, prompts)), params)
         new_tokens = [list(out.outputs[0].token_ids) for out in outputs]
         return [a.strip() for a in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]

@@ -81,20 +81,38 @@ def cmd_bench(args: argparse.Namespace) -> int:
         bar.set_postfix(failed=failures)
 
     label = str(models_dir) if models_dir else None
-    try:
+
+    def run_one(trial_cfg, out) -> dict:
         if engine is None:
-            summary = _bench_on_ray(args, cfg, dataset, models_dir, label, progress)
+            return _bench_on_ray(args, trial_cfg, dataset, models_dir, label, progress, out)
+        engine.config = trial_cfg  # the next images' algorithm settings (the seed); models and batching stay
+        return run_bench(
+            engine,
+            dataset,
+            out,
+            limit=args.limit,
+            resume=args.resume,
+            models_label=label,
+            on_image=progress,
+            models_dir=models_dir,
+            score=args.score,
+        )
+
+    try:
+        if args.trials is None:
+            summary = run_one(cfg, args.out)
+            failed = len(summary["failed"])
         else:
-            summary = run_bench(
-                engine,
-                dataset,
-                args.out,
-                limit=args.limit,
-                resume=args.resume,
-                models_label=label,
-                on_image=progress,
-                models_dir=models_dir,
-            )
+            from ..bench.trials import TRIALS_MD, run_trials
+            from ..config import apply_overrides
+
+            def trial(seed: int, out: Path) -> dict:
+                bar.reset()
+                bar.set_description(f"{dataset.name} seed {seed}")
+                return run_one(apply_overrides(cfg, [f"seed={seed}"]), out)
+
+            summary = run_trials(trial, args.out, args.trials, cfg.seed)
+            failed = max(summary["failed"])
     except IntEngineError as err:
         print(f"error: {err}", file=sys.stderr)
         return FATAL
@@ -102,12 +120,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         bar.close()
         if engine is not None:
             engine.close()
-    print((Path(args.out) / "summary.md").read_text(encoding="utf-8"))
-    return min(len(summary["failed"]), 100)
+    print((Path(args.out) / ("summary.md" if args.trials is None else TRIALS_MD)).read_text(encoding="utf-8"))
+    return min(failed, 100)
 
 
 def _bench_on_ray(
-    args: argparse.Namespace, cfg, dataset, models_dir: Path | None, label: str | None, progress: Callable[[dict], None]
+    args: argparse.Namespace,
+    cfg,
+    dataset,
+    models_dir: Path | None,
+    label: str | None,
+    progress: Callable[[dict], None],
+    out: str | Path,
 ) -> dict:
     """``--ray``: the same run folder, the images segmented by a pool of Ray actors."""
     from ..bench.ray_bench import RayBenchSettings, run_ray_bench
@@ -128,13 +152,14 @@ def _bench_on_ray(
         return run_ray_bench(
             cfg,
             dataset,
-            args.out,
+            out,
             models_dir,
             settings,
             limit=args.limit,
             resume=args.resume,
             models_label=label,
             on_image=progress,
+            score=args.score,
         )
     except ImportError as err:
         raise IntEngineError(f"--ray needs Ray (pip install -c constraints.txt '.[ray]'): {err}") from None
@@ -152,6 +177,18 @@ def add_parser(sub) -> None:
         "report.html, config.yaml, env.json)",
     )
     bench.add_argument("--limit", type=int, help="only the first N images")
+    bench.add_argument(
+        "--score",
+        choices=("binary", "soft"),
+        default="binary",
+        help="what pred/ holds and the metrics score: each image's segmentation, as the authors scored (default), or its soft map",
+    )
+    bench.add_argument(
+        "--trials",
+        type=int,
+        help="run N trials, seeds --seed .. --seed+N-1, into OUT/trial-<k>/; OUT/trials.md: each metric's mean ± std "
+        "(the paper's 'average of three trials': --trials 3 --set temperature=0.2)",
+    )
     bench.add_argument("--resume", action="store_true", help="continue a run in --out, skipping finished images")
     bench.add_argument(
         "--compare", nargs="+", metavar="RUN", help="print two or more runs' metrics as one Markdown table (rows: runs)"
