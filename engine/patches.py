@@ -65,6 +65,11 @@ def crop(image: np.ndarray, view: View) -> np.ndarray:
     return image[view.y0 : view.y1, view.x0 : view.x1]
 
 
+def uint8_crops(image: np.ndarray, views: list[View]) -> list[np.ndarray]:
+    """Every view's pixels of a float [H, W, 3] image as uint8 [h_k, w_k, 3] (rounded, clipped)."""
+    return [np.ascontiguousarray(np.clip(np.round(crop(image, v)), 0, 255).astype(np.uint8)) for v in views]
+
+
 def square_frame(height: int, width: int) -> tuple[int, int, int]:
     """(side, top, left): an ``height`` x ``width`` image padded to a ``side`` x ``side`` square,
     side = max(height, width), sits at rows ``top:top + height`` and columns ``left:left + width``.

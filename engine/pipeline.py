@@ -115,15 +115,22 @@ def contrast_views(
     return contrasts
 
 
-def uint8_crops(image: np.ndarray, views: list[patches.View]) -> list[np.ndarray]:
-    """Every view's pixels of a float [H, W, 3] image as uint8 [h_k, w_k, 3]."""
-    return [np.ascontiguousarray(np.clip(np.round(patches.crop(image, v)), 0, 255).astype(np.uint8)) for v in views]
-
-
 def propose(
-    crops: list[np.ndarray], views: list[patches.View], cfg: EngineConfig, iteration: int, tr: IterationTrace, clock: _Clock
+    crops: list[np.ndarray],
+    views: list[patches.View],
+    cfg: EngineConfig,
+    iteration: int,
+    tr: IterationTrace,
+    clock: _Clock,
+    earlier: list[prompts.ViewProposal] | None = None,
 ) -> Generator[ModelCall, Reply, list[prompts.ViewProposal]]:
-    """Step 2 (eq 2): P_B and P_A for every view in one generate call; each view's proposal."""
+    """Step 2 (eq 2): P_B and P_A for every view in one generate call; each view's proposal.
+
+    ``earlier``: the proposals of an earlier iteration made from the same requests (the original
+    views, greedy decoding), which the VLM would answer word for word again: reused, not asked."""
+    if earlier is not None:
+        tr.answers_reused = True
+        return earlier
     k = len(views)
     asks = [prompts.box_prompt(cfg.task)] * k + [prompts.name_prompt(cfg.task)] * k
     if cfg.temperature > 0:  # sampled: each request its own seeded stream, as the inpainting's
@@ -270,23 +277,28 @@ def iteration_steps(
     cfg: EngineConfig,
     iteration: int,
     tr: IterationTrace,
+    memory: dict[str, Any] | None = None,
 ) -> Generator[ModelCall, Reply, tuple[np.ndarray, np.ndarray]]:
     """One iteration of INT: X the ``original`` image and X_i the reweighted ``image`` (float32
     [H, W, 3] in 0..255), M_{i-1} the previous soft map or None. Returns M_i (float32 [H, W]) and
-    M_i^bin (bool [H, W])."""
+    M_i^bin (bool [H, W]). ``memory`` carries what later iterations of the image may reuse (the
+    VLM's greedy proposals on the original views: the same requests, the same answers)."""
     clock = _Clock()
     h, w = image.shape[:2]
     views = patches.views(h, w, cfg.active_splits)
-    crops = uint8_crops(image, views)  # X_i^k: detection, Spatial CLIP, SAM and CLIP see these
+    crops = patches.uint8_crops(image, views)  # X_i^k: detection, Spatial CLIP, SAM and CLIP see these
     seen = original if cfg.vlm_image == "original" else image  # the VLM and the inpainter see these
-    seen_crops = uint8_crops(seen, views) if seen is not image else crops
+    seen_crops = patches.uint8_crops(seen, views) if seen is not image else crops
     tr.seconds["patches"] = time.perf_counter() - clock.mark
     clock.mark = time.perf_counter()
 
-    proposals = yield from propose(seen_crops, views, cfg, iteration, tr, clock)  # step 2
+    reusable = memory is not None and cfg.temperature == 0 and seen is original
+    proposals = yield from propose(seen_crops, views, cfg, iteration, tr, clock, memory.get("proposals") if reusable else None)
+    if reusable:
+        memory["proposals"] = proposals
     pick = yield from select_name(seen, seen_crops, views, proposals, previous_mask, weights, cfg, iteration, tr, clock)
     tr.pick = pick
-    tr.views = [view_record(v, p) for v, p in zip(views, proposals)]
+    tr.views = [p.record(v) for v, p in zip(views, proposals)]
     boxes = yield from prompt_boxes(crops, views, proposals, pick, cfg, tr, clock)  # step 7
     backgrounds = [b for b in dict.fromkeys(p.background for p in proposals if p.background) if b != pick]
     tr.clip_backgrounds = backgrounds if cfg.clip_background else []
@@ -297,20 +309,6 @@ def iteration_steps(
     tr.binary_area = float(segmented.mean())
     tr.seconds["weight"] = tr.seconds.get("weight", 0.0) + time.perf_counter() - clock.mark
     return soft, segmented
-
-
-def view_record(v: patches.View, p: prompts.ViewProposal) -> dict[str, Any]:
-    """What the trace keeps of one view's proposal."""
-    return {
-        "name": v.name,
-        "box": list(v.box),
-        "answer_box": p.box_text[:200],
-        "answer_name": p.name_text[:200],
-        "box_parsed": list(p.box) if p.box else None,  # normalised to the view padded to a square
-        "box_view_px": patches.normalised_box_to_view(p.box, v).round(1).tolist() if p.box else None,
-        "foreground": p.foreground,
-        "background": p.background,
-    }
 
 
 def image_steps(
@@ -338,9 +336,10 @@ def image_steps(
     softs: list[np.ndarray] = []
     segmentations: list[np.ndarray] = []
     previous: np.ndarray | None = None
+    memory: dict[str, Any] = {}
     for i in range(cfg.iterations):
         tr = IterationTrace(iteration=i)
-        soft, segmented = yield from iteration_steps(original, x, previous, weights, cfg, i, tr)
+        soft, segmented = yield from iteration_steps(original, x, previous, weights, cfg, i, tr, memory)
         # the padding is never the object, also not for eq 12 and the next eq 4
         soft, segmented = clear_padding(soft, region), clear_padding(segmented, region)
         t0 = time.perf_counter()

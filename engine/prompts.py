@@ -156,6 +156,19 @@ class ViewProposal:
     box_text: str
     name_text: str
 
+    def record(self, view: patches.View) -> dict:
+        """What the trace keeps of this proposal on ``view`` (JSON-ready)."""
+        return {
+            "name": view.name,
+            "box": list(view.box),
+            "answer_box": self.box_text[:200],
+            "answer_name": self.name_text[:200],
+            "box_parsed": list(self.box) if self.box else None,  # normalised to the view padded to a square
+            "box_view_px": patches.normalised_box_to_view(self.box, view).round(1).tolist() if self.box else None,
+            "foreground": self.foreground,
+            "background": self.background,
+        }
+
 
 def parse_proposal(box_text: str, name_text: str, task: str, width: int, height: int) -> ViewProposal:
     fore, back = parse_names(name_text, task)

@@ -17,6 +17,7 @@ class IterationTrace:
 
     iteration: int
     views: list[dict[str, Any]] = field(default_factory=list)
+    answers_reused: bool = False  # step 2's answers are iteration 1's: the same greedy requests on the original views
     candidates: list[str] = field(default_factory=list)
     view_picks: list[str | None] = field(default_factory=list)
     view_gains: list[float] = field(default_factory=list)

@@ -110,6 +110,9 @@ def test_bench_synthetic_writes_the_run_folder_contract(tiny_zoo, tmp_path, caps
     for key in ("MAE", "adpFm", "meanEm", "Sm", "wFm", "maxFm"):
         assert 0.0 <= summary[key] <= 1.0
     assert summary["scored"] == 8 and summary["failed"] == []
+    # what was scored, and what pred/ holds: each image's segmentation, as the authors scored
+    assert summary["score"] == "binary" and "segmentation" in (run / "summary.md").read_text()
+    assert all(set(np.unique(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE))) <= {0, 255} for p in preds)
     # an empty mask is visible: per iteration in each row, and listed in the summary
     for r in rows:
         assert len(r["soft_max"]) == len(r["binary_area"]) == r["iterations"]
@@ -380,3 +383,50 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_table(tiny_zoo, tmp
         assert all(tables[1][name][k] == row[k] for k in ("MAE", "Sm", "Dice", "IoU", "final_iteration", "pick")), name
     with np.load(tmp_path / "full/curves.npz") as x, np.load(tmp_path / "killed/curves.npz") as y:
         np.testing.assert_array_equal(x["precision"], y["precision"])
+
+
+def _bench(tiny_zoo, tmp_path, out, *extra):
+    return main(
+        ["bench", "--dataset", "synthetic", "--data-root", str(tmp_path / "data"), "--limit", "2", "--out", str(out)]
+        + ["--models", str(tiny_zoo), *FAST, *extra]
+    )
+
+
+def test_score_soft_writes_the_soft_maps_and_a_resume_keeps_the_score(tiny_zoo, tmp_path, capsys):
+    """``--score soft`` scores (and saves) each image's 8-bit soft map; the binary default scores the
+    segmentation, the same images' binary masks; a resume under the other score is refused."""
+    from int_engine.api import IntEngine
+    from int_engine.bench.run import read_gray
+
+    assert _bench(tiny_zoo, tmp_path, tmp_path / "soft", "--score", "soft") == 0
+    assert _bench(tiny_zoo, tmp_path, tmp_path / "binary") == 0
+    soft = json.loads((tmp_path / "soft" / "summary.json").read_text())
+    assert soft["score"] == "soft" and json.loads((tmp_path / "soft" / "run.json").read_text())["score"] == "soft"
+    cfg = EngineConfig.from_file(tmp_path / "binary" / "config.yaml")
+    with IntEngine(cfg, models_dir=tiny_zoo) as engine:
+        for png in sorted((tmp_path / "binary" / "pred").glob("*.png")):
+            image = next((tmp_path / "data" / "COD10K-v3/Test/Image").glob(png.stem + ".*"))
+            r = engine.segment(image)
+            assert np.array_equal(read_gray(png) > 127, r.binary)
+            soft_png = read_gray(tmp_path / "soft" / "pred" / png.name)
+            assert np.abs(soft_png.astype(int) - np.round(r.soft * 255).astype(int)).max() <= 1
+    assert _bench(tiny_zoo, tmp_path, tmp_path / "soft", "--resume") == FATAL
+    assert "different score" in capsys.readouterr().err
+
+
+def test_trials_run_one_seed_each_and_report_mean_and_spread(tiny_zoo, tmp_path, capsys):
+    """``--trials 2``: two complete runs, seeds s and s+1, and each metric's mean and sample std."""
+    out = tmp_path / "trials"
+    assert _bench(tiny_zoo, tmp_path, out, "--trials", "2", "--seed", "5", "--set", "temperature=0.7") == 0
+    runs = [json.loads((out / f"trial-{k}" / "summary.json").read_text()) for k in range(2)]
+    seeds = [EngineConfig.from_file(out / f"trial-{k}" / "config.yaml").seed for k in range(2)]
+    assert seeds == [5, 6]
+    agg = json.loads((out / "trials.json").read_text())
+    assert agg["seeds"] == [5, 6] and agg["score"] == "binary" and agg["failed"] == [0, 0]
+    for key in ("MAE", "Sm", "IoU"):
+        values = [r[key] for r in runs]
+        assert agg["metrics"][key]["trials"] == values
+        assert agg["metrics"][key]["mean"] == pytest.approx(np.mean(values))
+        assert agg["metrics"][key]["std"] == pytest.approx(np.std(values, ddof=1))
+    printed = capsys.readouterr().out
+    assert "2 trials" in printed and "±" in printed and printed == (out / "trials.md").read_text() + "\n"

@@ -215,9 +215,12 @@ def test_save_rle_iterations_and_overlay_boxes(tiny_zoo, images, tmp_path):
     trace = json.loads((folder / "trace.json").read_text())
     assert (
         sorted(p.name for p in (folder / "iterations").iterdir())
-        == [f"{k}.png" for k in range(len(trace["iterations"]))]
-        == ["0.png", "1.png"]
+        == sorted(f"{k}{kind}.png" for k in range(len(trace["iterations"])) for kind in ("", "_binary"))
+        == ["0.png", "0_binary.png", "1.png", "1_binary.png"]
     )
+    final = trace["final_iteration"]  # the segmentation eq 13 kept is binary.png
+    with Image.open(folder / "iterations" / f"{final}_binary.png") as im:
+        assert np.array_equal(np.asarray(im) > 0, binary)
     with Image.open(folder / "iterations" / f"{trace['final_iteration']}.png") as im, Image.open(folder / "soft.png") as soft:
         assert im.size == (90, 72) and np.array_equal(np.asarray(im), np.asarray(soft))  # eq 13 keeps that iteration's mask
     boxes = trace["iterations"][trace["final_iteration"]]["boxes"]

@@ -98,3 +98,15 @@ def test_log_lines_and_the_progress_bar_do_not_garble(monkeypatch):
     pieces = re.split(r"[\r\n]", stream.getvalue())
     assert any(p.endswith("INFO int_engine.test: loaded vlm (hf, float32, cpu) in 1.25 s") for p in pieces)
     assert not any("loaded vlm" in p and "it/s" in p for p in pieces)  # never on the bar's line
+
+
+def test_config_show_names_the_preset_its_views_and_its_boxes(capsys):
+    assert main(["config", "show"]) == 0
+    out = capsys.readouterr().out
+    assert "# preset paper: " in out and "\npreset: paper\n" in out
+    assert "(9)" in out and "GroundingDINO on every view" in out
+    assert main(["config", "show", "--preset", "promac"]) == 0
+    out = capsys.readouterr().out
+    assert "# preset promac: ProMaC" in out and "What differs" in out
+    assert "# views per iteration: whole, top, bottom, left, right (5)" in out
+    assert "# boxes for SAM: the VLM's own P_B box, no GroundingDINO" in out and "box_source: vlm" in out

@@ -180,3 +180,70 @@ def test_the_vlm_and_the_inpainter_see_the_original_image():
             assert np.array_equal(whole(gen[1]), scene.image) and np.array_equal(whole(inp[-1]), scene.image)
         else:
             assert np.array_equal(whole(gen[1]), whole(det[1])) and np.array_equal(whole(inp[-1]), whole(det[1]))
+
+
+def test_sampled_answers_follow_the_seed():
+    """temperature > 0: the VLM samples with one seed per request, from ``seed``: the same seed, the
+    same run; another seed, other answers (SPEC "Decoding")."""
+    from int_engine.pipeline import run
+    from int_engine.testing import scripted_models
+    from int_engine.testing.recorder import Recorder
+
+    world, scene = _frog_in_a_quarter()
+    answers = []
+    for seed in (1, 1, 2):
+        rec = Recorder(scripted_models(world))
+        run(scene.image, rec.wrapped(), EngineConfig(iterations=1, temperature=0.5, seed=seed))
+        (gen,) = rec.of("vlm", "generate")
+        images, prompts, max_new_tokens, temperature, seeds = gen.args
+        assert temperature == 0.5 and len(seeds) == len(prompts) == 18 and len(set(seeds)) == 18
+        answers.append(gen.result)
+    assert answers[0] == answers[1] and answers[0] != answers[2]
+    rec = Recorder(scripted_models(world))
+    run(scene.image, rec.wrapped(), EngineConfig(iterations=1))
+    assert len(rec.of("vlm", "generate")[0].args) == 3  # greedy: the three-argument call any VLM answers
+
+
+@pytest.mark.parametrize("preset", ["promac", "gensam"])
+def test_baseline_presets_give_sam_the_vlms_box_or_none(preset):
+    """``promac``: the VLM's own box, no GroundingDINO; ``gensam``: no box at all."""
+    from int_engine.config import preset_config
+    from int_engine.patches import View, normalised_box_to_view
+    from int_engine.pipeline import run
+    from int_engine.testing import scripted_models
+    from int_engine.testing.recorder import Recorder
+
+    world, scene = _frog_in_a_quarter()
+    rec = Recorder(scripted_models(world))
+    cfg = preset_config(preset)
+    r = run(scene.image, rec.wrapped(), apply_overrides(cfg, ["iterations=1"]))
+    assert rec.of("detector", "detect") == []
+    (seg,) = rec.of("segmenter", "segment")
+    requests, it = seg.args[0], r.trace.iterations[0]
+    assert len(requests) == len(it.views) == (5 if preset == "promac" else 1)
+    if preset == "gensam":
+        assert all(len(q.boxes) == 0 for q in requests) and all(len(q.points) for q in requests)
+        return
+    whole = it.views[0]
+    assert whole["name"] == "whole" and whole["box_parsed"] is not None  # this scene's whole view gave a box
+    box = normalised_box_to_view(whole["box_parsed"], View("whole", 0, 0, 160, 128))
+    np.testing.assert_allclose(requests[0].boxes, box[None], atol=1e-4)  # image pixels = the whole view's
+    np.testing.assert_allclose(it.boxes, [box], atol=1e-4)
+
+
+def test_greedy_answers_on_the_original_views_are_asked_once_per_image():
+    """The VLM sees the original views in every iteration (SPEC step 10): greedy decoding would
+    answer word for word again, so step 2 asks once per image and later iterations reuse the
+    answers; sampled, or on X_i, it asks every iteration."""
+    from int_engine.pipeline import run
+    from int_engine.testing import scripted_models
+    from int_engine.testing.recorder import Recorder
+
+    world, scene = _frog_in_a_quarter()
+    for settings, asked in [({}, 1), ({"temperature": 0.5}, 3), ({"vlm_image": "reweighted"}, 3)]:
+        rec = Recorder(scripted_models(world))
+        r = run(scene.image, rec.wrapped(), EngineConfig(iterations=3, **settings))
+        assert len(rec.of("vlm", "generate")) == asked, settings
+        assert [it.answers_reused for it in r.trace.iterations] == [False] + [asked == 1] * 2
+        answers = [[(v["answer_box"], v["answer_name"]) for v in it.views] for it in r.trace.iterations]
+        assert asked > 1 or answers[1] == answers[2] == answers[0]

@@ -59,10 +59,15 @@ def test_save_writes_every_output_from_the_result(result, scene, tmp_path):
     assert np.array_equal(png(folder / "overlay.png"), result.overlay(image))
     rle = json.loads((folder / "mask.rle.json").read_text())
     assert np.array_equal(coco_mask.decode(rle).astype(bool), result.binary)
-    pngs = sorted((folder / "iterations").iterdir())
+    pngs = sorted((folder / "iterations").glob("?.png"))
     assert [p.name for p in pngs] == [f"{k}.png" for k in range(len(result.trace.iterations))]
     for k, p in enumerate(pngs):  # at the image's size, like soft.png
         assert np.array_equal(png(p), mask_to_uint8(to_original_size(result.iteration_masks[k], result.binary.shape)))
+        segmentation = png(folder / "iterations" / f"{k}_binary.png") > 0
+        assert np.array_equal(
+            segmentation, to_original_size(result.iteration_segmentations[k].astype(np.float32), segmentation.shape) >= 0.5
+        )
+    assert np.array_equal(png(folder / "iterations" / f"{result.trace.final_iteration}_binary.png") > 0, result.binary)
     assert json.loads((folder / "trace.json").read_text())["final_iteration"] == result.trace.final_iteration
 
 

@@ -153,6 +153,22 @@ def test_generate_one_string_per_request_and_batch_equals_single(vlm, images):
     assert vlm.generate([], [], 4) == []
 
 
+def test_sampling_draws_each_row_from_its_own_seed(vlm, images):
+    """temperature > 0: each request samples from its own seeded stream, so its answer depends on
+    its seed and not on the batch; temperature 0 is greedy whatever the seeds."""
+    prompts = [PROMPT_A, PROMPT_B, PROMPT_A]
+    seeds = [11, 12, 13]
+    batch = vlm.generate(images, prompts, 8, temperature=1.0, seeds=seeds)
+    assert batch == vlm.generate(images, prompts, 8, temperature=1.0, seeds=seeds)
+    assert batch == [vlm.generate([im], [p], 8, temperature=1.0, seeds=[s])[0] for im, p, s in zip(images, prompts, seeds)]
+    others = [vlm.generate(images, prompts, 8, temperature=1.0, seeds=[s + 100 * k for s in seeds]) for k in (1, 2)]
+    assert any(o != batch for o in others)  # another seed, another draw
+    greedy = vlm.generate(images, prompts, 8)
+    assert greedy != batch and vlm.generate(images, prompts, 8, temperature=0.0, seeds=[1, 2, 3]) == greedy
+    with pytest.raises(ValueError, match="one seed per prompt"):
+        vlm.generate(images, prompts, 8, temperature=0.5)
+
+
 def test_score_finite_negative_and_answer_dependent(vlm, images):
     s = vlm.score(images[:2] * 2, [PROMPT_A] * 4, ["frog", "frog", "seahorse, coral reef", "tree"])
     assert s.dtype == np.float32 and s.shape == (4,)

@@ -131,6 +131,21 @@ def test_generate_equals_transformers_in_one_call(engine, hf, images, engine_cal
 
 
 @needs_vllm
+def test_sampling_uses_one_seed_per_request(vlm, images, engine_calls):
+    """temperature > 0: vLLM's per-request seed, so an answer depends on its seed, not its batch."""
+    imgs = images + images[:1]
+    prompts = [PROMPT_A, PROMPT_B, PROMPT_A, PROMPT_B]
+    seeds = [3, 4, 5, 6]
+    got = vlm.generate(imgs, prompts, 8, temperature=1.0, seeds=seeds)
+    assert got == vlm.generate(imgs, prompts, 8, temperature=1.0, seeds=seeds)
+    assert got[2:] == vlm.generate(imgs[2:], prompts[2:], 8, temperature=1.0, seeds=seeds[2:])
+    assert any(vlm.generate(imgs, prompts, 8, temperature=1.0, seeds=[s + 50 * k for s in seeds]) != got for k in (1, 2))
+    assert got != vlm.generate(imgs, prompts, 8)
+    with pytest.raises(ValueError, match="one seed per prompt"):
+        vlm.generate(imgs, prompts, 8, temperature=1.0)
+
+
+@needs_vllm
 def test_score_equals_transformers_in_one_call(vlm, hf, images, engine_calls):
     imgs = images * 2
     prompts = [PROMPT_A, PROMPT_B, PROMPT_A, PROMPT_B, PROMPT_A, PROMPT_A]
