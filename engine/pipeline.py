@@ -54,6 +54,12 @@ def ask(call: ModelCall, tr: IterationTrace, clock: _Clock) -> Generator[ModelCa
     return reply.result
 
 
+def request_seed(cfg: EngineConfig, iteration: int, j: int = 0) -> int:
+    """The seed of an image's ``j``-th random request (inpainting noise, VLM sampling) in
+    ``iteration``: from ``cfg.seed`` alone, so a request does not depend on what else is in flight."""
+    return cfg.seed * 1_000_003 + iteration * 97 + j
+
+
 def contrast_views(
     image: np.ndarray,
     crops: list[np.ndarray],
@@ -87,7 +93,7 @@ def contrast_views(
         backs = ", ".join(dict.fromkeys(p.background for p, m in zip(proposals, to_remove) if m is not None and p.background))
         positive, negative = prompts.inpaint_prompts(fores or NO_NAME_FOREGROUND, backs or NO_NAME_BACKGROUND, cfg.task)
         whole = np.ascontiguousarray(np.clip(np.round(image), 0, 255).astype(np.uint8))
-        seed = cfg.seed * 1_000_003 + iteration * 97
+        seed = request_seed(cfg, iteration)
         (filled,) = yield from ask(
             Call.INPAINT.call(([whole], [union.astype(np.float32)], [positive], [negative], [seed])), tr, clock
         )
@@ -107,7 +113,7 @@ def contrast_views(
             [to_remove[j].astype(np.float32) for j in jobs],
             [t[0] for t in texts],
             [t[1] for t in texts],
-            [cfg.seed * 1_000_003 + iteration * 97 + j for j in jobs],
+            [request_seed(cfg, iteration, j) for j in jobs],
         )
         filled = yield from ask(Call.INPAINT.call(items), tr, clock)
         for j, out in zip(jobs, filled):
@@ -134,7 +140,7 @@ def propose(
     k = len(views)
     asks = [prompts.box_prompt(cfg.task)] * k + [prompts.name_prompt(cfg.task)] * k
     if cfg.temperature > 0:  # sampled: each request its own seeded stream, as the inpainting's
-        seeds = [cfg.seed * 1_000_003 + iteration * 97 + j for j in range(2 * k)]
+        seeds = [request_seed(cfg, iteration, j) for j in range(2 * k)]
         call = Call.GENERATE.call((crops + crops, asks, seeds), (cfg.max_new_tokens, cfg.temperature), ("seeds",))
     else:
         call = Call.GENERATE.call((crops + crops, asks), (cfg.max_new_tokens,))

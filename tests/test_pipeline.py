@@ -46,9 +46,9 @@ def test_two_images_two_iterations_all_real_backends(models):
                 "bottom_right",
             ]
             assert it.pick and it.pick_source
-            assert set(it.seconds) <= set(STAGES) and {"patches", "propose", "detect", "segment", "weight", "fuse"} <= set(
-                it.seconds
-            )
+            stages = {"patches", "detect", "segment", "weight", "fuse"} | ({"propose"} if i == 0 else set())
+            assert set(it.seconds) <= set(STAGES) and stages <= set(it.seconds)
+            assert it.answers_reused == (i > 0)  # greedy answers on the original views: asked once
             assert len(it.mask_weights) == 9
             assert abs(sum(it.mask_weights) - 1.0) < 1e-6 or sum(it.mask_weights) == 0
             if it.pick_source == "negative mining":
@@ -101,13 +101,14 @@ def test_step6_a_name_first_seen_after_an_iteration_without_mining_starts_at_eps
     models = scripted_models(world)
     generate, calls = models.vlm.generate, []
 
-    def first_iteration_sees_only_frogs(images, prompts, max_new_tokens):
+    def first_iteration_sees_only_frogs(images, prompts, max_new_tokens, temperature=0.0, seeds=None):
         calls.append(1)
-        answers = generate(images, prompts, max_new_tokens)
+        answers = generate(images, prompts, max_new_tokens, temperature, seeds)
         return [re.sub("snake", "frog", a, flags=re.IGNORECASE) for a in answers] if len(calls) == 1 else answers
 
     models.vlm.generate = first_iteration_sees_only_frogs
-    r = run(scene.image, models, EngineConfig(iterations=2))
+    # sampled: the VLM is asked again in iteration 2 (greedy answers on the original views are not)
+    r = run(scene.image, models, EngineConfig(iterations=2, temperature=0.1))
     one, two = r.trace.iterations
     assert one.candidates == ["frog"] and one.pick_source == "only candidate"
     assert set(two.candidates) == {"frog", "snake"} and two.pick_source == "negative mining"
@@ -164,6 +165,7 @@ def test_the_vlm_and_the_inpainter_see_the_original_image():
     """SPEC step 10: from iteration 2 the VLM (generate and score) and the inpainter see the
     original image X, the detector, Spatial CLIP and SAM the reweighted X_i; ``vlm_image:
     reweighted`` shows X_i to all of them."""
+    from int_engine import patches
     from int_engine.pipeline import run
     from int_engine.testing import scripted_models
     from int_engine.testing.recorder import Recorder
@@ -174,12 +176,15 @@ def test_the_vlm_and_the_inpainter_see_the_original_image():
         run(scene.image, rec.wrapped(), EngineConfig(iterations=2, vlm_image=setting))
         whole = lambda call: call.args[0][0]  # noqa: E731 - the first request's image (the whole view)
         gen, det, inp = rec.of("vlm", "generate"), rec.of("detector", "detect"), rec.of("inpainter", "inpaint")
+        score = rec.of("vlm", "score")
         assert not np.array_equal(whole(det[0]), whole(det[1]))  # X_2 differs from X_1 = X
         assert np.array_equal(whole(det[0]), scene.image)
-        if setting == "original":
-            assert np.array_equal(whole(gen[1]), scene.image) and np.array_equal(whole(inp[-1]), scene.image)
-        else:
-            assert np.array_equal(whole(gen[1]), whole(det[1])) and np.array_equal(whole(inp[-1]), whole(det[1]))
+        seen = scene.image if setting == "original" else whole(det[1])  # what iteration 2's VLM and inpainter see
+        assert np.array_equal(whole(gen[-1]), scene.image if setting == "original" else seen)
+        assert np.array_equal(whole(inp[-1]), seen)
+        before = score[-1].args[0][: len(score[-1].args[0]) // 2]  # iteration 2's rows on X_k, before removal
+        crops = [patches.crop(seen, v) for v in patches.views(*seen.shape[:2], EngineConfig().splits)]
+        assert before and all(any(np.array_equal(im, c) for c in crops) for im in before)
 
 
 def test_sampled_answers_follow_the_seed():
