@@ -104,6 +104,7 @@ def test_detector_bfloat16_runs_under_autocast_with_float32_weights(tiny_zoo, sc
     h, w = scene.shape[:2]
     assert (db.boxes[:, [0, 2]] >= -1e-3).all() and (db.boxes[:, [0, 2]] <= w + 1e-3).all()
     assert (db.boxes[:, [1, 3]] >= -1e-3).all() and (db.boxes[:, [1, 3]] <= h + 1e-3).all()
-    # the first convolution sees the same pixels in both: bfloat16 rounding only (relative ~1e-2)
+    # the first convolution sees the same pixels in both: bfloat16 rounding only (measured 0.0033
+    # relative on a CPU with native avx512_bf16)
     rel = (outs["a"] - outs["b"]).norm() / outs["a"].norm()
     assert float(rel) < 0.02
