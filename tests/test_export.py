@@ -33,8 +33,9 @@ from int_engine.export import (  # noqa: E402
     read_manifest,
     trt_engine,  # noqa: E402
 )
-from int_engine.export.onnx_sam import decoder_example  # noqa: E402
-from int_engine.export.onnx_sd import sd_examples  # noqa: E402
+from int_engine.export.onnx_io import export_onnx  # noqa: E402
+from int_engine.export.onnx_sam import decoder_example, encoder_example, export_sam  # noqa: E402
+from int_engine.export.onnx_sd import export_sd, sd_examples  # noqa: E402
 from int_engine.export.runtime import providers_for  # noqa: E402
 from int_engine.export.sam_runtime import GraphDecoder  # noqa: E402
 from int_engine.export.sd_runtime import GraphUNet, GraphVae  # noqa: E402
@@ -290,10 +291,66 @@ def test_bad_runtime_and_missing_artifacts(tiny_zoo, tmp_path):
         export_models(tiny_zoo, "tflite", tmp_path)
 
 
+def _provider_names(providers: list) -> list[str]:
+    return [p if isinstance(p, str) else p[0] for p in providers]
+
+
 def test_onnxruntime_providers_end_with_cpu():
     assert providers_for("cpu") == ["CPUExecutionProvider"]
-    gpu = providers_for("cuda")
+    gpu = _provider_names(providers_for("cuda"))
     assert gpu[-1] == "CPUExecutionProvider" and set(gpu) <= set(ort.get_available_providers())
+
+
+def test_onnx_runtime_on_cuda_is_cuda_then_cpu_never_onnxruntimes_tensorrt(monkeypatch):
+    # as onnxruntime-gpu built with TensorRT lists them
+    everything = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: everything)
+    assert providers_for("cuda") == [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+    assert providers_for(torch.device("cuda", 1)) == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    assert providers_for("cpu") == ["CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CPUExecutionProvider"])
+    assert providers_for("cuda:0") == ["CPUExecutionProvider"]
+
+
+# -- example inputs follow the module's device ------------------------------------------------------
+
+
+def test_example_builders_take_a_device(sams, sds):
+    sam, pipe = sams[0].sam, sds[0].pipe
+    on_cpu = decoder_example(sam)
+    assert all(t.device.type == "cpu" for t in on_cpu + encoder_example(sam))  # the module's device
+    on_meta = decoder_example(sam, device="meta")
+    assert all(t.is_meta for t in on_meta + encoder_example(sam, device="meta"))
+    assert [t.shape for t in on_meta] == [t.shape for t in on_cpu]
+    explicit = decoder_example(sam, device=torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(explicit, on_cpu))  # the same values wherever asked
+    examples = sd_examples(pipe, size=32, device="meta")
+    assert all(t.is_meta for ts in examples.values() for t in ts)
+    assert all(t.device.type == "cpu" for ts in sd_examples(pipe, size=32).values() for t in ts)
+
+
+def test_export_traces_on_the_modules_device(tiny_zoo, tmp_path, monkeypatch):
+    """With the models on "meta" (standing in for "cuda": no CPU tensor can be mixed in), every
+    graph is traced with examples on that device."""
+    traced = {}
+
+    def record(module, args, path, **kwargs):
+        traced[Path(path).parent.name] = {t.device.type for t in args} | {p.device.type for p in module.parameters()}
+
+    monkeypatch.setattr(torch.onnx, "export", record)
+    sam = SamSegmenter.load(Path(tiny_zoo) / "segmenter").sam.to(torch.device("meta"))
+    export_sam(sam, Path(tiny_zoo) / "segmenter", tmp_path)
+    pipe = SDInpainter.load(Path(tiny_zoo) / "inpaint", **SD_OPTS).pipe
+    pipe.unet.to("meta")
+    pipe.vae.to("meta")
+    export_sd(pipe, Path(tiny_zoo) / "inpaint", tmp_path, size=32)
+    assert traced == {m: {"meta"} for ms in MODULES.values() for m in ms}
+
+
+def test_export_onnx_refuses_examples_off_the_modules_device(tmp_path):
+    module = torch.nn.Linear(2, 2).to("meta")
+    with pytest.raises(ModelLoadError, match=r"module is on meta but its example inputs are not: x on cpu"):
+        export_onnx(module, (torch.zeros(1, 2),), tmp_path / "m.onnx", ["x"], ["y"], {})
 
 
 # -- torch.compile and TensorRT ---------------------------------------------------------------------

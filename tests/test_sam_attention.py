@@ -57,3 +57,34 @@ def test_every_attention_is_switched_and_the_weights_keep_their_names():
     assert len(blocks) == arch.encoder_depth and all(type(m) is SdpaEncoderAttention for m in blocks)
     assert list(sam.mask_decoder.transformer.state_dict()) == list(plain.state_dict())
     assert use_sdpa(sam) == 0  # already switched: nothing left to do
+
+
+@pytest.mark.parametrize("cls, rel_pos", [(SdpaEncoderAttention, True), (SdpaEncoderAttention, False), (SdpaAttention, False)])
+def test_the_fused_kernel_gets_4d_tensors_and_a_bias_in_qs_dtype(cls, rel_pos, monkeypatch):
+    """The GPU's fused kernels (flash, memory-efficient, cuDNN) take only 4-D [B, heads, tokens, c]
+    inputs; with 3-D ones PyTorch runs the math kernel and materialises every score. The rel-pos
+    bias must be 4-D and in q's dtype for the memory-efficient and cuDNN kernels."""
+    import torch.nn.functional as F
+
+    from int_engine.backends import sam_attention
+
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        seen.append((q.dim(), k.dim(), v.dim(), None if attn_mask is None else (attn_mask.dim(), attn_mask.dtype, q.dtype)))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(sam_attention.F, "scaled_dot_product_attention", spy)
+    torch.manual_seed(0)
+    if cls is SdpaEncoderAttention:
+        m = image_encoder.Attention(48, num_heads=3, use_rel_pos=rel_pos, input_size=(4, 6)).to(torch.bfloat16).eval()
+        m.__class__ = cls
+        m(torch.randn(2, 4, 6, 48, dtype=torch.bfloat16))
+    else:
+        m = Attention(32, num_heads=4).to(torch.bfloat16).eval()
+        m.__class__ = cls
+        m(*torch.randn(3, 2, 5, 32, dtype=torch.bfloat16))
+    (dims,) = seen
+    assert dims[:3] == (4, 4, 4)
+    assert dims[3] == ((4, torch.bfloat16, torch.bfloat16) if rel_pos else None)

@@ -26,6 +26,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             device=args.device,
             precision=args.precision,
             max_batch=args.max_batch,
+            sam_batch_size=args.sam_batch_size,
+            sam_decode_batch=args.sam_decode_batch,
         )
     except IntEngineError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -86,7 +88,11 @@ def add_parsers(sub) -> None:
     export.add_argument("--roles", nargs="+", default=["segmenter", "inpaint"], choices=("segmenter", "inpaint"))
     export.add_argument("--device", default="cpu")
     export.add_argument("--precision", default="float16", help="TensorRT engine precision: float16 | bfloat16 | float32")
-    export.add_argument("--max-batch", type=int, default=8, help="largest batch the TensorRT profiles allow")
+    export.add_argument(
+        "--max-batch", type=int, help="TensorRT profiles: inpainting jobs per pass (the UNet's batch is twice it; default 8)"
+    )
+    export.add_argument("--sam-batch-size", type=int, help="TensorRT profiles: images per SAM encoder pass (default 4)")
+    export.add_argument("--sam-decode-batch", type=int, help="TensorRT profiles: prompts per SAM decoder pass (default 64)")
     export.set_defaults(func=cmd_export)
 
     sample = sub.add_parser("sample", help="write a synthetic camouflage scene")

@@ -9,7 +9,11 @@ One entry per artifact (``role``, ``module``, ``format``)::
      "source": {"path": "/models/segmenter", "sha256": "..."},
      "exported_at": "2026-01-01T00:00:00Z", "export_seconds": 3.2, "torch": "2.14.1"}
 
-A string in a shape is a dynamic axis. ``source.sha256`` is ``int_engine.models.zoo.checksum``
+A string in a shape is a dynamic axis. A "tensorrt" entry adds ``onnx`` (the float32 graph it
+came from), ``parsed_onnx`` (the graph TensorRT read: the same, or its float16/bfloat16 cast for
+TensorRT >= 11), ``tensorrt`` (the version that built it), ``strongly_typed``, ``axis_ranges``
+(``{axis: [min, opt, max]}``, from ``build.axis_ranges``: the batch bounds of its backend) and
+``profile`` (per input: its [min, opt, max] shapes). ``source.sha256`` is ``int_engine.models.zoo.checksum``
 of the role's model directory at export time: a backend refuses an artifact whose checkpoint
 has changed since (``require_artifact``). Exporting another format into the same folder keeps
 the other formats' entries, so one folder can hold ONNX graphs and TensorRT engines side by side.

@@ -20,7 +20,7 @@ from segment_anything.modeling import Sam
 
 from ..backends.sam_decode import PromptDecoder
 from .manifest import artifact_entry, source_info
-from .onnx_io import DEFAULT_OPSET, export_onnx
+from .onnx_io import DEFAULT_OPSET, export_onnx, module_device
 
 ROLE = "segmenter"
 ENCODER, DECODER = "image_encoder", "prompt_decoder"
@@ -42,33 +42,45 @@ class SamEncoderGraph(torch.nn.Module):
         return self.image_encoder(images)
 
 
-def decoder_example(sam: Sam, n: int = 2, p: int = 3) -> tuple[torch.Tensor, ...]:
+def encoder_example(sam: Sam, n: int = 2, device: str | torch.device | None = None) -> tuple[torch.Tensor]:
+    """Example encoder input: ``n`` float32 images [n, 3, S, S] on ``device`` (None: the image
+    encoder's device), the same values on every device."""
+    s = sam.image_encoder.img_size
+    gen = torch.Generator().manual_seed(0)
+    return (torch.randn(n, 3, s, s, generator=gen).to(device or module_device(sam.image_encoder)),)
+
+
+def decoder_example(sam: Sam, n: int = 2, p: int = 3, device: str | torch.device | None = None) -> tuple[torch.Tensor, ...]:
     """Example decoder inputs (n prompts of p points, each against its own image embedding, no
-    mask), for export and tests."""
+    mask), for export and tests, on ``device`` (None: the prompt encoder's device): embeddings
+    [n, C, g, g], coords [n, p, 2], labels [n, p], mask [1, 1, 4g, 4g], has_mask [1]."""
     c = sam.prompt_encoder.embed_dim
     g = sam.prompt_encoder.image_embedding_size
+    # Drawn on the CPU (a generator belongs to one device), then moved: the same values anywhere.
     gen = torch.Generator().manual_seed(0)
-    return (
+    example = (
         torch.randn(n, c, *g, generator=gen),
         torch.rand(n, p, 2, generator=gen) * sam.image_encoder.img_size,
         torch.randint(-1, 4, (n, p), generator=gen).float(),
         torch.zeros(1, 1, 4 * g[0], 4 * g[1]),
         torch.zeros(1),
     )
+    device = device or module_device(sam.prompt_encoder)
+    return tuple(t.to(device) for t in example)
 
 
 def export_sam(sam: Sam, model_dir: Path, out_dir: Path, opset: int = DEFAULT_OPSET) -> list[dict[str, Any]]:
     """Write ``segmenter/image_encoder/model.onnx`` and ``segmenter/prompt_decoder/model.onnx``
-    under ``out_dir`` from the float32 ``sam`` loaded from ``model_dir``; returns their manifest entries."""
+    under ``out_dir`` from the float32 ``sam`` loaded from ``model_dir``; returns their manifest entries.
+    The examples are traced on ``sam``'s device."""
     sam = sam.float().eval()
     source = source_info(model_dir)
-    s = sam.image_encoder.img_size
     entries = []
     specs = [
         (
             ENCODER,
             SamEncoderGraph(sam),
-            (torch.randn(2, 3, s, s),),
+            encoder_example(sam),
             ENCODER_IO,
             {"images": {0: "batch"}, "image_embeddings": {0: "batch"}},
         ),

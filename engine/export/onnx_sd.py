@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .manifest import artifact_entry, source_info
-from .onnx_io import DEFAULT_OPSET, export_onnx
+from .onnx_io import DEFAULT_OPSET, export_onnx, module_device
 
 ROLE = "inpaint"
 UNET, VAE_ENCODER, VAE_DECODER = "unet", "vae_encoder", "vae_decoder"
@@ -61,22 +61,32 @@ class VaeDecoderGraph(torch.nn.Module):
         return self.decoder(z)
 
 
-def sd_examples(pipe, size: int | None = None, batch: int = 2) -> dict[str, tuple[torch.Tensor, ...]]:
+def sd_examples(
+    pipe, size: int | None = None, batch: int = 2, device: str | torch.device | None = None
+) -> dict[str, tuple[torch.Tensor, ...]]:
     """Example float32 inputs of the three graphs at a ``size`` x ``size`` working square
-    (default: the checkpoint's native size), for export and tests."""
+    (default: the checkpoint's native size), for export and tests: the UNet's sample
+    [batch, 9, h, h], timestep [1], text states [batch, 77, D]; the VAE encoder's image
+    [1, 3, size, size]; the VAE decoder's latents [1, 4, h, h]. On ``device``, or where None,
+    on the device of the module each feeds (the UNet's, the VAE's); the same values anywhere."""
     f = pipe.vae_scale_factor
     size = size or int(pipe.unet.config.sample_size) * f
     h = size // f
+    # Drawn on the CPU (a generator belongs to one device), then moved.
     gen = torch.Generator().manual_seed(0)
     latent_c = pipe.vae.config.latent_channels
+    unet_at, vae_at = (device or module_device(m) for m in (pipe.unet, pipe.vae))
+    unet = (
+        torch.randn(batch, pipe.unet.config.in_channels, h, h, generator=gen),
+        torch.tensor([500.0]),
+        torch.randn(batch, TEXT_LENGTH, pipe.unet.config.cross_attention_dim, generator=gen),
+    )
+    image = torch.rand(1, 3, size, size, generator=gen) * 2 - 1
+    latents = torch.randn(1, latent_c, h, h, generator=gen)
     return {
-        UNET: (
-            torch.randn(batch, pipe.unet.config.in_channels, h, h, generator=gen),
-            torch.tensor([500.0]),
-            torch.randn(batch, TEXT_LENGTH, pipe.unet.config.cross_attention_dim, generator=gen),
-        ),
-        VAE_ENCODER: (torch.rand(1, 3, size, size, generator=gen) * 2 - 1,),
-        VAE_DECODER: (torch.randn(1, latent_c, h, h, generator=gen),),
+        UNET: tuple(t.to(unet_at) for t in unet),
+        VAE_ENCODER: (image.to(vae_at),),
+        VAE_DECODER: (latents.to(vae_at),),
     }
 
 
@@ -86,6 +96,7 @@ def export_sd(pipe, model_dir: Path, out_dir: Path, opset: int = DEFAULT_OPSET, 
 
     Batch and spatial axes are dynamic; h and w must stay multiples of the UNet's total
     downsampling (2 ** (len(block_out_channels) - 1)), as for the eager UNet at its fast path.
+    The examples are traced on the device of the modules.
     """
     source = source_info(model_dir)
     examples = sd_examples(pipe, size)

@@ -2,7 +2,7 @@
 
 Runners take and give torch tensors, so that the backends' torch code around them is the
 eager path's. ``OrtRunner`` uses onnxruntime with the best execution provider present for
-the device (TensorRT, then CUDA, then CPU on a GPU; CPU otherwise). ``TrtRunner`` (in
+the device (CUDA, then CPU on a GPU; CPU otherwise: ``providers_for``). ``TrtRunner`` (in
 ``trt_engine``) runs a TensorRT engine. ``compile_module`` is the ``torch.compile`` runtime.
 """
 
@@ -18,8 +18,9 @@ from ..errors import ConfigError, ModelLoadError
 from .manifest import require_artifact
 
 RUNTIMES = ("eager", "onnx", "tensorrt", "compile")
-# Which execution providers to try for a device kind, best first (those not installed are skipped).
-_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+# The execution providers runtime "onnx" tries on a GPU, best first (those not installed are
+# skipped). Not onnxruntime's TensorRT provider: see ``providers_for``.
+_GPU_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
 class Runner(Protocol):
@@ -37,15 +38,27 @@ def check_runtime(role: str, runtime: str, artifacts: str | Path | None) -> None
         raise ConfigError(f"{role}: runtime={runtime!r} needs artifacts=<export folder> (e.g. exported_models)")
 
 
-def providers_for(device: str | torch.device) -> list[str]:
-    """onnxruntime execution providers for ``device``: GPU ones first on CUDA (when the
-    installed onnxruntime has them, i.e. onnxruntime-gpu), CPU always last."""
+def providers_for(device: str | torch.device) -> list[str | tuple[str, dict[str, Any]]]:
+    """onnxruntime execution providers for runtime "onnx" on ``device``, as ``InferenceSession``
+    takes them: on CUDA, CUDA's provider on the device's index (when the installed onnxruntime has
+    it, i.e. onnxruntime-gpu), then CPU; CPU alone otherwise.
+
+    onnxruntime's TensorRT provider is left out on purpose, even where installed. Without an
+    engine cache it builds TensorRT engines at every session start and again at every new input
+    shape (minutes for SAM-H's encoder or the UNet, in the middle of serving), and its fp16/TF32
+    choices would make "onnx" drift from the float32 graphs it is checked against. TensorRT is
+    runtime "tensorrt": engines built once by ``int-engine export --format tensorrt``, with
+    profiles sized to the backends' batches, and run by ``TrtRunner``.
+    """
     import onnxruntime as ort
 
     available = set(ort.get_available_providers())
-    if torch.device(device).type == "cuda":
-        return [p for p in _GPU_PROVIDERS if p in available]
-    return ["CPUExecutionProvider"]
+    device = torch.device(device)
+    if device.type != "cuda":
+        return ["CPUExecutionProvider"]
+    # The CUDA provider runs on GPU 0 unless told otherwise; io_binding binds the device's index.
+    options = {"CUDAExecutionProvider": {"device_id": device.index or 0}}
+    return [(p, options[p]) if p in options else p for p in _GPU_PROVIDERS if p in available]
 
 
 # ONNX TensorProto element types -> numpy type strings (for __cuda_array_interface__)
@@ -86,7 +99,7 @@ class OrtRunner:
             raise ModelLoadError(f"onnx: cannot open {path}: {err}") from err
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.providers = self.session.get_providers()
+        self.providers = self.session.get_providers()  # names only, those the session took
 
     @property
     def io_binding(self) -> bool:
@@ -141,7 +154,16 @@ def open_runner(
         return OrtRunner(entry["path"], device)
     from .trt_engine import TrtRunner
 
-    return TrtRunner(entry["path"], device, role=role)
+    return TrtRunner(entry["path"], device, role=role, max_rows=profile_rows(entry))
+
+
+def profile_rows(entry: dict[str, Any]) -> int | None:
+    """The most rows (dim 0) a TensorRT artifact's profile accepts on its first input; None when
+    the entry has no profile or that axis is not dynamic."""
+    inputs, profile = entry.get("inputs") or [], entry.get("profile") or {}
+    if not inputs or not isinstance(inputs[0].get("shape", [None])[0], str) or inputs[0]["name"] not in profile:
+        return None
+    return int(profile[inputs[0]["name"]][2][0])
 
 
 def compile_options(role: str, artifacts: str | Path | None, model_dir: str | Path, modules: tuple[str, ...]) -> dict[str, Any]:

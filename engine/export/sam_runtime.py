@@ -18,7 +18,7 @@ from ..errors import ModelLoadError
 from ..models.zoo import checksum
 from .manifest import require_artifact
 from .onnx_sam import DECODER, DECODER_IO, ENCODER, ENCODER_IO, ROLE
-from .runtime import Runner, compile_module, compile_options, open_runner
+from .runtime import Runner, compile_module, compile_options, open_runner, profile_rows
 
 
 def open_sam_graphs(
@@ -37,8 +37,8 @@ def open_sam_graphs(
             f"(`int-engine export --format {runtime} --out {artifacts}`)"
         )
     dec = open_runner(ROLE, DECODER, runtime, artifacts, model_dir, device, sha)
-    profile = entry.get("profile", {}).get(DECODER_IO[0][0])  # TensorRT: [min, opt, max] shapes
-    return GraphEncoder(enc), GraphDecoder(dec, max_prompts=profile[2][0] if profile else None)
+    # A TensorRT profile's bound on prompts: the backend then decodes in passes that fit it.
+    return GraphEncoder(enc), GraphDecoder(dec, max_prompts=profile_rows(entry))
 
 
 def compile_sam(sam: Sam, artifacts: str | Path | None, model_dir: Path) -> tuple[torch.nn.Module, torch.nn.Module]:
