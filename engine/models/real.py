@@ -1,6 +1,6 @@
 """The paper's five checkpoints at their real sizes, without their weights.
 
-``models/real/<role>.json`` holds each checkpoint's architecture as data (the public
+``models/real_configs/<role>.json`` holds each checkpoint's architecture as data (the public
 ``config.json`` fields of llava-hf/llava-1.5-13b-hf, stable-diffusion-2-inpainting's UNet, VAE
 and text encoder, SAM's vit_h, IDEA-Research/grounding-dino-base, and open_clip's ViT-B-16 with
 OpenAI's QuickGELU; written down by us). ``build(role)`` makes the role's modules from it with
@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).parent / "real"
+ROOT = Path(__file__).parent / "real_configs"
 ROLES = ("vlm", "inpaint", "detector", "segmenter", "clip")
 
 
