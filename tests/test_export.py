@@ -195,6 +195,14 @@ def _sam_requests() -> list[SegmentRequest]:
     return reqs
 
 
+def test_the_onnx_backend_does_not_keep_the_eager_encoders_weights(sams):
+    """The graph replaces SAM's eager image encoder, so its weights are not held beside it."""
+    eager, onnx = sams
+    assert all(p.is_meta for p in onnx.sam.image_encoder.parameters())
+    assert not any(p.is_meta for p in eager.sam.image_encoder.parameters())
+    assert not any(p.is_meta for p in onnx.sam.mask_decoder.parameters())  # postprocessing stays real
+
+
 @pytest.mark.parametrize("multimask", [False, True])
 def test_sam_backend_onnx_equals_eager(sams, multimask):
     eager, onnx = sams

@@ -269,6 +269,9 @@ class SamSegmenter:
             encoder, decoder = open_sam_graphs(sam, runtime, artifacts, pth.parent, device)
             if decoder.max_prompts is not None:  # a TensorRT profile's upper bound
                 decode_batch = min(decode_batch, decoder.max_prompts)
+            # the graph replaces the eager encoder: its weights (2.5 GB for vit_h in float32) go
+            # on meta, keeping the attributes the backend reads (image size, dtype)
+            sam.image_encoder.to("meta")
         elif runtime == "compile":
             from ..export.sam_runtime import compile_sam
 
