@@ -148,6 +148,14 @@ class ModelCall:
         return self.kind.label
 
 
+@dataclass
+class Reply:
+    """A call's result, and the seconds of model time the image is charged for it (its share of the batch)."""
+
+    result: Any
+    seconds: float
+
+
 def mine(
     s_before: "torch.Tensor", s_after: "torch.Tensor", history: "torch.Tensor", eps: float
 ) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:

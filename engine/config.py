@@ -53,9 +53,18 @@ class RoleConfig:
     dtype: str | None = None
 
 
+# What dtype "auto" is on each kind of device: float16 on CUDA (LLaVA-1.5-13B is 26.7 GB there,
+# 53.4 GB in float32; GroundingDINO keeps float32 weights and runs under autocast), float32
+# elsewhere (CPUs lack fast half-precision kernels).
+AUTO_DTYPES = {"cuda": "float16"}
+AUTO_DTYPE_ELSEWHERE = "float32"
+
+
 @dataclass
 class ModelsConfig:
-    """One RoleConfig per role. A role without a path is looked up as ``<models_dir>/<role>``."""
+    """One RoleConfig per role. A role without a path is looked up as ``<models_dir>/<role>``.
+    ``dtype`` "auto" (the default) is each role's device's dtype (``AUTO_DTYPES``): float16 on
+    CUDA, float32 on CPU; a dtype set here or on a role wins."""
 
     vlm: RoleConfig = field(default_factory=lambda: RoleConfig("hf"))
     inpaint: RoleConfig = field(default_factory=lambda: RoleConfig("sd"))
@@ -63,7 +72,7 @@ class ModelsConfig:
     segmenter: RoleConfig = field(default_factory=lambda: RoleConfig("sam"))
     clip: RoleConfig = field(default_factory=lambda: RoleConfig("open_clip"))
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str = "auto"
 
     def role(self, name: str) -> RoleConfig:
         if name not in ROLES:
@@ -75,13 +84,27 @@ class ModelsConfig:
         return self.role(name).device or self.device
 
     def dtype_of(self, name: str) -> str:
-        """The dtype role ``name`` runs in: its own ``dtype``, else ``models.dtype``."""
-        return self.role(name).dtype or self.dtype
+        """The dtype role ``name`` runs in: its own ``dtype``, else ``models.dtype``; "auto" is
+        resolved by the role's device (``auto_dtype``)."""
+        dtype = self.role(name).dtype or self.dtype
+        return auto_dtype(self.device_of(name)) if dtype == "auto" else dtype
 
     @property
     def sync_device(self) -> str:
         """ "cuda" when any role runs on a CUDA device (timers then synchronise the GPU), else "cpu"."""
-        return "cuda" if any(self.device_of(r).startswith("cuda") for r in ROLES) else "cpu"
+        return "cuda" if self.cuda_devices else "cpu"
+
+    @property
+    def cuda_devices(self) -> tuple[str, ...]:
+        """The distinct CUDA devices the roles run on, in role order ("cuda:0", "cuda:1"; plain
+        "cuda" is the current device): what a timer synchronises (``trace.cuda_sync``), each of
+        them, since a role on another GPU queues its work on that GPU's streams."""
+        return tuple(dict.fromkeys(d for d in map(self.device_of, ROLES) if d.startswith("cuda")))
+
+
+def auto_dtype(device: str) -> str:
+    """What dtype "auto" means on ``device``: float16 on CUDA, float32 elsewhere (``AUTO_DTYPES``)."""
+    return AUTO_DTYPES.get(device.split(":", 1)[0], AUTO_DTYPE_ELSEWHERE)
 
 
 @dataclass

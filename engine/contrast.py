@@ -47,23 +47,38 @@ def contrast_masks(
 
 
 def score_rows(
-    crops: list[np.ndarray], contrasts: list[np.ndarray | None], candidates: list[str]
-) -> tuple[list[int], list[np.ndarray], list[str]]:
+    crops: list[np.ndarray], contrasts: list[np.ndarray | None], candidates: list[str], known: dict | None = None
+) -> tuple[list[int], list[np.ndarray], list[str], list[tuple[int, str]]]:
     """The rows of step 4's one scoring call: every view with a contrast image × {before,
-    after} × every candidate. Returns the active views, the row images and row answers."""
+    after} × every candidate, less the before-rows whose score is in ``known`` ((view, candidate)
+    -> s(c | X_k): the same view and answer scored in an earlier iteration, which the VLM would
+    score the same). Returns the active views, the row images, the row answers and the
+    (view, candidate) of the before-rows asked, which come first."""
+    known = known or {}
     active = [j for j in range(len(crops)) if contrasts[j] is not None]
-    images = [crops[j] for j in active for _ in candidates] + [contrasts[j] for j in active for _ in candidates]
-    return active, images, candidates * (2 * len(active))
+    asked = [(j, c) for j in active for c in candidates if (j, c) not in known]
+    images = [crops[j] for j, _ in asked] + [contrasts[j] for j in active for _ in candidates]
+    return active, images, [c for _, c in asked] + candidates * len(active), asked
 
 
-def score_tensors(n_views: int, active: list[int], candidates: list[str], s: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """s(c | X_k) and s(c | X'_k) as float64 [1, K, C]; views without contrast all -inf (padded)."""
+def score_tensors(
+    n_views: int,
+    active: list[int],
+    candidates: list[str],
+    s: np.ndarray,
+    asked: list[tuple[int, str]],
+    known: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """s(c | X_k) and s(c | X'_k) as float64 [1, K, C]; views without contrast all -inf (padded).
+    ``s``: the scores of ``score_rows``' rows; the before-scores not asked come from ``known``,
+    and those asked are added to it."""
+    known = {} if known is None else known
+    s = np.asarray(s, np.float64)
+    known.update(zip(asked, s[: len(asked)].tolist()))
     c = len(candidates)
     before = torch.full((1, n_views, c), float("-inf"), dtype=torch.float64)
     after = before.clone()
     if active:
-        s = torch.as_tensor(np.asarray(s), dtype=torch.float64)
-        half = len(active) * c
-        before[0, active] = s[:half].reshape(len(active), c)
-        after[0, active] = s[half:].reshape(len(active), c)
+        before[0, active] = torch.tensor([[known[(j, name)] for name in candidates] for j in active], dtype=torch.float64)
+        after[0, active] = torch.as_tensor(s[len(asked) :], dtype=torch.float64).reshape(len(active), c)
     return before, after

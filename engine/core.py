@@ -21,8 +21,8 @@ from typing import Callable
 from .config import EngineConfig
 from .errors import IntEngineError
 from .log import get_logger
-from .pipeline import Result
 from .protocols import Models
+from .result import Result
 from .scheduler import Scheduler, Steps
 
 log = get_logger("core")

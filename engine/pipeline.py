@@ -10,48 +10,23 @@ per request. All three run exactly these steps.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Generator
+from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
 import torch
 
 from . import contrast, fuse, masks, patches, prompts
-from .calls import Call, ModelCall, mine_call, run_model
+from .calls import Call, ModelCall, Reply, mine_call, run_model
 from .config import EngineConfig
 from .io import LoadedImage, clear_padding, crop_to_region, pad_to_aspect, padding_note, to_original_size
 from .mining import NameWeights, view_gains
 from .protocols import Models
 from .result import Result
-from .trace import ImageTrace, IterationTrace, call_range, cuda_sync
+from .trace import Clock, ImageTrace, IterationTrace, ask, call_range, cuda_sync
 
 NO_NAME_FOREGROUND = "object"
 NO_NAME_BACKGROUND = "background"
 Steps = Generator[ModelCall, "Reply", Any]
-
-
-@dataclass
-class Reply:
-    """A call's result, and the seconds of model time this image is charged for it."""
-
-    result: Any
-    seconds: float
-
-
-class _Clock:
-    """Charges the steps' own compute to the stage of the call it prepares."""
-
-    def __init__(self) -> None:
-        self.mark = time.perf_counter()
-
-
-def ask(call: ModelCall, tr: IterationTrace, clock: _Clock) -> Generator[ModelCall, Reply, Any]:
-    now = time.perf_counter()
-    tr.seconds[call.stage] = tr.seconds.get(call.stage, 0.0) + now - clock.mark
-    reply = yield call
-    tr.seconds[call.stage] += reply.seconds
-    clock.mark = time.perf_counter()
-    return reply.result
 
 
 def request_seed(cfg: EngineConfig, iteration: int, j: int = 0) -> int:
@@ -69,7 +44,7 @@ def contrast_views(
     cfg: EngineConfig,
     iteration: int,
     tr: IterationTrace,
-    clock: _Clock,
+    clock: Clock,
 ) -> Generator[ModelCall, Reply, list[np.ndarray | None]]:
     """X'_k of eq 4 for every view (uint8 [h_k, w_k, 3]), None where nothing is removed.
 
@@ -127,7 +102,7 @@ def propose(
     cfg: EngineConfig,
     iteration: int,
     tr: IterationTrace,
-    clock: _Clock,
+    clock: Clock,
     earlier: list[prompts.ViewProposal] | None = None,
 ) -> Generator[ModelCall, Reply, list[prompts.ViewProposal]]:
     """Step 2 (eq 2): P_B and P_A for every view in one generate call; each view's proposal.
@@ -158,10 +133,12 @@ def select_name(
     cfg: EngineConfig,
     iteration: int,
     tr: IterationTrace,
-    clock: _Clock,
+    clock: Clock,
+    known: dict | None = None,
 ) -> Generator[ModelCall, Reply, str]:
     """Steps 3-6 (eq 3-7): A_i^u, the candidate whose removal moves the VLM most, accumulated over
-    iterations. ``image`` / ``crops``: what the VLM and the inpainter see."""
+    iterations. ``image`` / ``crops``: what the VLM and the inpainter see; ``known``: the scores
+    s(c | X_k) of earlier iterations on the same views, (view, candidate) -> s (``score_rows``)."""
     candidates = prompts.candidate_list(proposals)
     weights.observe(candidates)  # every iteration counts for W's start value (eq 6-7)
     tr.candidates = list(candidates)
@@ -175,11 +152,12 @@ def select_name(
     to_remove = contrast.contrast_masks(views, proposals, previous, cfg)
     contrasts = yield from contrast_views(image, crops, views, proposals, to_remove, cfg, iteration, tr, clock)
     # step 4 (eq 3): one scoring call for all views x {before, after} x candidates
-    active, rows, row_answers = contrast.score_rows(crops, contrasts, candidates)
+    active, rows, row_answers, asked = contrast.score_rows(crops, contrasts, candidates, known)
     s = np.zeros(0)
     if rows:
         s = yield from ask(Call.SCORE.call((rows, [prompts.name_prompt(cfg.task)] * len(rows), row_answers)), tr, clock)
-    s_before, s_after = contrast.score_tensors(len(views), active, candidates, s)
+    s_before, s_after = contrast.score_tensors(len(views), active, candidates, s, asked, known)
+    tr.before_scores_reused = len(active) * len(candidates) - len(asked)
     # steps 5-6 (eq 5-7)
     history = weights.history(candidates) if cfg.pnm else torch.ones((1, len(candidates)), dtype=torch.float64)
     index, scores, new_history = (yield from ask(mine_call(s_before, s_after, history, cfg.eps), tr, clock))[0]
@@ -203,7 +181,7 @@ def prompt_boxes(
     pick: str,
     cfg: EngineConfig,
     tr: IterationTrace,
-    clock: _Clock,
+    clock: Clock,
 ) -> Generator[ModelCall, Reply, list[np.ndarray]]:
     """Step 7 (eq 8): the boxes each view's SAM call gets, float32 [N_k, 4] in view pixels
     (``box_source``: GroundingDINO on every view, the VLM's own box, or none)."""
@@ -228,7 +206,7 @@ def segment_views(
     backgrounds: list[str],
     cfg: EngineConfig,
     tr: IterationTrace,
-    clock: _Clock,
+    clock: Clock,
 ) -> Generator[ModelCall, Reply, list[np.ndarray]]:
     """Step 8 (eq 9): Spatial CLIP's points on every view, then SAM with those points and the
     view's boxes. Returns each view's probability, float32 [h_k, w_k]."""
@@ -249,7 +227,7 @@ def weigh_masks(
     size: tuple[int, int],
     cfg: EngineConfig,
     tr: IterationTrace,
-    clock: _Clock,
+    clock: Clock,
 ) -> Generator[ModelCall, Reply, tuple[np.ndarray, np.ndarray]]:
     """Step 9 (eq 10-11): CLIP weighs the views' masks. Returns the iteration's soft map M_i
     (float32 [H, W] in [0, 1]) and segmentation M_i^bin (bool [H, W])."""
@@ -288,8 +266,8 @@ def iteration_steps(
     """One iteration of INT: X the ``original`` image and X_i the reweighted ``image`` (float32
     [H, W, 3] in 0..255), M_{i-1} the previous soft map or None. Returns M_i (float32 [H, W]) and
     M_i^bin (bool [H, W]). ``memory`` carries what later iterations of the image may reuse (the
-    VLM's greedy proposals on the original views: the same requests, the same answers)."""
-    clock = _Clock()
+    VLM's greedy proposals and its scores on the original views: the same requests, the same answers)."""
+    clock = Clock()
     h, w = image.shape[:2]
     views = patches.views(h, w, cfg.active_splits)
     crops = patches.uint8_crops(image, views)  # X_i^k: detection, Spatial CLIP, SAM and CLIP see these
@@ -298,11 +276,15 @@ def iteration_steps(
     tr.seconds["patches"] = time.perf_counter() - clock.mark
     clock.mark = time.perf_counter()
 
-    reusable = memory is not None and cfg.temperature == 0 and seen is original
+    # the VLM sees the same original views in every iteration: what it answered (greedy) and what
+    # it scored on them (teacher forced) holds for later iterations
+    same_views = memory is not None and seen is original
+    reusable = same_views and cfg.temperature == 0
     proposals = yield from propose(seen_crops, views, cfg, iteration, tr, clock, memory.get("proposals") if reusable else None)
     if reusable:
         memory["proposals"] = proposals
-    pick = yield from select_name(seen, seen_crops, views, proposals, previous_mask, weights, cfg, iteration, tr, clock)
+    known = memory.setdefault("before_scores", {}) if same_views else None
+    pick = yield from select_name(seen, seen_crops, views, proposals, previous_mask, weights, cfg, iteration, tr, clock, known)
     tr.pick = pick
     tr.views = [p.record(v) for v, p in zip(views, proposals)]
     boxes = yield from prompt_boxes(crops, views, proposals, pick, cfg, tr, clock)  # step 7
@@ -374,8 +356,11 @@ def image_steps(
     return Result(soft_full, binary, softs, trace, segmentations)
 
 
-def drive(steps: Steps, models: Models, execute: Callable[[Models, ModelCall], Any] = run_model, device: str = "cpu") -> Any:
-    """Run a step generator to completion, executing each call as it comes."""
+def drive(
+    steps: Steps, models: Models, execute: Callable[[Models, ModelCall], Any] = run_model, device: str | Sequence[str] = "cpu"
+) -> Any:
+    """Run a step generator to completion, executing each call as it comes; ``device``: the
+    device(s) whose queued work each call's timer waits for (``trace.cuda_sync``)."""
     try:
         call = next(steps)
         while True:
@@ -398,7 +383,7 @@ def run(
     conversions: tuple[str, ...] = (),
 ) -> Result:
     """INT on one image, eagerly: the reference every other driver must match."""
-    return drive(image_steps(image, cfg, source, original_size, conversions), models, device=cfg.models.sync_device)
+    return drive(image_steps(image, cfg, source, original_size, conversions), models, device=cfg.models.cuda_devices)
 
 
 def segment_image(image: LoadedImage, models: Models, cfg: EngineConfig) -> Result:

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 from . import mining
-from .calls import ModelCall, concat, run_model, split
+from .calls import ModelCall, Reply, concat, run_model, split
 from .config import EngineConfig
 from .memory import trim_heap
-from .pipeline import Reply, Result
 from .protocols import Models
+from .result import Result
 from .trace import call_range, cuda_sync
 
 # The tick order is ``calls.Call``'s member order (``ModelCall.kind.rank``): declared there once.
@@ -169,8 +169,8 @@ class Scheduler:
 
     def _run_group(self, jobs: list[_Job]) -> list[tuple[_Job, Reply | Exception]]:
         first = jobs[0].call
-        device = self.config.models.sync_device
-        cuda_sync(device)
+        devices = self.config.models.cuda_devices  # every GPU a role uses, not the current one only
+        cuda_sync(devices)
         t0 = time.perf_counter()
         try:
             if first.kind.field is None:  # negative mining: no model, one fused launch for the tick
@@ -188,7 +188,7 @@ class Scheduler:
                 with call_range(merged):
                     results = split(self.execute(self.models, merged), [j.call.size for j in jobs])
                 self.stats.count(merged)
-            cuda_sync(device)
+            cuda_sync(devices)
         except Exception:
             if len(jobs) == 1:
                 raise

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Generator, Iterator, Sequence
 
 import torch
+
+if TYPE_CHECKING:
+    from .calls import ModelCall, Reply
 
 STAGES = ("patches", "propose", "inpaint", "score", "mine", "detect", "segment", "weight", "fuse")
 
@@ -17,6 +21,7 @@ class IterationTrace:
 
     iteration: int
     views: list[dict[str, Any]] = field(default_factory=list)
+    before_scores_reused: int = 0  # step 4's s(c | X_k) taken from an earlier iteration (same view, same answer)
     answers_reused: bool = False  # step 2's answers are iteration 1's: the same greedy requests on the original views
     candidates: list[str] = field(default_factory=list)
     view_picks: list[str | None] = field(default_factory=list)
@@ -56,6 +61,24 @@ class ImageTrace:
         return asdict(self)
 
 
+class Clock:
+    """Charges the steps' own compute (between model calls) to the stage of the call it prepares."""
+
+    def __init__(self) -> None:
+        self.mark = time.perf_counter()
+
+
+def ask(call: "ModelCall", tr: IterationTrace, clock: Clock) -> Generator["ModelCall", "Reply", Any]:
+    """Yield ``call`` from a step generator and return its result, charging the time since the
+    last call and the call's own seconds to its stage in ``tr``."""
+    now = time.perf_counter()
+    tr.seconds[call.stage] = tr.seconds.get(call.stage, 0.0) + now - clock.mark
+    reply = yield call
+    tr.seconds[call.stage] += reply.seconds
+    clock.mark = time.perf_counter()
+    return reply.result
+
+
 @contextmanager
 def call_range(call) -> Iterator[None]:
     """A named range around a model call: ``record_function`` for torch.profiler traces, and an
@@ -72,7 +95,13 @@ def call_range(call) -> Iterator[None]:
             torch.cuda.nvtx.range_pop()
 
 
-def cuda_sync(device: str) -> None:
-    """Wait for queued GPU work, so that a timer charges it to the stage that launched it."""
-    if device.startswith("cuda") and torch.cuda.is_available():
-        torch.cuda.synchronize()
+def cuda_sync(devices: str | Sequence[str]) -> None:
+    """Wait for the GPU work queued on each of ``devices`` (one name or several, e.g.
+    ``ModelsConfig.cuda_devices``), so that a timer charges it to the stage that launched it:
+    ``torch.cuda.synchronize()`` alone waits for the current device only, and a role on another
+    GPU would charge its work to the next stage. Non-CUDA names are skipped."""
+    names = [devices] if isinstance(devices, str) else list(devices)
+    cuda = [d for d in names if d.startswith("cuda")]
+    if cuda and torch.cuda.is_available():
+        for device in cuda:
+            torch.cuda.synchronize(device)

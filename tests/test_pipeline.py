@@ -173,7 +173,7 @@ def test_the_vlm_and_the_inpainter_see_the_original_image():
     world, scene = _frog_in_a_quarter()
     for setting in ("original", "reweighted"):
         rec = Recorder(scripted_models(world))
-        run(scene.image, rec.wrapped(), EngineConfig(iterations=2, vlm_image=setting))
+        r = run(scene.image, rec.wrapped(), EngineConfig(iterations=2, vlm_image=setting))
         whole = lambda call: call.args[0][0]  # noqa: E731 - the first request's image (the whole view)
         gen, det, inp = rec.of("vlm", "generate"), rec.of("detector", "detect"), rec.of("inpainter", "inpaint")
         score = rec.of("vlm", "score")
@@ -182,9 +182,16 @@ def test_the_vlm_and_the_inpainter_see_the_original_image():
         seen = scene.image if setting == "original" else whole(det[1])  # what iteration 2's VLM and inpainter see
         assert np.array_equal(whole(gen[-1]), scene.image if setting == "original" else seen)
         assert np.array_equal(whole(inp[-1]), seen)
-        before = score[-1].args[0][: len(score[-1].args[0]) // 2]  # iteration 2's rows on X_k, before removal
         crops = [patches.crop(seen, v) for v in patches.views(*seen.shape[:2], EngineConfig().splits)]
-        assert before and all(any(np.array_equal(im, c) for c in crops) for im in before)
+        rows = score[-1].args[0]
+        it2 = r.trace.iterations[1]
+        n_before = len(rows) - len(it2.candidates) * sum(p is not None for p in it2.view_picks)  # the rows on X_k asked
+        assert all(any(np.array_equal(im, c) for c in crops) for im in rows[:n_before])
+        assert n_before + it2.before_scores_reused == len(rows) - n_before  # every view's before-rows, asked or known
+        if setting == "original":  # a view scored with the same answers in iteration 1 is not asked again
+            assert it2.before_scores_reused > 0
+        else:
+            assert it2.before_scores_reused == 0
 
 
 def test_sampled_answers_follow_the_seed():

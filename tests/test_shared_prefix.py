@@ -58,7 +58,7 @@ def call(views, prompts=(PROMPT_A, PROMPT_B), candidates=CANDIDATES, seed=0):
 def test_scores_equal_the_full_sequences_in_float32(shared, full, views):
     images, prompts, answers = call(views)
     lengths = full._answer_lengths(
-        [full.chat_text(p) for p in prompts], [full.chat_text(p) + " " + a for p, a in zip(prompts, answers)]
+        [full.chat_text(p) for p in prompts], [full.score_text(p, a) for p, a in zip(prompts, answers)]
     )
     assert min(lengths) == 1 and len(set(lengths)) >= 5  # answers of different token lengths
     want, got = full.score(images, prompts, answers), shared.score(images, prompts, answers)
@@ -100,8 +100,8 @@ def test_same_pixels_in_another_array_are_another_prefix(shared, full, views):
     images = [views[0], views[0].copy(), views[0]]
     prompts, answers = [PROMPT_A] * 3, ["frog", "a green lizard", "owl"]
     np.testing.assert_allclose(shared.score(images, prompts, answers), full.score(images, prompts, answers), atol=1e-5)
-    ids = shared.tokenizer([shared.chat_text(p) + " " + a for p, a in zip(prompts, answers)])["input_ids"]
-    lengths = [1, 3, 1]
+    texts = [shared.score_text(p, a) for p, a in zip(prompts, answers)]
+    ids, lengths = shared.token_ids(texts), shared._answer_lengths([shared.chat_text(p) for p in prompts], texts)
     assert prefix_groups(images, ids, lengths) == [[0, 2], [1]]  # by identity, as distinct_rows
 
 
@@ -110,6 +110,33 @@ def test_bfloat16_close_to_the_full_sequences(tiny_dir, views):
     low_full = HFLlavaVLM.load(tiny_dir, dtype="bfloat16", shared_prefix=False)
     low = HFLlavaVLM.load(tiny_dir, dtype="bfloat16")
     np.testing.assert_allclose(low.score(images, prompts, answers), low_full.score(images, prompts, answers), atol=0.05)
+
+
+def test_bfloat16_scores_take_a_float32_head_on_the_bfloat16_hidden_states(tiny_dir, views):
+    """The shared-prefix path: the prefix pass's last hidden state gives the answer's first token,
+    the answer pass's the others; both through the head in float32 on the bfloat16 states
+    (measured: within 1e-6 of the float32 head, 1.0e-3 to 1.5e-3 from the bfloat16 head)."""
+    from test_vlm_hf import head_means
+
+    low = HFLlavaVLM.load(tiny_dir, dtype="bfloat16")
+    head = low.model.lm_head.weight
+    hidden = []
+    hook = low.model.model.language_model.register_forward_hook(lambda m, i, out: hidden.append(out.last_hidden_state))
+    try:
+        for answer in ("owl on a branch", "a green lizard", "seahorse, coral reef"):  # more than one token each
+            hidden.clear()
+            got = low.score([views[0]], [PROMPT_A], [answer])[0]
+            prefix, answers = hidden  # [1, P, H], then [1, n - 1, H]
+            text = low.score_text(PROMPT_A, answer)
+            (n,) = low._answer_lengths([low.chat_text(PROMPT_A)], [text])
+            assert answers.shape[1] == n - 1 and prefix.dtype == answers.dtype == head.dtype == torch.bfloat16
+            states = torch.cat([prefix[0, -1:], answers[0]])  # [n, H]: the positions that predict the answer
+            targets = torch.tensor(low.token_ids([text])[0][-n:])
+            f32, bf16 = head_means(states, head, targets)
+            assert abs(got - f32) < 1e-5, (answer, got, f32)
+            assert abs(got - bf16) > 5e-4, (answer, got, bf16)
+    finally:
+        hook.remove()
 
 
 def test_prefix_passes_keep_groups_whole_within_the_budget():

@@ -189,18 +189,23 @@ def test_score_batch_equals_one_by_one(vlm, images):
 
 
 def test_score_matches_a_full_forward_by_hand(vlm, images):
+    """The authors' ids (``tokenizer_image_token``, the image token expanded to the processor's
+    count) of the "llava_v1" text with the answer, through the whole model at once."""
+    from test_vlm_template import authors_ids
+
     from int_engine.backends.llava_image import pad_to_square, processor_fill
 
     processor, model = vlm.processor, vlm.model
-    prompt = vlm.chat_text(PROMPT_A)
     square = pad_to_square(images[1], processor_fill(processor.image_processor))  # as the backend sends it
-    pre = processor(images=square, text=prompt, return_tensors="pt")
-    full = processor(images=square, text=prompt + " frog, grass", return_tensors="pt")
-    n = pre["input_ids"].shape[1]
-    assert torch.equal(full["input_ids"][:, :n], pre["input_ids"])
+    pixels = processor.image_processor(square, return_tensors="pt")["pixel_values"]
+    image_id, count = model.config.image_token_id, model.config.image_seq_length
+    pre = authors_ids(vlm.tokenizer, vlm.chat_text(PROMPT_A), image_id, count)
+    full = authors_ids(vlm.tokenizer, vlm.chat_text(PROMPT_A) + " frog, grass", image_id, count)
+    n = len(pre)
+    assert full[:n] == pre and len(full) > n + 1 and vlm.tokenizer.eos_token_id not in full[n:]
     with torch.inference_mode():
-        logp = torch.log_softmax(model(**full).logits[0].float(), -1)
-    targets = full["input_ids"][0, n:]
+        logp = torch.log_softmax(model(input_ids=torch.tensor([full]), pixel_values=pixels).logits[0].float(), -1)
+    targets = torch.tensor(full[n:])
     expected = logp[n - 1 : -1].gather(-1, targets[:, None]).mean().item()
     assert vlm.score([images[1]], [PROMPT_A], ["frog, grass"])[0] == pytest.approx(expected, abs=1e-5)
 
@@ -217,6 +222,53 @@ def test_bfloat16_close_to_float32(tiny_dir, vlm, images):
     args = (images, [PROMPT_A] * 3, ["frog", "lizard", "owl"])
     np.testing.assert_allclose(low.score(*args), vlm.score(*args), atol=0.2)
     assert len(low.generate(images[:1], [PROMPT_A], 4)) == 1
+
+
+def head_means(states: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+    """Mean log-prob of ``targets`` [n] from hidden states [n, H] through a head ``weight`` [V, H]:
+    in float32 (states and weight cast), and all in the weight's dtype (logits rounded to it)."""
+    with torch.inference_mode():
+        f32 = torch.log_softmax(states.float() @ weight.float().T, -1)
+        low = torch.log_softmax((states @ weight.T).float(), -1)
+        pick = targets[:, None]
+        return f32.gather(-1, pick).mean().item(), low.gather(-1, pick).mean().item()
+
+
+def test_bfloat16_scores_take_a_float32_head_on_the_bfloat16_hidden_states(tiny_dir, images, monkeypatch):
+    """The full-sequence path: the model runs in bfloat16, the answer positions' logits and
+    log-softmax in float32 (the head's weight read in float32, the model's left bfloat16). Measured:
+    within 1e-6 of the float32 head, 1.0e-3 to 1.5e-3 from the bfloat16 head on these answers."""
+    low = HFLlavaVLM.load(tiny_dir, dtype="bfloat16", shared_prefix=False)
+    low._image_token_count()  # its one-off probe goes through _inputs: before recording
+    head = low.model.lm_head.weight
+    hidden, batches = [], []
+    hook = low.model.model.language_model.register_forward_hook(lambda m, i, out: hidden.append(out.last_hidden_state))
+    original = low._inputs
+    monkeypatch.setattr(low, "_inputs", lambda *a, **k: batches.append(original(*a, **k)) or batches[-1])
+    try:
+        for answer in ("frog", "a green lizard", "seahorse, coral reef"):
+            got = low.score([images[0]], [PROMPT_A], [answer])[0]
+            (n,) = low._answer_lengths([low.chat_text(PROMPT_A)], [low.score_text(PROMPT_A, answer)])
+            states, targets = hidden[-1][0, -n - 1 : -1], batches[-1]["input_ids"][0, -n:]  # one row: no padding
+            f32, bf16 = head_means(states, head, targets)
+            assert abs(got - f32) < 1e-5, (answer, got, f32)
+            assert abs(got - bf16) > 5e-4, (answer, got, bf16)  # the bfloat16 head's logits round by more
+    finally:
+        hook.remove()
+    assert head.dtype == torch.bfloat16 and hidden[0].dtype == torch.bfloat16  # nothing of the model cast
+
+
+def test_head_logits_in_float32_blocks_equal_one_float32_matmul(monkeypatch):
+    import int_engine.backends.vlm_hf as vlm_hf
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=True).to(torch.bfloat16)
+    states = torch.randn(7, 16).to(torch.bfloat16)
+    monkeypatch.setattr(vlm_hf, "HEAD_BLOCK", 8)  # 7 blocks, the last of 2 words
+    got = vlm_hf.head_logits_float32(head, states)
+    want = states.float() @ head.weight.float().T + head.bias.float()
+    assert got.dtype == torch.float32 and got.shape == (7, 50)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
 def test_bad_requests_raise_value_error(vlm, images):
@@ -267,6 +319,8 @@ def test_bad_options(tiny_dir):
         HFLlavaVLM.load(tiny_dir, dtype="int3")
     with pytest.raises(ConfigError, match="beam_width"):
         HFLlavaVLM.load(tiny_dir, beam_width=4)
+    with pytest.raises(ConfigError, match="chat_format 'llava'.*llava_v1, checkpoint"):
+        HFLlavaVLM.load(tiny_dir, chat_format="llava")
 
 
 def test_score_encodes_each_distinct_image_once(vlm, images):
@@ -290,7 +344,10 @@ def test_score_encodes_each_distinct_image_once(vlm, images):
 
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])
-def test_inputs_equal_the_processors_with_each_image_processed_once(vlm, images, monkeypatch, padding_side):
+def test_inputs_equal_the_processors_with_each_image_processed_once(tiny_dir, images, monkeypatch, padding_side):
+    """With the checkpoint's template its processor's ids (the "llava_v1" ids, split at the image as
+    LLaVA's tokenizer_image_token: tests/test_vlm_template.py), each distinct image processed once."""
+    vlm = HFLlavaVLM.load(tiny_dir, chat_format="checkpoint")
     rows = [images[0], images[1], images[0], images[2], images[1], images[0]]
     texts = [vlm.chat_text(p) for p in ["Output the name.", "Name it.", "What is this?", "x", "Output the name.", "y"]]
     processed = []
@@ -436,7 +493,7 @@ def test_score_passes_fit_the_token_budget_and_equal_one_pass(tiny_dir, vlm, ima
     prompts = [PROMPT_A, PROMPT_B] * 5
     answers = ["frog", "[0.1, 0.2, 0.3, 0.4]", "moth", "a green leaf", "x"] * 2
     one_pass = vlm.score(rows, prompts, answers)
-    budget = 3 * max(vlm._row_lengths([vlm.chat_text(p) + " " + a for p, a in zip(prompts, answers)]))
+    budget = 3 * max(vlm._row_lengths([vlm.score_text(p, a) for p, a in zip(prompts, answers)]))
     small = HFLlavaVLM.load(tiny_dir, max_batch_tokens=budget, shared_prefix=shared)
     calls = spy_language_model(small, monkeypatch)
     np.testing.assert_allclose(small.score(rows, prompts, answers), one_pass, atol=1e-4)
@@ -454,7 +511,7 @@ def test_score_passes_fit_the_token_budget_and_equal_one_pass(tiny_dir, vlm, ima
     prefix_passes = [c for c in calls if c["kwargs"]["use_cache"]]
     assert len(prefix_passes) >= 4 and all(c["kwargs"].get("past_key_values") is None for c in prefix_passes)
     lengths = small._answer_lengths(
-        [small.chat_text(p) for p in prompts], [small.chat_text(p) + " " + a for p, a in zip(prompts, answers)]
+        [small.chat_text(p) for p in prompts], [small.score_text(p, a) for p, a in zip(prompts, answers)]
     )
     assert sum(c["shape"][0] for c in calls if not c["kwargs"]["use_cache"]) == sum(n > 1 for n in lengths)
 

@@ -161,6 +161,28 @@ def test_score_equals_transformers_in_one_call(vlm, hf, images, engine_calls):
 
 
 @needs_vllm
+def test_the_engine_runs_the_authors_ids_as_transformers_does(vlm, hf, images, monkeypatch):
+    """Generate and score requests: the prompt ids vLLM ran (its image token expanded by its own
+    processor) are LLaVA's ``tokenizer_image_token`` ids of the "llava_v1" text, image token
+    expanded to the processor's count: the ids the transformers backend feeds its model."""
+    from test_vlm_template import PROMPTS, authors_ids, authors_text, processor_image_tokens
+
+    outputs, real = [], vlm.llm.generate
+    monkeypatch.setattr(vlm.llm, "generate", lambda *a, **k: outputs.append(real(*a, **k)) or outputs[-1])
+    image_id, count = hf.model.config.image_token_id, processor_image_tokens(hf.processor)
+    vlm.generate(images[:2], PROMPTS, 2)
+    vlm.score(images[:2], PROMPTS, ["frog", "a green lizard"])
+    want_generate = [authors_ids(hf.tokenizer, authors_text(p), image_id, count) for p in PROMPTS]
+    want_score = [
+        authors_ids(hf.tokenizer, authors_text(p, a), image_id, count) for p, a in zip(PROMPTS, ["frog", "a green lizard"])
+    ]
+    assert [list(o.prompt_token_ids) for o in outputs[0]] == want_generate
+    assert [list(o.prompt_token_ids) for o in outputs[1]] == want_score
+    fed = hf._inputs(images[:2], [hf.chat_text(p) for p in PROMPTS], padding_side="right")
+    assert [ids[mask.bool()].tolist() for ids, mask in zip(fed["input_ids"], fed["attention_mask"])] == want_generate
+
+
+@needs_vllm
 def test_cache_hit_into_the_answer_is_rescored(vlm, hf, images, engine_calls):
     """A request seen before hits the prefix cache past its prompt, where vLLM computes no
     log-probs: the backend notices and scores that request again without the cache."""
@@ -189,7 +211,7 @@ def test_score_stats_count_the_prefix_cache_hits(vlm, hf):
     stats, block = vlm.last_stats, vlm.llm.llm_engine.vllm_config.cache_config.block_size
     assert set(stats) == set(hf.last_stats) | {"cached_tokens"}
     assert stats["calls"] == 1 and stats["rows"] == len(images)
-    total = sum(hf._row_lengths([hf.chat_text(p) + " " + a for p, a in zip(prompts, answers)]))
+    total = sum(hf._row_lengths([hf.score_text(p, a) for p, a in zip(prompts, answers)]))
     assert stats["prefix_tokens"] + stats["answer_tokens"] + stats["cached_tokens"] == total
     prefix = hf.last_stats["prefix_tokens"] // len(views)  # one view's image + prompt tokens
     assert prefix >= block  # so that a view's candidates share at least one full block
@@ -243,6 +265,8 @@ def test_bad_options_are_config_errors(tiny_zoo):
         VLLMLlavaVLM.load(tiny_zoo / "vlm", beam_width=4)
     with pytest.raises(ConfigError, match="dtype"):
         VLLMLlavaVLM.load(tiny_zoo / "vlm", dtype="int3")
+    with pytest.raises(ConfigError, match="chat_format 'llava'"):
+        VLLMLlavaVLM.load(tiny_zoo / "vlm", chat_format="llava")
 
 
 def test_engine_kwargs_bound_the_kv_cache_by_device():
@@ -290,7 +314,7 @@ def test_options_are_the_installed_engine_args_typed():
 
     types_ = VLLMLlavaVLM.option_types()
     names = {f.name for f in dataclasses.fields(EngineArgs) if not f.name.startswith("_")} - {"model", "tokenizer", "dtype"}
-    assert set(types_) == names | {"multiprocessing"}
+    assert set(types_) == names | {"multiprocessing", "chat_format"}
     expected = {
         "tensor_parallel_size": int,
         "quantization": str | None,
@@ -300,6 +324,7 @@ def test_options_are_the_installed_engine_args_typed():
         "enable_prefix_caching": bool | None,
         "gpu_memory_utilization": float | None,
         "multiprocessing": bool,
+        "chat_format": str | None,
         "kv_cache_memory_bytes": int | None,
     }
     for name, kind in expected.items():

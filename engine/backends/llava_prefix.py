@@ -46,17 +46,14 @@ candidates per (image, prompt); answer tokens from sum of A to sum of A - 1.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from .llava_common import distinct_rows
-from .llava_tokens import token_ids
-
-if TYPE_CHECKING:
-    from .vlm_hf import HFLlavaVLM
+from .vlm_hf import HFLlavaVLM, answer_logprobs, head_logits_float32
 
 
 def prefix_groups(images: Sequence[np.ndarray], ids: Sequence[Sequence[int]], lengths: Sequence[int]) -> list[list[int]]:
@@ -106,10 +103,10 @@ def prefix_passes(
     return passes
 
 
-def plan(vlm: "HFLlavaVLM", images: Sequence[np.ndarray], texts: list[str], lengths: list[int]) -> list[list[list[int]]]:
+def plan(vlm: HFLlavaVLM, images: Sequence[np.ndarray], texts: list[str], lengths: list[int]) -> list[list[list[int]]]:
     """The passes of a scoring call's rows (``texts``: prompt + answer; ``lengths``: answer tokens),
     grouped by shared prefix, before any image is processed: each "<image>" counts its expansion."""
-    ids = token_ids(vlm.tokenizer, texts)
+    ids = vlm.token_ids(texts)
     groups = prefix_groups(images, ids, lengths)
     image_id, extra = vlm.model.config.image_token_id, vlm._image_token_count() - 1
     prefix = [ids[g[0]][: len(ids[g[0]]) - lengths[g[0]]] for g in groups]
@@ -118,7 +115,7 @@ def plan(vlm: "HFLlavaVLM", images: Sequence[np.ndarray], texts: list[str], leng
 
 
 def score_shared(
-    vlm: "HFLlavaVLM", images: Sequence[np.ndarray], texts: list[str], lengths: list[int], scores: np.ndarray
+    vlm: HFLlavaVLM, images: Sequence[np.ndarray], texts: list[str], lengths: list[int], scores: np.ndarray
 ) -> tuple[int, int]:
     """Score a call's rows into ``scores`` pass by pass (``plan``); the (prefix, answer) tokens
     the language model ran."""
@@ -133,9 +130,10 @@ def score_shared(
 
 
 def score_pass(
-    vlm: "HFLlavaVLM", images: Sequence[np.ndarray], texts: list[str], lengths: list[int], sizes: list[int]
+    vlm: HFLlavaVLM, images: Sequence[np.ndarray], texts: list[str], lengths: list[int], sizes: list[int]
 ) -> tuple[np.ndarray, int, int]:
-    """Mean answer log-probs of one pass's rows, float32 [R], with (prefix tokens, answer tokens)
+    """Mean answer log-probs of one pass's rows, float32 [R] (the LM head in float32 at the answer
+    positions: ``vlm_hf.answer_logprobs``), with (prefix tokens, answer tokens)
     computed. The rows come grouped: the first ``sizes[0]`` share one prefix, the next
     ``sizes[1]`` another, ... (``lengths``: answer tokens per row)."""
     lm, head = vlm.model.model.language_model, vlm.model.lm_head
@@ -168,7 +166,8 @@ def score_pass(
     del embeds
     cache, last = out.past_key_values, out.last_hidden_state[:, -1].contiguous()  # [k, H]
     del out
-    logits = head(last).float()  # [k, V]: each prefix's prediction of its answers' first token
+    # [k, V], float32 whatever the model's dtype: each prefix's prediction of its answers' first token
+    logits = head_logits_float32(head, last)
     first = ids[torch.arange(rows, device=device), seq - n]
     sums = logits[group, first] - torch.logsumexp(logits, dim=-1)[group]
     del logits
@@ -199,8 +198,7 @@ def score_pass(
         del shared, cache
         states = hidden[valid]  # [A', H]
         del hidden
-        logits = head(states).float()
-        token_lp = logits.gather(-1, targets[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+        token_lp = answer_logprobs(head, states, targets)  # float32 head, as the first token's
         sums = sums.index_add(0, more[:, None].expand(valid.shape)[valid], token_lp)
     means = (sums / n).cpu().numpy().astype(np.float32)
     return means, sum(plen), int((n - 1).sum())

@@ -6,6 +6,12 @@ prompt, every candidate of a name with the same answer), and LLaVA-1.5's "<image
 each distinct text is tokenised once with its single "<image>", and the expansion is spliced
 into the ids (``expand_image_tokens``), which gives the ids of the expanded text whenever the
 expansion is image tokens only (checked once, on the first row, ``ExpandedIds``).
+
+Two tokenisations of a text with "<image>": the tokenizer's on the whole text (llava-hf's
+processor), or, for the "llava_v1" chat format, LLaVA's own ``tokenizer_image_token``: the text
+split at "<image>", each piece tokenised alone, BOS kept on the first piece only and the image
+token between pieces (``image_split_ids``). They differ: a piece tokenised alone starts a word, so a
+SentencePiece tokenizer puts "▁" before the "\n" that follows the image.
 """
 
 from __future__ import annotations
@@ -14,19 +20,44 @@ from typing import Sequence
 
 import torch
 
+# An image token to split texts at: (its text, its id), or None to tokenise whole texts.
+ImageSplit = tuple[str, int] | None
 
-def token_ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    """``tokenizer(texts)["input_ids"]``, each distinct text tokenised once."""
+
+def token_ids(tokenizer, texts: Sequence[str], image: ImageSplit = None) -> list[list[int]]:
+    """``tokenizer(texts)["input_ids"]``, each distinct text tokenised once; with ``image``, each
+    text's ``image_split_ids`` instead."""
     distinct = list(dict.fromkeys(texts))
-    ids = dict(zip(distinct, tokenizer(distinct)["input_ids"]))
+    ids = dict(zip(distinct, image_split_ids(tokenizer, distinct, *image) if image else tokenizer(distinct)["input_ids"]))
     return [list(ids[t]) for t in texts]
 
 
-def answer_token_ids(tokenizer, prompt_texts: list[str], full_texts: list[str]) -> list[list[int]]:
+def image_split_ids(tokenizer, texts: Sequence[str], image_token: str, image_id: int) -> list[list[int]]:
+    """Each text's ids as LLaVA's ``tokenizer_image_token`` makes them: the text split at
+    ``image_token``, every piece tokenised on its own (the distinct pieces in one tokenizer call: a
+    call's texts share the system prompt), the first piece's ids, then for each later piece
+    ``image_id`` and the piece's ids without their BOS (BOS only at the start)."""
+    pieces = [t.split(image_token) for t in texts]
+    distinct = list(dict.fromkeys(piece for split in pieces for piece in split))
+    ids = dict(zip(distinct, tokenizer(distinct)["input_ids"]))
+    bos = tokenizer.bos_token_id
+    out = []
+    for split in pieces:
+        row = list(ids[split[0]])
+        for piece in split[1:]:
+            piece_ids = ids[piece]
+            row += [image_id] + list(piece_ids[1:] if piece_ids[:1] == [bos] and bos is not None else piece_ids)
+        out.append(row)
+    return out
+
+
+def answer_token_ids(tokenizer, prompt_texts: list[str], full_texts: list[str], image: ImageSplit = None) -> list[list[int]]:
     """Each answer's token ids: the full text's tokens after the prefix it shares with the
-    prompt's tokenisation (so " frog" after "ASSISTANT:" is "▁frog", as generated)."""
+    prompt's tokenisation (so " frog" after "ASSISTANT:" is "▁frog", as generated); ``image`` as
+    ``token_ids``."""
     answers = []
-    for j, (pre, full) in enumerate(zip(token_ids(tokenizer, prompt_texts), token_ids(tokenizer, full_texts))):
+    pairs = zip(token_ids(tokenizer, prompt_texts, image), token_ids(tokenizer, full_texts, image))
+    for j, (pre, full) in enumerate(pairs):
         shared = 0
         while shared < min(len(pre), len(full)) and pre[shared] == full[shared]:
             shared += 1
@@ -65,23 +96,32 @@ class ExpandedIds:
     by an expansion string, each distinct text tokenised once, unexpanded, and the expansion's
     ids spliced in, when that gives the ids of the expanded text: checked once per expansion, on
     the first row it meets (the expansion must be image tokens only). Otherwise, and for a
-    tokenizer with inputs beyond ids and mask, the tokenizer runs on every expanded row."""
+    tokenizer with inputs beyond ids and mask, the tokenizer runs on every expanded row.
 
-    def __init__(self, tokenizer, image_token: str, image_id: int) -> None:
+    With ``split`` (the "llava_v1" format), the texts are tokenised as ``image_split_ids`` and the
+    image token always spliced: LLaVA's own model expands its one image token into the image's
+    features the same way. The expansion must then be image tokens only."""
+
+    def __init__(self, tokenizer, image_token: str, image_id: int, split: bool = False) -> None:
         self.tokenizer, self.image_token, self.image_id = tokenizer, image_token, image_id
+        self.image: ImageSplit = (image_token, image_id) if split else None
         self.splice: tuple[str, list[int] | None] | None = None  # (expansion string, its ids if splicing is exact)
 
     def __call__(self, texts: list[str], expanded: str, padding_side: str) -> dict[str, torch.Tensor]:
         tok = self.tokenizer
         if self.splice is None or self.splice[0] != expanded:
             expansion = tok(expanded, add_special_tokens=False)["input_ids"]
-            exact = all(t == self.image_id for t in expansion) and (
-                expand_image_tokens(token_ids(tok, texts[:1])[0], self.image_id, expansion)
+            image_only = all(t == self.image_id for t in expansion)
+            if self.image and not image_only:
+                raise ValueError(f"'{self.image_token}' expands to more than image tokens: use chat_format 'checkpoint'")
+            exact = image_only and (
+                self.image is not None
+                or expand_image_tokens(token_ids(tok, texts[:1])[0], self.image_id, expansion)
                 == tok(texts[0].replace(self.image_token, expanded))["input_ids"]
             )
             self.splice = (expanded, expansion if exact else None)
         expansion = self.splice[1]
-        if expansion is None or set(tok.model_input_names) != {"input_ids", "attention_mask"}:
+        if self.image is None and (expansion is None or set(tok.model_input_names) != {"input_ids", "attention_mask"}):
             return dict(
                 tok(
                     [t.replace(self.image_token, expanded) for t in texts],
@@ -90,5 +130,5 @@ class ExpandedIds:
                     return_tensors="pt",
                 )
             )
-        rows = [expand_image_tokens(ids, self.image_id, expansion) for ids in token_ids(tok, texts)]
+        rows = [expand_image_tokens(ids, self.image_id, expansion) for ids in token_ids(tok, texts, self.image)]
         return pad_rows(rows, tok.pad_token_id, padding_side)

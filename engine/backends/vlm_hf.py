@@ -2,7 +2,9 @@
 
 Loads a llava-hf style directory (``llava-hf/llava-1.5-13b-hf`` or the tiny zoo's) with
 ``AutoProcessor`` and ``LlavaForConditionalGeneration``, offline. Every prompt is wrapped in
-the checkpoint's chat template, ``USER: <image>\\n{prompt} ASSISTANT:`` for LLaVA-1.5.
+LLaVA's "llava_v1" conversation, the one LLaVA-1.5 was trained on and the INT authors ran
+(system prompt, then ``USER: <image>\\n{prompt} ASSISTANT:``; ``llava_common``), or with
+``chat_format: checkpoint`` in the checkpoint's own chat template.
 
 Memory, for the real LLaVA-1.5-13B in float16 (Llama-2-13B: 40 layers, 5120 wide, MLP 13824,
 vocab 32064; CLIP ViT-L/14 at 336 px: 24 layers, 577 tokens; an image is 576 tokens, a scoring
@@ -20,7 +22,9 @@ row ~620). Weights: 13.35e9 parameters x 2 B = 26.7 GB.
   a token, ~150 KB with attention's and the kept last hidden state (measured on the small zoo's
   LLaVA in float32, 1024 wide: ~60 KB a token; x 2.5 for 5120 wide in float16).
 - Logits: 32064 x 4 B = 128 KB a token in float32. ``answer_logprob_means`` applies the LM head
-  only at the positions that predict an answer token ([A, V] for A answer tokens).
+  only at the positions that predict an answer token ([A, V] for A answer tokens), in float32
+  whatever the model's dtype (``answer_logprobs``), reading the head's weight in float32 blocks
+  of ``HEAD_BLOCK`` words: 8192 x 5120 x 4 B = 168 MB transient, not the whole 656 MB copy.
 - Vision tower: run up to the selected layer only, one layer's states at a time (~14 MB
   transient per distinct image), not all 25 hidden states (29.5 MB per image). Pixels: only
   the distinct images go to the device (3 x 336 x 336 x 2 B = 677 KB each), not one per row.
@@ -48,13 +52,16 @@ from .hf_sampling import SeededSampling
 from .llava_common import (
     _check_image,
     _check_lengths,
+    chat_format_of,
     chat_texts,
     distinct_rows,
+    join_answer,
     llava_chat_text,
+    refuse_float32_overflow,
     scoring_texts,
 )
 from .llava_image import complete_processor, pad_to_square, processor_fill
-from .llava_tokens import ExpandedIds, answer_token_ids, token_ids
+from .llava_tokens import ExpandedIds, ImageSplit, answer_token_ids, token_ids
 
 if TYPE_CHECKING:
     from transformers import LlavaForConditionalGeneration, ProcessorMixin
@@ -71,6 +78,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # Padded tokens per forward pass (rows x longest row, + max_new_tokens per row when
 # generating): the module docstring's arithmetic for LLaVA-1.5-13B on an 80 GB GPU.
 DEFAULT_MAX_BATCH_TOKENS = 16384
+# Words of the LM head's weight cast to float32 at a time for the answer positions' logits.
+HEAD_BLOCK = 8192
 
 
 class HFLlavaVLM:
@@ -86,6 +95,7 @@ class HFLlavaVLM:
         max_batch_size: int | None = None,
         max_batch_tokens: int | None = None,
         shared_prefix: bool = True,
+        chat_format: str = "llava_v1",
     ) -> None:
         self.model = model
         self.processor = processor
@@ -95,6 +105,9 @@ class HFLlavaVLM:
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.shared_prefix = shared_prefix
+        self.chat_format = chat_format
+        # "llava_v1" texts are tokenised split at the image token, as LLaVA's tokenizer_image_token
+        self.image_split: ImageSplit = (processor.image_token, model.config.image_token_id) if chat_format == "llava_v1" else None
         # Scoring work, summed over calls (``last_stats``: the latest call's): language-model
         # tokens run for the prefixes (image + prompt; once per distinct prefix and pass when
         # shared) and for the answers, rows scored, calls.
@@ -108,7 +121,7 @@ class HFLlavaVLM:
     def option_types(cls) -> dict[str, Any]:
         """The options ``load`` takes, name -> type: checked by ``int_engine.models.load``
         before anything is loaded."""
-        return {"max_batch_size": int | None, "max_batch_tokens": int | None, "shared_prefix": bool}
+        return {"max_batch_size": int | None, "max_batch_tokens": int | None, "shared_prefix": bool, "chat_format": str | None}
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", dtype: str = "float32", **options) -> "HFLlavaVLM":
@@ -119,19 +132,28 @@ class HFLlavaVLM:
         of thousands of rows runs in passes within both, so memory does not grow with the
         number of candidates. ``shared_prefix`` (default True): score the rows that share an
         (image, prompt) on one run of that prefix (``llava_prefix``); False runs every row's
-        full sequence."""
+        full sequence. ``chat_format``: "llava_v1" (the default for a LLaVA-1.5 checkpoint: the
+        conversation it was trained on and the authors ran, with its system prompt, which
+        llava-hf's template drops; ``llava_common``) or "checkpoint" (the checkpoint's own chat
+        template; the default for any other checkpoint).
+
+        float32 on a CUDA device is refused before loading when the weights alone exceed the
+        GPU's memory (``llava_common.check_weights_fit``)."""
         p = require_files(ROLE, path, EXPECTED_FILES, FORMAT)
         if dtype not in DTYPES:
             raise ConfigError(f"{ROLE}: unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
         max_batch_size = options.pop("max_batch_size", 256)
         max_batch_tokens = options.pop("max_batch_tokens", DEFAULT_MAX_BATCH_TOKENS)
         shared_prefix = options.pop("shared_prefix", True)
+        chat_format = options.pop("chat_format", None)
         if options:
             raise ConfigError(f"{ROLE}: unknown option(s) for {FORMAT}: {', '.join(sorted(options))}")
         if max_batch_size is not None and int(max_batch_size) < 1:
             raise ConfigError(f"{ROLE}: max_batch_size must be >= 1, got {max_batch_size}")
         if max_batch_tokens is not None and int(max_batch_tokens) < 1:
             raise ConfigError(f"{ROLE}: max_batch_tokens must be >= 1, got {max_batch_tokens}")
+        chat_format_of(ROLE, chat_format, None)  # a bad name is refused before anything loads
+        refuse_float32_overflow(p, device, dtype)
         # Imported here so that merely importing the backends does not pay transformers' import.
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
@@ -156,13 +178,23 @@ class HFLlavaVLM:
             _optional_int(max_batch_size),
             _optional_int(max_batch_tokens),
             bool(shared_prefix),
+            chat_format_of(ROLE, chat_format, model.config),
         )
 
     # ---- text ------------------------------------------------------------------------------
 
     def chat_text(self, prompt: str) -> str:
         """The full model input for one user prompt about one image, up to "ASSISTANT:"."""
-        return llava_chat_text(self.processor, prompt)
+        return llava_chat_text(self.processor, prompt, self.chat_format)
+
+    def score_text(self, prompt: str, answer: str) -> str:
+        """The model input of one scoring row: ``chat_text``, one space and the stripped answer."""
+        return join_answer(self.chat_text(prompt), answer)
+
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """The ids the model gets for ``texts``, each "<image>" one image token (expanded later):
+        split at the image token as LLaVA's ``tokenizer_image_token`` in "llava_v1" (``llava_tokens``)."""
+        return token_ids(self.tokenizer, texts, self.image_split)
 
     def _answer_lengths(self, prompt_texts: list[str], full_texts: list[str]) -> list[int]:
         """How many tokens of each full text belong to its answer.
@@ -172,7 +204,7 @@ class HFLlavaVLM:
         The prompt's tokens are the shared prefix of the two tokenisations; images are left
         out because the image tokens sit before the answer and do not change its tokens.
         """
-        return [len(ids) for ids in answer_token_ids(self.tokenizer, prompt_texts, full_texts)]
+        return [len(ids) for ids in answer_token_ids(self.tokenizer, prompt_texts, full_texts, self.image_split)]
 
     def _inputs(self, images: Sequence[np.ndarray], texts: list[str], padding_side: str) -> dict:
         """What ``processor(images=..., text=...)`` gives for the rows, with each distinct image
@@ -195,7 +227,9 @@ class HFLlavaVLM:
             # LLaVA-1.5 resizes every image to one size: one "<image>" expansion serves all rows.
             expanded = self.processor.replace_image_token({"pixel_values": pixels}, image_idx=0)
             if self._expanded is None:
-                self._expanded = ExpandedIds(self.tokenizer, self.processor.image_token, self.model.config.image_token_id)
+                self._expanded = ExpandedIds(
+                    self.tokenizer, self.processor.image_token, self.model.config.image_token_id, self.image_split is not None
+                )
             batch = self._expanded(texts, expanded, padding_side)
             batch["pixel_values"] = pixels
         else:  # another processor: its own call on every row
@@ -228,7 +262,7 @@ class HFLlavaVLM:
             return []
         image_id = self.model.config.image_token_id
         extra = self._image_token_count() - 1
-        return [len(ids) + extra * ids.count(image_id) for ids in token_ids(self.tokenizer, texts)]
+        return [len(ids) + extra * ids.count(image_id) for ids in self.token_ids(texts)]
 
     def _passes(self, lengths: list[int], extra: int = 0) -> list[slice]:
         """The rows' passes under this backend's bounds (``token_passes``)."""
@@ -293,8 +327,8 @@ class HFLlavaVLM:
         """Mean log-probability of ``answers[j]``'s tokens given ``images[j]`` and the
         chat-templated ``prompts[j]``, teacher forced: float32 [len(answers)], each <= 0.
 
-        An answer is stripped and joined to "ASSISTANT:" by one space, as the model writes
-        it. Rows are left padded with position ids counted from each row's first real
+        An answer is stripped and joined to "ASSISTANT:" by one space, as the model writes it
+        (``score_text``); its own tokens are scored, not an end of turn after them. Rows are left padded with position ids counted from each row's first real
         token, so a row's score does not depend on the other rows in its batch. With
         ``shared_prefix``, the rows of one (image, prompt) run their prefix once and their
         answers on its KV cache (``llava_prefix``): the same scores, to float rounding.
@@ -416,10 +450,10 @@ def answer_logprob_means(lm_head, hidden: torch.Tensor, input_ids: torch.Tensor,
     left-padded ``input_ids`` [R, S], from the final hidden states ``hidden`` [R, S, H].
 
     Position t predicts token t + 1, so row r's answer ``ids[r, S-n:]`` comes from
-    ``hidden[r, S-n-1 : S-1]``. Only those A = sum(lengths) positions go through the LM head:
-    [A, V] float32 logits, V x 4 B each (128 KB per token for LLaVA's 32000 words), where all
-    positions' logits would be [R, S, V] (a 16384-token pass: 2.1 GB, and as much again for
-    log_softmax). log p = logit - logsumexp(logits), with no [A, V] log_softmax copy.
+    ``hidden[r, S-n-1 : S-1]``. Only those A = sum(lengths) positions go through the LM head
+    (``answer_logprobs``, in float32): [A, V] float32 logits, V x 4 B each (128 KB per token for
+    LLaVA's 32000 words), where all positions' logits would be [R, S, V] (a 16384-token pass:
+    2.1 GB, and as much again for log_softmax).
     """
     rows, seq = input_ids.shape
     longest = max(lengths)
@@ -427,11 +461,33 @@ def answer_logprob_means(lm_head, hidden: torch.Tensor, input_ids: torch.Tensor,
     is_answer = torch.arange(longest, device=input_ids.device)[None, :] >= (longest - n)[:, None]  # [R, longest]
     states = hidden[:, seq - longest - 1 : seq - 1][is_answer]  # [A, H]
     targets = input_ids[:, seq - longest :][is_answer]  # [A]
-    logits = lm_head(states).float()  # [A, V]
-    token_lp = logits.gather(-1, targets[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)  # [A]
+    token_lp = answer_logprobs(lm_head, states, targets)  # [A]
     row = torch.arange(rows, device=input_ids.device)[:, None].expand(rows, longest)[is_answer]  # [A]
     sums = torch.zeros(rows, dtype=torch.float32, device=input_ids.device).index_add_(0, row, token_lp)
     return sums / n
+
+
+def head_logits_float32(lm_head, states: torch.Tensor) -> torch.Tensor:
+    """The LM head's logits [A, V] of hidden states [A, H], computed in float32 whatever the model's
+    dtype: the states and the head's weight cast to float32 for these rows only, the weight a block
+    of ``HEAD_BLOCK`` words at a time (not a float32 copy of the whole head; not of the model).
+
+    In float16 / bfloat16 a logit keeps 11 / 8 significant bits: on logits of ~10, bfloat16 rounds
+    each by up to 0.03, and a score averages a few such log-probs."""
+    x = states.float()
+    weight, bias = lm_head.weight, getattr(lm_head, "bias", None)
+    blocks = []
+    for start in range(0, weight.shape[0], HEAD_BLOCK):
+        words = slice(start, start + HEAD_BLOCK)
+        blocks.append(torch.nn.functional.linear(x, weight[words].float(), None if bias is None else bias[words].float()))
+    return torch.cat(blocks, dim=-1)
+
+
+def answer_logprobs(lm_head, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(targets[a] | states[a]), float32 [A], from hidden states [A, H] (``head_logits_float32``):
+    log p = logit - logsumexp(logits), with no [A, V] log_softmax copy."""
+    logits = head_logits_float32(lm_head, states)  # [A, V]
+    return logits.gather(-1, targets[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
 
 
 def hidden_state_indices(feature_layer: int | Sequence[int], n_layers: int) -> list[int]:

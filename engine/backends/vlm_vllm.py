@@ -1,9 +1,11 @@
 """LLaVA-1.5 under vLLM's offline ``LLM`` engine: the throughput VLM backend.
 
 Same contract as the transformers backend (``vlm_hf.py``), request for request: the prompt is
-wrapped in the checkpoint's chat template, an answer's tokens are those that follow the prompt
-when ``prompt + " " + answer`` is tokenised, and a score is the mean teacher-forced log-prob of
-those tokens. What changes is the batching: ``generate`` sends every request to vLLM in one
+wrapped in the same chat format (LLaVA's "llava_v1" conversation by default, ``llava_common``),
+tokenised by the same rule into the ids vLLM is handed (``prompt_token_ids``: vLLM would tokenise
+a text prompt in one piece, not split at the image as LLaVA does), an answer's tokens are those
+that follow the prompt when ``prompt + " " + answer`` is tokenised, and
+a score is the mean teacher-forced log-prob of those tokens. What changes is the batching: ``generate`` sends every request to vLLM in one
 ``LLM.generate`` call, and ``score`` sends every (image, prompt + answer) in one call that asks
 for prompt log-probs, so vLLM's scheduler packs the work and its prefix cache shares the
 image and prompt of requests about the same image.
@@ -17,7 +19,8 @@ force-kills its engine at exit.
 Options: every ``vllm.EngineArgs`` field of the installed vLLM (``tensor_parallel_size``,
 ``quantization``, ``limit_mm_per_prompt``, ``cpu_offload_gb``, ``compilation_config``, ...),
 its names and types read off the dataclass (``engine_option_types``), except ``model``,
-``tokenizer`` and ``dtype``, which come from the role's path and dtype; plus ``multiprocessing``.
+``tokenizer`` and ``dtype``, which come from the role's path and dtype; plus ``multiprocessing``
+and ``chat_format`` (as the transformers backend's).
 
 Memory on CUDA and the options' types: ``vllm_options``.
 """
@@ -39,13 +42,16 @@ from ..models.checks import require_files
 from .llava_common import (
     _check_image,
     _check_lengths,
+    chat_format_of,
     chat_texts,
     distinct_rows,
+    join_answer,
     llava_chat_text,
+    refuse_float32_overflow,
     scoring_texts,
 )
 from .llava_image import complete_processor, pad_to_square, processor_fill
-from .llava_tokens import answer_token_ids
+from .llava_tokens import ImageSplit, answer_token_ids, token_ids
 from .vllm_options import engine_kwargs, engine_option_types
 from .vlm_hf import EXPECTED_FILES
 
@@ -68,12 +74,20 @@ class VLLMLlavaVLM:
     ``calls`` counts the engine calls made, so a caller can check the batching.
     """
 
-    def __init__(self, llm: "LLM", processor: "ProcessorMixin", prefix_caching: bool, in_process: bool = False) -> None:
+    def __init__(
+        self,
+        llm: "LLM",
+        processor: "ProcessorMixin",
+        prefix_caching: bool,
+        in_process: bool = False,
+        chat_format: str = "llava_v1",
+    ) -> None:
         self.llm = llm
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.prefix_caching = prefix_caching
         self.in_process = in_process
+        self.chat_format = chat_format
         self.calls = 0
         # Scoring work, summed over calls (``last_stats``: the latest call's), the shape of
         # ``HFLlavaVLM.stats``: prefix (image + prompt) and answer tokens vLLM computed, and the
@@ -89,7 +103,7 @@ class VLLMLlavaVLM:
         """The options ``load`` takes, name -> type: every ``vllm.EngineArgs`` field it forwards
         (``engine_option_types``) plus ``multiprocessing``; checked by ``int_engine.models.load``
         before anything is loaded."""
-        return engine_option_types() | {"multiprocessing": bool}
+        return engine_option_types() | {"multiprocessing": bool, "chat_format": str | None}
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", dtype: str = "float32", **options) -> "VLLMLlavaVLM":
@@ -102,17 +116,29 @@ class VLLMLlavaVLM:
         (True skips torch.compile: faster start, slower steps), ``seed`` 0, and on CUDA
         ``gpu_memory_utilization`` 0.5 (module docstring), on CPU ``kv_cache_memory_bytes``
         1 GiB (there ``gpu_memory_utilization`` is a share of the NUMA node's RAM, less this
-        process's); and ``multiprocessing`` (run the engine core in a spawned process;
-        default False).
+        process's); ``multiprocessing`` (run the engine core in a spawned process;
+        default False); and ``chat_format`` ("llava_v1", the default for LLaVA-1.5, or
+        "checkpoint": ``HFLlavaVLM.load``).
+
+        float32 on CUDA is refused before vLLM starts when the weights alone exceed the engine's
+        share of the GPU (``gpu_memory_utilization``, per tensor/pipeline-parallel GPU;
+        ``llava_common.check_weights_fit``), unless ``quantization`` or ``cpu_offload_gb`` changes
+        what the GPU holds.
         """
         p = require_files(ROLE, path, EXPECTED_FILES, FORMAT)
         if dtype not in DTYPES:
             raise ConfigError(f"{ROLE}: unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
         multiprocessing = bool(options.pop("multiprocessing", False))
+        chat_format = options.pop("chat_format", None)
+        chat_format_of(ROLE, chat_format, None)  # a bad name is refused before anything starts
         unknown = sorted(set(options) - set(engine_option_types()))
         if unknown:
             raise ConfigError(f"{ROLE}: unknown option(s) for {FORMAT}: {', '.join(unknown)}")
         engine = engine_kwargs(device, options)
+        if not engine.get("quantization") and not engine.get("cpu_offload_gb"):
+            # with kv_cache_memory_bytes alone vLLM sizes no share: the weights must fit the GPU
+            gpus = int(engine.get("tensor_parallel_size", 1)) * int(engine.get("pipeline_parallel_size", 1))
+            refuse_float32_overflow(p, device, dtype, float(engine.get("gpu_memory_utilization", 1.0)), gpus)
 
         # Imported here: vllm is an optional extra, and importing it takes seconds.
         try:
@@ -135,13 +161,20 @@ class VLLMLlavaVLM:
             )
         try:
             processor = AutoProcessor.from_pretrained(p, local_files_only=True)
+            config = AutoConfig.from_pretrained(p, local_files_only=True)
             # an older snapshot's processor lacks patch_size (vLLM counts image tokens itself)
-            complete_processor(processor, AutoConfig.from_pretrained(p, local_files_only=True))
+            complete_processor(processor, config)
             with _process_state_kept(in_process=not multiprocessing):
                 llm = LLM(str(p), tokenizer=str(p), dtype=dtype, **engine)
         except Exception as err:
             raise ModelLoadError(f"{ROLE}: cannot load {FORMAT} from {p}: {err}") from err
-        vlm = cls(llm, processor, bool(engine.get("enable_prefix_caching")), in_process=not multiprocessing)
+        vlm = cls(
+            llm,
+            processor,
+            bool(engine.get("enable_prefix_caching")),
+            in_process=not multiprocessing,
+            chat_format=chat_format_of(ROLE, chat_format, config),
+        )
         if vlm.in_process:
             _open_in_process = id(vlm)
         return vlm
@@ -171,20 +204,39 @@ class VLLMLlavaVLM:
     def chat_text(self, prompt: str) -> str:
         """The full model input for one user prompt about one image, up to "ASSISTANT:"
         (the same text ``HFLlavaVLM.chat_text`` builds)."""
-        return llava_chat_text(self.processor, prompt)
+        return llava_chat_text(self.processor, prompt, self.chat_format)
+
+    def score_text(self, prompt: str, answer: str) -> str:
+        """One scoring row's text (``HFLlavaVLM.score_text``)."""
+        return join_answer(self.chat_text(prompt), answer)
+
+    @property
+    def image_split(self) -> ImageSplit:
+        """The image token texts are split at in "llava_v1" (``HFLlavaVLM.image_split``), else None."""
+        if self.chat_format != "llava_v1":
+            return None
+        token = self.processor.image_token
+        return token, self.tokenizer.convert_tokens_to_ids(token)
+
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """The ids vLLM is handed for ``texts``, one image token per "<image>" (vLLM expands it):
+        those ``HFLlavaVLM.token_ids`` gives."""
+        return token_ids(self.tokenizer, texts, self.image_split)
 
     def _answer_ids(self, prompt_texts: list[str], full_texts: list[str]) -> list[list[int]]:
         """Each answer's token ids: those of the full text after its shared prefix with the
         prompt's tokenisation (the rule of ``HFLlavaVLM._answer_lengths``)."""
-        return answer_token_ids(self.tokenizer, prompt_texts, full_texts)
+        return answer_token_ids(self.tokenizer, prompt_texts, full_texts, self.image_split)
 
     def _requests(self, images: Sequence[np.ndarray], texts: list[str]) -> list[dict]:
-        """One request per row; a view repeated over rows is converted (and checked) once."""
+        """One request per row, its text as token ids (``token_ids``); a view repeated over rows is
+        converted (and checked) once."""
         firsts, inverse = distinct_rows(images)
         # Padded to a square as LLaVA-1.5 was trained, not centre-cropped by vLLM's processor.
         fill = processor_fill(self.processor.image_processor)
         pil = [Image.fromarray(pad_to_square(_check_image(images[j], j), fill)) for j in firsts]
-        return [{"prompt": text, "multi_modal_data": {"image": pil[u]}} for text, u in zip(texts, inverse)]
+        ids = self.token_ids(texts)
+        return [{"prompt_token_ids": row, "multi_modal_data": {"image": pil[u]}} for row, u in zip(ids, inverse)]
 
     def _check_open(self) -> None:
         if self._closed:
