@@ -178,6 +178,4 @@ def test_vllm_requests_carry_the_authors_ids(vlm, images):
     texts = [authors_text(PROMPTS[0]), authors_text(PROMPTS[1], "frog")]
     requests = vllm_side._requests(images, texts)
     assert [r["prompt_token_ids"] for r in requests] == [tokenizer_image_token(vlm.tokenizer, t, image_id) for t in texts]
-    assert vllm_side._answer_ids([authors_text(PROMPTS[1])], [texts[1]]) == [
-        vlm.tokenizer.convert_tokens_to_ids(["▁frog"])
-    ]
+    assert vllm_side._answer_ids([authors_text(PROMPTS[1])], [texts[1]]) == [vlm.tokenizer.convert_tokens_to_ids(["▁frog"])]
