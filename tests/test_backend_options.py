@@ -133,7 +133,8 @@ def test_vllm_options_are_the_installed_engine_args():
 
     allowed = backend_options(backend_class("vlm", "vllm"))
     fields = {f.name for f in dataclasses.fields(EngineArgs) if not f.name.startswith("_")}
-    assert set(allowed) == fields - {"model", "tokenizer", "dtype"} | {"multiprocessing"}
+    ours = {"multiprocessing", "chat_format"}
+    assert set(allowed) == fields - {"model", "tokenizer", "dtype"} | ours
     check_options(
         config(
             "vlm",
