@@ -122,6 +122,17 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"error": {"status": status, "message": message}}, status_code=status, headers=headers)
 
 
+def _replay_body(body: bytes) -> Any:
+    """An ASGI ``receive`` handing over ``body`` (the request's bytes, already read) as the
+    whole request, then a disconnect: a ``Request`` built on it parses its form from them."""
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    return receive
+
+
 def _png(mask_u8) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(mask_u8).save(buf, format="PNG")
@@ -186,9 +197,8 @@ def create_app(engine: "IntEngine", settings: ServiceSettings | None = None) -> 
             raise RequestError(400, "empty body: send the image")
         if ctype == "application/json":
             return parse_json(body)
-        request._body = body  # the stream is spent: form() parses from the bytes read
-        try:
-            form = await request.form()
+        try:  # the client's stream is spent: a request whose receive replays the bytes read
+            form = await Request(request.scope, _replay_body(body)).form()
         except Exception as err:  # python-multipart's parse errors have no common base class
             raise RequestError(400, f"malformed multipart body: {err}") from None
         fields = {k: v for k, v in form.multi_items()}
