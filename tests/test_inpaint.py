@@ -143,11 +143,54 @@ def test_sd_encodes_masked_images_in_batches_with_each_jobs_own_noise(sd, monkey
     batched = sd.inpaint(images, masks, prompts, negs, seeds)
     assert passes == [3, 1]
     passes.clear()
-    monkeypatch.delattr(sd.pipe, "_encode_vae_image")  # diffusers' own: one image per pass
+    monkeypatch.setattr(inpaint_sd, "prepared_latents", lambda *args: {})  # diffusers' own: one image per pass
     diffusers_own = sd.inpaint(images, masks, prompts, negs, seeds)
     assert passes == [1, 1, 1, 1]
     for x, y in zip(batched, diffusers_own):
         assert np.abs(x.astype(int) - y.astype(int)).max() <= 2  # batched convs round differently
+
+
+@pytest.mark.parametrize("scheduler", [None, "euler"])  # euler draws step noise from the generators too
+def test_sd_prepared_latents_are_the_pipelines_own(tiny_dir, monkeypatch, scheduler):
+    """``prepared_latents`` passed through ``latents=`` / ``masked_image_latents=`` gives the plain
+    pipeline's output on the same inputs: the same masked image, scaling factor and draws from each
+    job's generator in the pipeline's order (noise, then the latent sample, then the steps'). One
+    image per VAE pass is bit for bit the pipeline's own; batched passes round differently only."""
+    import torch
+
+    from int_engine.backends import inpaint_sd
+
+    sd = SDInpainter.load(tiny_dir, size=32, steps=2, guidance_scale=7.5, scheduler=scheduler)
+    rng = np.random.default_rng(1)
+    image = torch.from_numpy(rng.random((3, 3, 32, 32), dtype=np.float32))
+    mask = torch.zeros(3, 1, 32, 32)
+    mask[:, :, 8:20, 6:24] = 1.0
+    mask[1, :, 0:4] = 0.7  # not binary: the mask processor binarises it
+
+    def run(prepare: bool, seeds=(5, 6, 7)) -> np.ndarray:
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        prepared = inpaint_sd.prepared_latents(sd.pipe, image, mask, generators, 32) if prepare else {}
+        return sd.pipe(
+            prompt=[PROMPT] * 3,
+            negative_prompt=[NEGATIVE] * 3,
+            image=image,
+            mask_image=mask,
+            height=32,
+            width=32,
+            num_inference_steps=2,
+            guidance_scale=7.5,
+            generator=generators,
+            output_type="np",
+            **prepared,
+        ).images
+
+    with torch.inference_mode():
+        plain = run(prepare=False)
+        monkeypatch.setattr(inpaint_sd, "VAE_ENCODE_BATCH", 1)
+        np.testing.assert_array_equal(run(prepare=True), plain)
+        monkeypatch.setattr(inpaint_sd, "VAE_ENCODE_BATCH", 8)
+        np.testing.assert_allclose(run(prepare=True), plain, atol=1e-4)
+        assert np.abs(run(prepare=True, seeds=(5, 6, 8))[2] - plain[2]).max() > 1e-3  # the seeds matter
 
 
 def test_sd_empty_mask_skips_the_model(sd, monkeypatch):

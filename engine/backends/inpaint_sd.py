@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Self, Sequence
 
@@ -59,19 +58,35 @@ _SCHEDULERS = {
 VAE_ENCODE_BATCH = 8
 
 
-def _encode_vae_image_batched(pipe, image: torch.Tensor, generator) -> torch.Tensor:
-    """``StableDiffusionInpaintPipeline._encode_vae_image`` with the VAE encoder run on up to
-    ``VAE_ENCODE_BATCH`` images per pass. image: float [B, 3, S, S]; generator: one per image
-    (or one for all). Returns scaled latents [B, 4, S/8, S/8]. Each image's latent sample is
-    still drawn from its own generator, so batch-mates change nothing."""
-    if not isinstance(generator, list):
-        return type(pipe)._encode_vae_image(pipe, image, generator)
-    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+def prepared_latents(pipe, image: torch.Tensor, mask: torch.Tensor, generators: list[torch.Generator], size: int) -> dict:
+    """The pipeline's initial noise and masked-image latents, computed as
+    ``StableDiffusionInpaintPipeline.__call__`` computes them (strength 1, one image per prompt)
+    but with the VAE encoder run on up to ``VAE_ENCODE_BATCH`` masked images per pass; passed
+    back through its public ``latents=`` and ``masked_image_latents=`` arguments.
 
+    image: float [B, 3, S, S] in [0, 1]; mask: float [B, 1, S, S] (>= 0.5 = fill); generators: one
+    per job. Returns {"latents": noise [B, 4, S/8, S/8], "masked_image_latents": scaled latents
+    [B, 4, S/8, S/8]}. The pipeline draws from each job's generator first its initial noise,
+    then its masked image's latent sample, then (some schedulers) the steps' noise: both draws
+    happen here in that order, so the steps draw what they would have, and each job's draws come
+    from its own generator (batch-mates change nothing). The masked image is the pipeline's own
+    ``image_processor`` / ``mask_processor`` output, ``image * (mask < 0.5)``, in the text
+    encoder's dtype (the pipeline's ``prompt_embeds.dtype``), times the VAE's ``scaling_factor``.
+    """
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+    from diffusers.utils.torch_utils import randn_tensor
+
+    device, dtype = pipe.device, pipe.text_encoder.dtype
+    scale = pipe.vae_scale_factor
+    shape = (len(image), pipe.vae.config.latent_channels, size // scale, size // scale)
+    noise = randn_tensor(shape, generator=generators, device=device, dtype=dtype)
+    init = pipe.image_processor.preprocess(image, height=size, width=size, crops_coords=None, resize_mode="default")
+    keep = pipe.mask_processor.preprocess(mask, height=size, width=size, crops_coords=None, resize_mode="default") < 0.5
+    masked = (init.to(dtype=torch.float32) * keep).to(device=device, dtype=dtype)
     step = VAE_ENCODE_BATCH
-    moments = torch.cat([pipe.vae.encode(image[s : s + step]).latent_dist.parameters for s in range(0, len(image), step)])
-    latents = [DiagonalGaussianDistribution(moments[i : i + 1]).sample(g) for i, g in enumerate(generator)]
-    return pipe.vae.config.scaling_factor * torch.cat(latents)
+    moments = torch.cat([pipe.vae.encode(masked[s : s + step]).latent_dist.parameters for s in range(0, len(masked), step)])
+    samples = [DiagonalGaussianDistribution(moments[i : i + 1]).sample(g) for i, g in enumerate(generators)]
+    return {"latents": noise, "masked_image_latents": pipe.vae.config.scaling_factor * torch.cat(samples)}
 
 
 @dataclass(frozen=True)
@@ -198,7 +213,6 @@ class SDInpainter:
             )
             if scheduler is not None:
                 pipe.scheduler = getattr(diffusers, _SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
-            pipe._encode_vae_image = partial(_encode_vae_image_batched, pipe)
             pipe = pipe.to(device)
         except Exception as err:  # any library failure is a load failure of this path
             raise ModelLoadError(f"{ROLE}: cannot load {FORMAT} from {p}: {err}") from err
@@ -313,6 +327,7 @@ class SDInpainter:
         # CPU generators: the same seed gives the same noise on every device.
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
         with torch.inference_mode():
+            prepared = prepared_latents(self.pipe, image_t, mask_t, generators, self.size)
             result = self.pipe(
                 prompt=list(prompts),
                 negative_prompt=list(negative_prompts) if self.guidance_scale > 1 else None,
@@ -324,6 +339,7 @@ class SDInpainter:
                 guidance_scale=self.guidance_scale,
                 generator=generators,
                 output_type="np",
+                **prepared,
             ).images  # float32 [B, S, S, 3] in [0, 1]
         # every denoising step the pipeline ran evaluates the UNet on all B jobs' rows (2 each
         # with classifier-free guidance) over the (size / vae scale)^2 latent grid
