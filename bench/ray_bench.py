@@ -36,7 +36,8 @@ import numpy as np
 
 from ..config import EngineConfig
 from ..errors import IntEngineError
-from ..service.ray_serve import LOCAL_RAY_ENV, REPLICA_CPU_SHARE, cuda_devices, replica_config
+from ..service.ray_runtime import connect, init_local
+from ..service.ray_serve import REPLICA_CPU_SHARE, cuda_devices, replica_config
 from ..work import work_delta, work_of
 from .datasets import Dataset, Pair
 from .run import RunWriter, finish_run, prepare_run, segment_pairs
@@ -64,33 +65,6 @@ class RayBenchSettings:
     batch_rows: int | None = None
     temp_dir: str | None = None
     actor_start_timeout_s: float = 900.0
-
-
-def import_ray(local: bool) -> ModuleType:
-    """``ray``, with the loopback-only environment set first for a local cluster (Ray reads it
-    at import; ``setdefault``: the caller's own values win)."""
-    if local:
-        for key, value in LOCAL_RAY_ENV.items():
-            os.environ.setdefault(key, value)
-    import ray
-
-    return ray
-
-
-def ray_init_local(tmp_dir: str | None, num_cpus: int | None = None) -> ModuleType:
-    """Start a local cluster as ``int-engine serve --ray`` does: every port on 127.0.0.1, no
-    dashboard, no usage report or auth token, its session folder in ``tmp_dir``. Returns ``ray``."""
-    ray = import_ray(local=True)
-    ray.init(
-        address="local",
-        include_dashboard=False,
-        _temp_dir=tmp_dir,
-        object_store_memory=OBJECT_STORE_BYTES,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-        num_cpus=num_cpus,
-    )
-    return ray
 
 
 class BenchActor:
@@ -220,9 +194,7 @@ def run_ray_bench(
     start = time.perf_counter()
     if todo:
         local = settings.address is None
-        ray = ray_init_local(settings.temp_dir) if local else import_ray(local=False)
-        if not local:
-            ray.init(address=settings.address, log_to_driver=False)
+        ray = init_local(settings.temp_dir, OBJECT_STORE_BYTES) if local else connect(settings.address)
         try:
             by_name = {p.name: p for p in todo}
             for item in segment_on_ray(ray, config, models_dir, todo, settings, score):
@@ -262,7 +234,7 @@ def ray_throughput(
     tmp = Path(tempfile.mkdtemp(prefix="int-ray-"))
     try:
         pairs = find_dataset("cod10k", write_synthetic_dataset(tmp / "data", n_images, height=size[0], width=size[1])).pairs
-        ray = ray_init_local(str(tmp / "ray"))
+        ray = init_local(str(tmp / "ray"), OBJECT_STORE_BYTES)
         figures: dict[str, Any] = {
             "images": n_images,
             "image_size": list(size),

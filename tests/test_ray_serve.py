@@ -33,8 +33,8 @@ from int_engine.bench.synthetic import make_scene  # noqa: E402
 from int_engine.cli import main  # noqa: E402
 from int_engine.config import EngineConfig  # noqa: E402
 from int_engine.models.cache import ensure_tiny_zoo  # noqa: E402
+from int_engine.service.ray_runtime import LOCAL_RAY_ENV  # noqa: E402
 from int_engine.service.ray_serve import (  # noqa: E402
-    LOCAL_RAY_ENV,
     REPLICA_HEADER,
     RESENT_HEADER,
     ReplicaLossMiddleware,

@@ -25,9 +25,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"error: {problem}", file=sys.stderr)
             return FATAL
         try:  # before any model is looked at: a missing extra is the first thing to say
-            from ..service import ray_serve
+            from ..service import ray_runtime
 
-            ray_serve.import_ray(local=args.ray_address is None)
+            ray_runtime.import_serve(local=args.ray_address is None)
         except ImportError as err:
             print(f"error: int-engine serve --ray needs the [ray] extra (pip install 'int-engine[ray]'): {err}", file=sys.stderr)
             return FATAL

@@ -8,8 +8,8 @@ replica; a replica that dies is replaced by Ray Serve's controller. The requests
 sent once more to a live replica by the proxy's ``ReplicaLossMiddleware`` (else they get a JSON
 503), and the proxy's ``request_timeout_s`` bounds every request, so none hangs.
 
-Ray is imported only by :func:`import_ray`, after the environment for a local, loopback-only
-cluster is set: Ray reads some of those variables when it is imported.
+Ray is imported, and a cluster started or joined, by ``ray_runtime`` (shared with ``bench --ray``),
+which also holds the one shim around Ray Serve's private replica module.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import ROLES, EngineConfig
 from ..log import get_logger
+from .ray_runtime import bind_replica_grpc_to_node_ip, connect, import_serve, init_local
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -39,9 +40,6 @@ RESENT_HEADER = "x-int-engine-resent"  # how often the proxy sent a request agai
 # Ray Serve's proxy imports its middleware from this path, named in its environment
 PROXY_HOOK = "int_engine.service.ray_serve:proxy_middlewares"
 PROXY_BODY_ENV = "INT_ENGINE_PROXY_MAX_BODY_BYTES"  # the app's body limit, for the proxy's retry buffer
-# A local cluster: no usage report, no auth token written to ~/.ray, and every Ray port on
-# 127.0.0.1 (Ray otherwise binds its node to the machine's outward address).
-LOCAL_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 # CPU share of a CPU-only cluster given to replicas; the rest keeps the proxy, the controller
 # and Ray's own workers running (replicas holding every CPU starve them and requests hang).
 REPLICA_CPU_SHARE = 0.75
@@ -64,18 +62,6 @@ class RaySettings:
     address: str | None = None
     temp_dir: str | None = None
     object_store_bytes: int = 1 << 30
-
-
-def import_ray(local: bool) -> tuple[ModuleType, ModuleType]:
-    """``(ray, ray.serve)``; for a local cluster the loopback-only environment is set first
-    (``setdefault``: the caller's own values win). Raises ImportError without the [ray] extra."""
-    if local:
-        for key, value in LOCAL_RAY_ENV.items():
-            os.environ.setdefault(key, value)
-    import ray
-    from ray import serve
-
-    return ray, serve
 
 
 def cuda_devices(config: EngineConfig) -> list[str]:
@@ -109,30 +95,6 @@ def replica_config(config: EngineConfig) -> EngineConfig:
     return replace(config, models=models)
 
 
-def _bind_replica_grpc_to_node_ip() -> None:
-    """Ray Serve 2.60 starts each replica's inter-deployment gRPC server (unused by this HTTP
-    app unless RAY_SERVE_USE_GRPC_BY_DEFAULT=1) on ``[::]:0``, every interface, with no setting
-    to change it (ray-project/ray#64544); bound to the node's own address instead, a local
-    cluster listens on 127.0.0.1 only and a multi-node one still reaches it. Called in the
-    replica's constructor, which Ray Serve runs before it starts that server."""
-    from ray.serve._private import replica as serve_replica
-    from ray.util import get_node_ip_address
-
-    add_port = getattr(serve_replica, "add_port_to_grpc_server", None)
-    if add_port is None or getattr(add_port, "binds_node_ip", False):
-        return  # another Ray release (nothing to narrow) or already narrowed in this process
-    host = get_node_ip_address()
-    host = f"[{host}]" if ":" in host else host
-
-    def add_port_on_node_ip(server: Any, address: str) -> int:
-        if address.startswith("[::]:"):
-            address = f"{host}:{address[len('[::]:') :]}"
-        return add_port(server, address)
-
-    add_port_on_node_ip.binds_node_ip = True  # type: ignore[attr-defined]
-    serve_replica.add_port_to_grpc_server = add_port_on_node_ip
-
-
 class IntEngineReplica:
     """One replica: its own ``IntEngine`` and the service app around it. Ray Serve wraps this
     class with ``serve.ingress()`` (no app given: ``__serve_build_asgi_app__`` builds it once
@@ -148,7 +110,7 @@ class IntEngineReplica:
 
         # the replica's CPU reservation, not every core: replicas share the machine
         torch.set_num_threads(torch_threads)
-        _bind_replica_grpc_to_node_ip()
+        bind_replica_grpc_to_node_ip()
         self.engine = IntEngine(replica_config(config), models_dir=models_dir, max_queue=max_queue)
         self.settings = settings
         self.replica_id = serve.get_replica_context().replica_id.unique_id
@@ -367,22 +329,15 @@ def serve_on_ray(
     (an existing one's Serve may hold other applications) and Ray is left."""
     ray_settings = ray_settings or RaySettings()
     local = ray_settings.address is None
-    ray, serve = import_ray(local)
+    ray, serve = import_serve(local)
     if local:
         # the proxy's middleware: Ray's processes inherit this environment (on an existing
         # cluster its nodes must be started with it, README)
         os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", PROXY_HOOK)
         os.environ[PROXY_BODY_ENV] = str(settings.limits.max_body_bytes)
-        ray.init(
-            address="local",
-            include_dashboard=False,
-            _temp_dir=ray_settings.temp_dir,
-            object_store_memory=ray_settings.object_store_bytes,
-            _node_ip_address="127.0.0.1",
-            log_to_driver=False,
-        )
+        init_local(ray_settings.temp_dir, ray_settings.object_store_bytes)
     else:
-        ray.init(address=ray_settings.address, log_to_driver=False)
+        connect(ray_settings.address)
     stop = threading.Event()
 
     def on_signal(sig: int, frame: FrameType | None) -> None:
