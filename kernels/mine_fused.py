@@ -34,14 +34,26 @@ except ImportError:  # no Triton wheel (macOS, Windows): only the torch referenc
     triton = None
     tl = None
 else:
-    # tl.max / tl.min / tl.sum are themselves @triton.jit functions, wrapped for the compiler
-    # or the interpreter once, when triton is first imported; called from an interpreted kernel
-    # after a compiler-mode import they raise "Cannot call @triton.jit'd outside of the scope of
-    # a kernel". tl.reduce is a builtin, and with these combine functions the interpreter takes
-    # its numpy fast path, so the kernel runs whenever TRITON_INTERPRET was set.
-    _MAX = tl.standard._elementwise_max
-    _MIN = tl.standard._elementwise_min
-    _SUM = tl.standard._sum_combine
+    # The kernel reduces with tl.reduce (a builtin) and these combine functions, not with tl.max /
+    # tl.min / tl.sum: those are @triton.jit functions wrapped for the compiler or the interpreter
+    # once, when triton is first imported, and called from an interpreted kernel after a
+    # compiler-mode import they raise "Cannot call @triton.jit'd outside of the scope of a kernel".
+    # tl.reduce calls its combine function's Python body in the interpreter whichever way it was
+    # wrapped, and compiles it as a device function: the same code as tl.max / tl.min / tl.sum.
+
+    @triton.jit
+    def _max_combine(a, b):
+        return tl.maximum(a, b)
+
+    @triton.jit
+    def _min_combine(a, b):
+        return tl.minimum(a, b)
+
+    @triton.jit
+    def _add_combine(a, b):
+        return a + b
+
+    _MAX, _MIN, _SUM = _max_combine, _min_combine, _add_combine
 
 MAX_VIEWS = 16
 MAX_CANDIDATES = 64

@@ -2,9 +2,10 @@
 
 On this CPU the kernel runs through Triton's interpreter: ``mine_fused`` wraps the kernel with
 ``triton.jit`` on first use in each mode, so setting TRITON_INTERPRET=1 per test (the
-``interpret`` fixture) is enough, whatever imported triton before. The interpreter costs about
-a millisecond per reduction per program, so big shapes are few and chosen to pack many images
-into one program.
+``interpret`` fixture) is enough, whatever imported triton before. The interpreter runs the
+kernel's own combine functions element by element (it has a numpy fast path only for Triton's
+private ones): a few milliseconds per reduction per program, so big shapes are few and chosen
+to pack many images into one program.
 """
 
 import importlib
