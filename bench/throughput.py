@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..calls import ModelCall, run_each, run_model
+from ..calls import ModelCall, run_each
 from ..config import EngineConfig, apply_overrides
 from ..io import mask_to_uint8
+from ..loop import EngineLoop
 from ..models.load import load_models
 from ..pipeline import drive, image_steps
-from ..scheduler import Scheduler
 from ..work import per_unit, work_delta, work_of
 from .synthetic import make_scene
 
@@ -55,8 +55,8 @@ def run_reference(models, cfg: EngineConfig, images: list[np.ndarray]) -> tuple[
 
     def one_by_one(models, call: ModelCall):
         name = f"{call.role}.{call.method}"
-        counts[name] = counts.get(name, 0) + (1 if call.role == "mine" else call.size)
-        return run_model(models, call) if call.role == "mine" else run_each(models, call)
+        counts[name] = counts.get(name, 0) + call.size
+        return run_each(models, call)
 
     before = work_of(models)
     t0 = time.perf_counter()
@@ -67,15 +67,15 @@ def run_reference(models, cfg: EngineConfig, images: list[np.ndarray]) -> tuple[
 
 def run_engine(models, cfg: EngineConfig, images: list[np.ndarray]) -> tuple[list, dict[str, int], float, dict[str, float]]:
     """All images through the scheduler (returns as ``run_reference``)."""
-    scheduler = Scheduler(models, cfg)
+    loop = EngineLoop(models, cfg)
     before = work_of(models)
     t0 = time.perf_counter()
-    out = dict(scheduler.run((i, (lambda im=im: image_steps(im, cfg))) for i, im in enumerate(images)))
+    out = dict(loop.run((i, (lambda im=im: image_steps(im, cfg))) for i, im in enumerate(images)))
     elapsed = time.perf_counter() - t0
     for i, r in out.items():
         if isinstance(r, Exception):
             raise r
-    counts = dict(scheduler.stats.calls)
+    counts = dict(loop.stats.calls)
     return [out[i] for i in range(len(images))], counts, elapsed, work_delta(before, work_of(models))
 
 

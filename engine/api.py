@@ -201,7 +201,7 @@ class IntEngine:
                 key = pending.pop(future)
                 error = future.exception()
                 yield key, (error if error is not None else future.result())
-        self.last_stats = self.core.scheduler.stats
+        self.last_stats = self.core.loop.stats
 
 
 def _steps(image: LoadedImage, cfg: EngineConfig) -> pipeline.Steps:

@@ -9,28 +9,25 @@ batch per model for many images, the sequential reference one item at a time.
 tick order. Nothing else restates the roles or the calls.
 
 Importing this module does not import torch (``int_engine.models.load`` uses ``ROLE_FIELD``
-and stays light): negative mining (``mine``) is imported when a mining call first runs.
+and stays light).
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from .config import ROLES
 from .protocols import Models
 
-if TYPE_CHECKING:
-    import torch
-
 # role (config.ROLES: the names in ModelsConfig, model calls, traces and work counters) ->
-# attribute of Models; only "inpaint" is spelled differently there. "mine" is the negative-mining
-# math, not a model, so it has no entry.
-ROLE_FIELD: dict[str, str] = {role: {"inpaint": "inpainter"}.get(role, role) for role in ROLES}
+# attribute of Models; "inpaint" and "mine" are spelled differently there. "mine" (negative
+# mining) is a role of the calls, not of ModelsConfig: it has no checkpoint to load.
 MINE_ROLE = "mine"
+ROLE_FIELD: dict[str, str] = {role: {"inpaint": "inpainter", MINE_ROLE: "miner"}.get(role, role) for role in (*ROLES, MINE_ROLE)}
 
 
 class CallKind(enum.Enum):
@@ -56,9 +53,9 @@ class CallKind(enum.Enum):
         return self.value[2]
 
     @property
-    def field(self) -> str | None:
-        """The ``Models`` attribute that answers it; None for negative mining (no model)."""
-        return ROLE_FIELD.get(self.role)
+    def field(self) -> str:
+        """The ``Models`` attribute that answers it."""
+        return ROLE_FIELD[self.role]
 
     @property
     def label(self) -> str:
@@ -95,7 +92,7 @@ class Call(CallKind):
     GENERATE = ("vlm", "generate", "propose")  # step 2: P_B and P_A for every view
     INPAINT = ("inpaint", "inpaint", "inpaint")  # step 3: the contrast views X'_k
     SCORE = ("vlm", "score", "score")  # step 4: s(c | X_k), s(c | X'_k)
-    MINE = (MINE_ROLE, "mine", "mine")  # steps 5-6: negative mining (one fused launch per tick)
+    MINE = (MINE_ROLE, "mine", "mine")  # steps 5-6: negative mining (one Miner launch per tick)
     DETECT = ("detector", "detect", "detect")  # step 7: boxes for the picked name
     SIMILARITY_MAPS = ("clip", "similarity_maps", "segment")  # step 8: CLIP point prompts
     SEGMENT = ("segmenter", "segment", "segment")  # step 8: SAM with points and boxes
@@ -156,21 +153,8 @@ class Reply:
     seconds: float
 
 
-def mine(
-    s_before: "torch.Tensor", s_after: "torch.Tensor", history: "torch.Tensor", eps: float
-) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
-    """``mining.mine`` (float [B, V, C] scores, [B, C] history -> pick [B], scores and new history
-    [B, C]), imported on first use so that importing this module does not import torch."""
-    from .mining import mine as reference
-
-    return reference(s_before, s_after, history, eps)
-
-
 def run_model(models: Models, call: ModelCall) -> Any:
     """Execute one call as it is (one batch)."""
-    if call.kind.field is None:  # negative mining: one image's [1, V, C] through the torch reference
-        s_before, s_after, history, eps = call.items[0][0], call.items[1][0], call.items[2][0], call.params[0]
-        return [mine(s_before, s_after, history, eps)]
     fn: Callable = getattr(getattr(models, call.kind.field), call.method)
     n = len(call.items) - len(call.keywords)
     return fn(*call.items[:n], *call.params, **dict(zip(call.keywords, call.items[n:])))
@@ -202,9 +186,3 @@ def split(result: Any, sizes: list[int]) -> list[Any]:
         out.append(result[start : start + n])
         start += n
     return out
-
-
-def mine_call(s_before: "torch.Tensor", s_after: "torch.Tensor", history: "torch.Tensor", eps: float) -> ModelCall:
-    """Steps 4-6 of one image as a call (s_before, s_after float [1, V, C], history [1, C]), so
-    that the scheduler can mine many images in one fused launch (``mining.mine_batch``)."""
-    return Call.MINE.call(([s_before], [s_after], [history]), (eps,))

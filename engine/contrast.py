@@ -1,10 +1,13 @@
-"""Steps 3-4 (eq 3-4): what each view's contrast removes, and the rows of the one scoring call.
+"""Steps 3-4 (eq 3-4): what each view's contrast removes, the inpainting jobs that remove it,
+and the rows of the one scoring call.
 
-Pure functions around the model calls (``pipeline.contrast_views`` makes the inpainting call,
-``pipeline.select_name`` the scoring call): arrays in, arrays out.
+Pure functions around the model calls (``pipeline.contrast`` makes the inpainting call,
+``pipeline.score`` the scoring call): arrays in, arrays out.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -12,6 +15,9 @@ import torch
 
 from . import patches, prompts
 from .config import EngineConfig
+
+NO_NAME_FOREGROUND = "object"
+NO_NAME_BACKGROUND = "background"
 
 
 def contrast_masks(
@@ -44,6 +50,80 @@ def contrast_masks(
             m = None
         out.append(m if m is not None and m.any() and not m.all() else None)
     return out
+
+
+@dataclass(frozen=True)
+class InpaintJobs:
+    """Eq 4's inpainting jobs of one image-iteration, as the ``Call.INPAINT`` items: images
+    uint8 [h, w, 3], masks float32 [h, w] (1 = remove), texts, and ``views``: the view index of
+    each job, or None for the one whole-image job (``inpaint_scope: image``)."""
+
+    images: list[np.ndarray]
+    masks: list[np.ndarray]
+    positive: list[str]
+    negative: list[str]
+    views: list[int | None]
+
+
+def inpaint_jobs(
+    image: np.ndarray,
+    crops: list[np.ndarray],
+    views: list[patches.View],
+    proposals: list[prompts.ViewProposal],
+    to_remove: list[np.ndarray | None],
+    cfg: EngineConfig,
+) -> InpaintJobs:
+    """The jobs that make X'_k (eq 4). ``image`` and ``crops``: what the VLM sees (float32
+    [H, W, 3] and its views' uint8 crops).
+
+    ``inpaint_scope: image`` (the authors' released code): one job on the whole image with the
+    union of the views' masks, prompted with all their foreground names (P_n) and background
+    names (P_p); a union covering nothing or the whole image removes nothing (no job).
+    ``view``: one job per view with a mask, with that view's names.
+    """
+    if cfg.inpaint_scope == "image":
+        h, w = image.shape[:2]
+        union = np.zeros((h, w), np.uint8)
+        for view, m in zip(views, to_remove):
+            if m is not None:
+                patches.crop(union, view)[...] |= m
+        if not union.any() or union.all():
+            return InpaintJobs([], [], [], [], [])
+        removing = [p for p, m in zip(proposals, to_remove) if m is not None]
+        fores = ", ".join(dict.fromkeys(p.foreground for p in removing if p.foreground))
+        backs = ", ".join(dict.fromkeys(p.background for p in removing if p.background))
+        positive, negative = prompts.inpaint_prompts(fores or NO_NAME_FOREGROUND, backs or NO_NAME_BACKGROUND, cfg.task)
+        whole = np.ascontiguousarray(np.clip(np.round(image), 0, 255).astype(np.uint8))
+        return InpaintJobs([whole], [union.astype(np.float32)], [positive], [negative], [None])
+    jobs = [j for j, m in enumerate(to_remove) if m is not None]
+    texts = [
+        prompts.inpaint_prompts(
+            proposals[j].foreground or NO_NAME_FOREGROUND, proposals[j].background or NO_NAME_BACKGROUND, cfg.task
+        )
+        for j in jobs
+    ]
+    return InpaintJobs(
+        [crops[j] for j in jobs],
+        [to_remove[j].astype(np.float32) for j in jobs],
+        [t[0] for t in texts],
+        [t[1] for t in texts],
+        list(jobs),
+    )
+
+
+def contrast_crops(jobs: InpaintJobs, filled: list[np.ndarray], views: list[patches.View]) -> list[np.ndarray | None]:
+    """X'_k per view (uint8 [h_k, w_k, 3]) from the jobs' outputs, None where nothing was removed:
+    a view job's output is its view's; the whole-image job gives every view with masked pixels
+    its crop of the result."""
+    contrasts: list[np.ndarray | None] = [None] * len(views)
+    for view_index, mask, out in zip(jobs.views, jobs.masks, filled):
+        if view_index is not None:
+            contrasts[view_index] = out
+            continue
+        for j, view in enumerate(views):
+            if patches.crop(mask, view).any():
+                contrasts[j] = np.ascontiguousarray(patches.crop(out, view))
+    return contrasts
 
 
 def score_rows(

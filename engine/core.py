@@ -3,8 +3,8 @@ bounded queue at any time and join the next tick; results leave as each image fi
 
 Shaped like vLLM's engine core: callers submit requests and get futures, the loop admits new
 requests between ticks (never waiting for a wave of images to drain), runs one tick
-(``Scheduler.step``: decide, execute, advance) and completes the futures of the images that
-finished. A request whose caller gave up (``future.cancel()``, an asyncio timeout through
+(``loop.EngineLoop.step``: schedule, execute, update) and completes the futures of the images
+that finished. A request whose caller gave up (``future.cancel()``, an asyncio timeout through
 ``asyncio.wrap_future``) leaves the scheduler at the next tick and its state is freed.
 """
 
@@ -21,9 +21,10 @@ from typing import Callable
 from .config import EngineConfig
 from .errors import IntEngineError
 from .log import get_logger
+from .loop import EngineLoop
 from .protocols import Models
 from .result import Result
-from .scheduler import Scheduler, Steps
+from .scheduler import Steps
 
 log = get_logger("core")
 
@@ -70,8 +71,8 @@ class EngineCore:
     def __init__(self, models: Models, config: EngineConfig, max_queue: int = 256) -> None:
         if max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_queue}")
-        self.scheduler = Scheduler(models, config)
-        self.scheduler.on_batch = self._on_batch
+        self.loop = EngineLoop(models, config)
+        self.loop.on_batch = self._on_batch
         self._queue: queue.Queue[_Request] = queue.Queue(maxsize=max_queue)
         self._ids = itertools.count()
         self._futures: dict[int, Future] = {}
@@ -111,7 +112,7 @@ class EngineCore:
 
     @property
     def in_flight(self) -> int:
-        return len(self.scheduler.inflight)
+        return len(self.loop.inflight)
 
     @property
     def alive(self) -> bool:
@@ -141,26 +142,25 @@ class EngineCore:
     # ---- the loop's side -----------------------------------------------------------------
 
     def _loop(self) -> None:
-        sched = self.scheduler
+        loop = self.loop
         while True:
-            self._admit(block=not sched.inflight)
+            self._admit(block=not loop.inflight)
             self._drop_cancelled()
-            if not sched.inflight:
+            if not loop.inflight:
                 if self._stop.is_set() and self._queue.empty():
                     return
                 continue
             try:
-                finished = sched.step()
+                finished = loop.step()
             except Exception as err:  # a bug in the loop itself: fail what is in flight, keep serving
                 log.exception("scheduler tick failed")
-                finished = [(job.key, err) for job in list(sched.inflight)]
-                sched.inflight.clear()
+                finished = loop.scheduler.fail_all(err)
             for key, outcome in finished:
                 self._complete(key, outcome)
 
     def _admit(self, block: bool) -> None:
         """Move queued requests into flight while there is room; wait briefly when idle."""
-        sched = self.scheduler
+        sched = self.loop.scheduler
         while sched.has_room():
             try:
                 request = self._queue.get(timeout=0.05) if block else self._queue.get_nowait()
@@ -178,7 +178,7 @@ class EngineCore:
     def _drop_cancelled(self) -> None:
         for key, future in list(self._futures.items()):
             if future.cancelled():
-                self.scheduler.drop(key)
+                self.loop.scheduler.drop(key)
                 del self._futures[key]
                 self.stats.cancelled += 1
 

@@ -1,21 +1,14 @@
 """Steps 4-6 (eq 3, 5, 6, 7): negative mining and its progressive accumulation.
 
 ``mine`` is the contract of SPEC.md step 6: plain torch, the CPU path and the reference
-that the fused Triton kernel (``int_engine.kernels.mine_fused``) must match to 1e-6.
-``mine_batch`` is step 6 for a whole scheduler tick: every waiting image's scores padded into
-one [B, V, C] batch, put on the mining device in its dtypes, one ``mine_fused`` launch, and each
-image's share cut back out on the CPU.
+that the fused Triton kernel (``int_engine.kernels.mine_fused``) must match to 1e-6. The
+engine runs it through the ``Miner`` role (``protocols.Miner``; ``kernels.TickMiner`` pads a
+scheduler tick's images into one launch), as it runs the models.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
-
-if TYPE_CHECKING:
-    from .calls import ModelCall
-    from .config import EngineConfig
 
 
 def _masked_softmax(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -118,94 +111,3 @@ class NameWeights:
             self.weights[name] = self.eps
         for name, w in zip(candidates, new_history.tolist()):
             self.weights[name] = w
-
-
-# ---- a tick's negative mining: one fused launch for every image waiting at Call.MINE ----------
-
-
-def mining_device(config: EngineConfig) -> torch.device:
-    """Where a tick's negative mining runs: the VLM's device (the scores come from the VLM)."""
-    return torch.device(config.models.device_of("vlm"))
-
-
-def mining_dtypes(device: torch.device) -> tuple[torch.dtype, torch.dtype]:
-    """(scores dtype, history dtype) that ``mine_fused`` is given on ``device``.
-
-    CPU: float64 for both, the pipeline's dtype, so CPU results are those of ``mine``.
-    CUDA: float32 scores, the dtype the kernel is written for (the softmax difference agrees with
-    float64 to 1e-6 on D = scores / W, see ``kernels.mine_fused``), and float64 history, so that
-    eq 5-7 and the running weights W stay in the pipeline's float64 (the kernel computes them in
-    promote(scores, history) and returns float64). Elsewhere (MPS has no float64): float32.
-    """
-    if device.type == "cpu":
-        return torch.float64, torch.float64
-    if device.type == "cuda":
-        return torch.float32, torch.float64
-    return torch.float32, torch.float32
-
-
-def _pad_tick(calls: list[ModelCall]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The tick's padded inputs on the host, in the calls' dtypes.
-
-    Each call holds [1, V_b, C_b] scores and [1, C_b] history (CPU tensors from the pipeline).
-    Returns scores [2, B, V_max, C_max] (s_before, s_after) padded with -inf (padded views and
-    candidates count as nothing) and history [B, C_max] padded with 1. Padding where the data
-    already is, then moving the tick at once, costs two host->device copies per tick instead
-    of three per image.
-    """
-    befores = [c.items[0][0] for c in calls]
-    v = max(t.shape[1] for t in befores)
-    c = max(t.shape[2] for t in befores)
-    scores = torch.full((2, len(calls), v, c), float("-inf"), dtype=befores[0].dtype)
-    history = torch.ones((len(calls), c), dtype=calls[0].items[2][0].dtype)
-    for b, call in enumerate(calls):
-        sb, sa, h = call.items[0][0], call.items[1][0], call.items[2][0]
-        scores[0, b, : sb.shape[1], : sb.shape[2]] = sb[0]
-        scores[1, b, : sa.shape[1], : sa.shape[2]] = sa[0]
-        history[b, : h.shape[1]] = h[0]
-    return scores, history
-
-
-def _to_host(
-    pick: torch.Tensor, scores: torch.Tensor, new_history: torch.Tensor, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The tick's outputs on the CPU in one device->host copy: pick int64 [B], scores and
-    new_history [B, C] in ``dtype`` (what ``mine`` returns on the pipeline's tensors)."""
-    if scores.device.type != "cpu":
-        # One copy, not three: pick (a column index < C) is exact in float32 and float64.
-        packed = torch.cat([pick.to(scores.dtype)[:, None], scores, new_history], dim=1).cpu()
-        c = scores.shape[1]
-        pick, scores, new_history = packed[:, 0].to(torch.int64), packed[:, 1 : 1 + c], packed[:, 1 + c :]
-    return pick, scores.to(dtype), new_history.to(dtype)
-
-
-def mine_batch(
-    calls: list[ModelCall], device: torch.device | str = "cpu"
-) -> list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
-    """One fused negative-mining launch for the ``Call.MINE`` calls of many images (SPEC step 6).
-
-    Pads every image's [1, V, C] scores to the tick's [B, V_max, C_max] (``_pad_tick``), moves
-    them to ``device`` in ``mining_dtypes(device)``, runs ``mine_fused`` once (the Triton kernel
-    on CUDA, or on CPU under TRITON_INTERPRET=1; ``mine`` otherwise), and gives each image its
-    reply, ``[(pick, scores, new_history)]`` as ``calls.run_model`` gives it: pick int64 [1],
-    scores and new_history [1, C_b], on the CPU, in the dtype ``mine`` gives on the pipeline's
-    tensors (float64).
-    """
-    from .kernels import MAX_CANDIDATES, MAX_VIEWS, mine_fused  # kernels imports this module
-
-    device = torch.device(device)
-    s_dtype, h_dtype = mining_dtypes(device)
-    out_dtype = torch.promote_types(calls[0].items[0][0].dtype, calls[0].items[2][0].dtype)
-    scores, history = _pad_tick(calls)
-    # Both score tensors in one transfer; no copy at all on the CPU in float64 (the pipeline's).
-    scores, history = scores.to(device=device, dtype=s_dtype), history.to(device=device, dtype=h_dtype)
-    s_before, s_after = scores[0], scores[1]
-    _, v, c = s_before.shape
-    # The kernel holds an image in registers (V <= 16, C <= 64); beyond that the torch reference.
-    fn = mine_fused if v <= MAX_VIEWS and c <= MAX_CANDIDATES else mine
-    pick, scores, new_history = _to_host(*fn(s_before, s_after, history, calls[0].params[0]), out_dtype)
-    out = []
-    for b, call in enumerate(calls):
-        n = call.items[0][0].shape[2]
-        out.append([(pick[b : b + 1], scores[b : b + 1, :n], new_history[b : b + 1, :n])])
-    return out

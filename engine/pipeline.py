@@ -1,7 +1,9 @@
 """One image through INT, top to bottom like the paper.
 
 ``image_steps`` is the algorithm (SPEC.md steps 1-11) written once, as a generator: every
-model call is *yielded* as a ``ModelCall`` and its result sent back. Drivers decide how
+model call is *yielded* as a ``ModelCall`` and its result sent back. One iteration is a
+sub-step per paper step, composed with ``yield from``: ``propose`` (step 2), ``contrast`` (3),
+``score`` (4), ``mine`` (5-6), ``detect`` (7), ``segment`` (8), ``weight`` (9), ``reweight`` (10). Drivers decide how
 calls run: ``run`` (eager, one call at a time) is the reference; the scheduler batches
 the calls of many images; the throughput benchmark's sequential reference makes one call
 per request. All three run exactly these steps.
@@ -10,23 +12,25 @@ per request. All three run exactly these steps.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generator, Sequence, TypeVar
 
 import numpy as np
 import torch
 
-from . import contrast, fuse, masks, patches, prompts
-from .calls import Call, ModelCall, Reply, mine_call, run_model
+from . import contrast as contrast_step
+from . import fuse, masks, patches, prompts
+from .calls import Call, ModelCall, Reply, run_model
 from .config import EngineConfig
 from .io import LoadedImage, clear_padding, crop_to_region, pad_to_aspect, padding_note, to_original_size
 from .mining import NameWeights, view_gains
 from .protocols import Models
 from .result import Result
-from .trace import Clock, ImageTrace, IterationTrace, ask, call_range, cuda_sync
+from .trace import ImageTrace, IterationTrace, StepRecorder, call_range, cuda_sync
 
-NO_NAME_FOREGROUND = "object"
-NO_NAME_BACKGROUND = "background"
-Steps = Generator[ModelCall, "Reply", Any]
+T = TypeVar("T")
+Step = Generator[ModelCall, Reply, T]  # a sub-step: yields model calls, returns its value
+Steps = Generator[ModelCall, Reply, Any]
 
 
 def request_seed(cfg: EngineConfig, iteration: int, j: int = 0) -> int:
@@ -35,132 +39,90 @@ def request_seed(cfg: EngineConfig, iteration: int, j: int = 0) -> int:
     return cfg.seed * 1_000_003 + iteration * 97 + j
 
 
-def contrast_views(
-    image: np.ndarray,
-    crops: list[np.ndarray],
-    views: list[patches.View],
-    proposals: list[prompts.ViewProposal],
-    to_remove: list[np.ndarray | None],
-    cfg: EngineConfig,
-    iteration: int,
-    tr: IterationTrace,
-    clock: Clock,
-) -> Generator[ModelCall, Reply, list[np.ndarray | None]]:
-    """X'_k of eq 4 for every view (uint8 [h_k, w_k, 3]), None where nothing is removed.
+@dataclass
+class Iteration:
+    """What every sub-step of one iteration reads: step 1's views of X_i and the crops each
+    model sees, the config, the iteration's index and its recorder (trace and clock)."""
 
-    ``image`` and ``crops`` are what the VLM sees (the original X by default). ``inpaint_scope=
-    "image"`` (the authors' released code): one job per image-iteration on the whole image with
-    the union of the views' masks, prompted with all their background names (P_p) and foreground
-    names (P_n); every view with masked pixels gets its crop of the result. A union covering the
-    whole image removes nothing. ``"view"``: one job per view with a mask, with that view's names.
-    """
-    if cfg.inpaint_scope == "image":
-        h, w = image.shape[:2]
-        union = np.zeros((h, w), np.uint8)
-        for view, m in zip(views, to_remove):
-            if m is not None:
-                patches.crop(union, view)[...] |= m
-        if not union.any() or union.all():
-            tr.inpaint_jobs = 0
-            return [None] * len(views)
-        tr.inpaint_jobs = 1
-        fores = ", ".join(dict.fromkeys(p.foreground for p, m in zip(proposals, to_remove) if m is not None and p.foreground))
-        backs = ", ".join(dict.fromkeys(p.background for p, m in zip(proposals, to_remove) if m is not None and p.background))
-        positive, negative = prompts.inpaint_prompts(fores or NO_NAME_FOREGROUND, backs or NO_NAME_BACKGROUND, cfg.task)
-        whole = np.ascontiguousarray(np.clip(np.round(image), 0, 255).astype(np.uint8))
-        seed = request_seed(cfg, iteration)
-        (filled,) = yield from ask(
-            Call.INPAINT.call(([whole], [union.astype(np.float32)], [positive], [negative], [seed])), tr, clock
-        )
-        return [np.ascontiguousarray(patches.crop(filled, v)) if patches.crop(union, v).any() else None for v in views]
-    jobs = [j for j, m in enumerate(to_remove) if m is not None]
-    tr.inpaint_jobs = len(jobs)
-    contrasts: list[np.ndarray | None] = [None] * len(views)
-    if jobs:
-        texts = [
-            prompts.inpaint_prompts(
-                proposals[j].foreground or NO_NAME_FOREGROUND, proposals[j].background or NO_NAME_BACKGROUND, cfg.task
-            )
-            for j in jobs
-        ]
-        items = (
-            [crops[j] for j in jobs],
-            [to_remove[j].astype(np.float32) for j in jobs],
-            [t[0] for t in texts],
-            [t[1] for t in texts],
-            [request_seed(cfg, iteration, j) for j in jobs],
-        )
-        filled = yield from ask(Call.INPAINT.call(items), tr, clock)
-        for j, out in zip(jobs, filled):
-            contrasts[j] = out
-    return contrasts
+    cfg: EngineConfig
+    index: int
+    rec: StepRecorder
+    views: list[patches.View]
+    crops: list[np.ndarray]  # X_i^k, uint8: detection, Spatial CLIP, SAM and CLIP see these
+    seen: np.ndarray  # X (``vlm_image: original``) or X_i, float32 [H, W, 3]: the VLM and the inpainter see it
+    seen_crops: list[np.ndarray]  # its views, uint8
+
+    @property
+    def trace(self) -> IterationTrace:
+        return self.rec.trace
 
 
-def propose(
-    crops: list[np.ndarray],
-    views: list[patches.View],
-    cfg: EngineConfig,
-    iteration: int,
-    tr: IterationTrace,
-    clock: Clock,
-    earlier: list[prompts.ViewProposal] | None = None,
-) -> Generator[ModelCall, Reply, list[prompts.ViewProposal]]:
+@dataclass
+class ImageMemory:
+    """What later iterations of an image reuse while the VLM sees the same original views: its
+    greedy proposals (the same requests, the same answers) and its scores s(c | X_k),
+    (view, candidate) -> s (``contrast.score_rows``)."""
+
+    proposals: list[prompts.ViewProposal] | None = None
+    before_scores: dict = field(default_factory=dict)
+
+
+def propose(it: Iteration, earlier: list[prompts.ViewProposal] | None = None) -> Step[list[prompts.ViewProposal]]:
     """Step 2 (eq 2): P_B and P_A for every view in one generate call; each view's proposal.
 
     ``earlier``: the proposals of an earlier iteration made from the same requests (the original
     views, greedy decoding), which the VLM would answer word for word again: reused, not asked."""
     if earlier is not None:
-        tr.answers_reused = True
+        it.trace.answers_reused = True
         return earlier
-    k = len(views)
+    cfg, k = it.cfg, len(it.views)
     asks = [prompts.box_prompt(cfg.task)] * k + [prompts.name_prompt(cfg.task)] * k
+    images = it.seen_crops + it.seen_crops
     if cfg.temperature > 0:  # sampled: each request its own seeded stream, as the inpainting's
-        seeds = [request_seed(cfg, iteration, j) for j in range(2 * k)]
-        call = Call.GENERATE.call((crops + crops, asks, seeds), (cfg.max_new_tokens, cfg.temperature), ("seeds",))
+        seeds = [request_seed(cfg, it.index, j) for j in range(2 * k)]
+        call = Call.GENERATE.call((images, asks, seeds), (cfg.max_new_tokens, cfg.temperature), ("seeds",))
     else:
-        call = Call.GENERATE.call((crops + crops, asks), (cfg.max_new_tokens,))
-    answers = yield from ask(call, tr, clock)
-    return [prompts.parse_proposal(answers[j], answers[k + j], cfg.task, v.width, v.height) for j, v in enumerate(views)]
+        call = Call.GENERATE.call((images, asks), (cfg.max_new_tokens,))
+    answers = yield from it.rec.ask(call)
+    return [prompts.parse_proposal(answers[j], answers[k + j], cfg.task, v.width, v.height) for j, v in enumerate(it.views)]
 
 
-def select_name(
-    image: np.ndarray,
-    crops: list[np.ndarray],
-    views: list[patches.View],
-    proposals: list[prompts.ViewProposal],
-    previous: np.ndarray | None,
-    weights: NameWeights,
-    cfg: EngineConfig,
-    iteration: int,
-    tr: IterationTrace,
-    clock: Clock,
-    known: dict | None = None,
-) -> Generator[ModelCall, Reply, str]:
-    """Steps 3-6 (eq 3-7): A_i^u, the candidate whose removal moves the VLM most, accumulated over
-    iterations. ``image`` / ``crops``: what the VLM and the inpainter see; ``known``: the scores
-    s(c | X_k) of earlier iterations on the same views, (view, candidate) -> s (``score_rows``)."""
-    candidates = prompts.candidate_list(proposals)
-    weights.observe(candidates)  # every iteration counts for W's start value (eq 6-7)
-    tr.candidates = list(candidates)
-    if not candidates:
-        tr.pick_source = "task prompt (no candidate name parsed)"
-        return cfg.task
-    if not cfg.psnm or len(candidates) == 1:
-        tr.pick_source = "most frequent name" if not cfg.psnm else "only candidate"
-        return candidates[0]
-    # step 3 (eq 4): remove the candidates
-    to_remove = contrast.contrast_masks(views, proposals, previous, cfg)
-    contrasts = yield from contrast_views(image, crops, views, proposals, to_remove, cfg, iteration, tr, clock)
-    # step 4 (eq 3): one scoring call for all views x {before, after} x candidates
-    active, rows, row_answers, asked = contrast.score_rows(crops, contrasts, candidates, known)
+def contrast(it: Iteration, proposals: list[prompts.ViewProposal], previous: np.ndarray | None) -> Step[list[np.ndarray | None]]:
+    """Step 3 (eq 4): X'_k for every view (uint8 [h_k, w_k, 3]), None where nothing is removed;
+    what is removed: ``contrast.contrast_masks`` (P_B's boxes, later the previous soft map M_{i-1})."""
+    to_remove = contrast_step.contrast_masks(it.views, proposals, previous, it.cfg)
+    jobs = contrast_step.inpaint_jobs(it.seen, it.seen_crops, it.views, proposals, to_remove, it.cfg)
+    it.trace.inpaint_jobs = len(jobs.images)
+    if not jobs.images:
+        return [None] * len(it.views)
+    seeds = [request_seed(it.cfg, it.index, 0 if j is None else j) for j in jobs.views]
+    call = Call.INPAINT.call((jobs.images, jobs.masks, jobs.positive, jobs.negative, seeds))
+    filled = yield from it.rec.ask(call)
+    return contrast_step.contrast_crops(jobs, filled, it.views)
+
+
+def score(
+    it: Iteration, contrasts: list[np.ndarray | None], candidates: list[str], known: dict | None
+) -> Step[tuple[torch.Tensor, torch.Tensor]]:
+    """Step 4 (eq 3's inputs): s(c | X_k) and s(c | X'_k), float64 [1, K, C], in one scoring call
+    for all views x {before, after} x candidates; views without contrast all -inf. ``known``:
+    before-scores of earlier iterations on the same views, reused (``ImageMemory``)."""
+    active, rows, answers, asked = contrast_step.score_rows(it.seen_crops, contrasts, candidates, known)
     s = np.zeros(0)
     if rows:
-        s = yield from ask(Call.SCORE.call((rows, [prompts.name_prompt(cfg.task)] * len(rows), row_answers)), tr, clock)
-    s_before, s_after = contrast.score_tensors(len(views), active, candidates, s, asked, known)
-    tr.before_scores_reused = len(active) * len(candidates) - len(asked)
-    # steps 5-6 (eq 5-7)
+        s = yield from it.rec.ask(Call.SCORE.call((rows, [prompts.name_prompt(it.cfg.task)] * len(rows), answers)))
+    s_before, s_after = contrast_step.score_tensors(len(it.views), active, candidates, s, asked, known)
+    it.trace.before_scores_reused = len(active) * len(candidates) - len(asked)
+    return s_before, s_after
+
+
+def mine(it: Iteration, s_before: torch.Tensor, s_after: torch.Tensor, candidates: list[str], weights: NameWeights) -> Step[str]:
+    """Steps 5-6 (eq 3, 5-7): A_i^u, the candidate whose removal moves the VLM most, weighted by
+    the progressive history W (``pnm``), through the ``Miner`` role; W is updated in ``weights``."""
+    cfg, tr = it.cfg, it.trace
     history = weights.history(candidates) if cfg.pnm else torch.ones((1, len(candidates)), dtype=torch.float64)
-    index, scores, new_history = (yield from ask(mine_call(s_before, s_after, history, cfg.eps), tr, clock))[0]
+    call = Call.MINE.call(([s_before[0]], [s_after[0]], [history[0]]), (cfg.eps,))
+    ((index, scores, new_history),) = yield from it.rec.ask(call)
     if cfg.pnm:
         weights.update(candidates, scores, new_history)
     view_pick, view_gain = view_gains(s_before, s_after)
@@ -174,73 +136,72 @@ def select_name(
     return candidates[int(index.reshape(-1)[0])]
 
 
-def prompt_boxes(
-    crops: list[np.ndarray],
-    views: list[patches.View],
+def select_name(
+    it: Iteration,
     proposals: list[prompts.ViewProposal],
-    pick: str,
-    cfg: EngineConfig,
-    tr: IterationTrace,
-    clock: Clock,
-) -> Generator[ModelCall, Reply, list[np.ndarray]]:
+    previous: np.ndarray | None,
+    weights: NameWeights,
+    known: dict | None,
+) -> Step[str]:
+    """Steps 3-6: the candidates (eq 2), then contrast, score and mine them, unless the config or
+    a single name leaves nothing to choose."""
+    candidates = prompts.candidate_list(proposals)
+    weights.observe(candidates)  # every iteration counts for W's start value (eq 6-7)
+    it.trace.candidates = list(candidates)
+    if not candidates:
+        it.trace.pick_source = "task prompt (no candidate name parsed)"
+        return it.cfg.task
+    if not it.cfg.psnm or len(candidates) == 1:
+        it.trace.pick_source = "most frequent name" if not it.cfg.psnm else "only candidate"
+        return candidates[0]
+    contrasts = yield from contrast(it, proposals, previous)
+    s_before, s_after = yield from score(it, contrasts, candidates, known)
+    return (yield from mine(it, s_before, s_after, candidates, weights))
+
+
+def detect(it: Iteration, proposals: list[prompts.ViewProposal], pick: str) -> Step[list[np.ndarray]]:
     """Step 7 (eq 8): the boxes each view's SAM call gets, float32 [N_k, 4] in view pixels
     (``box_source``: GroundingDINO on every view, the VLM's own box, or none)."""
+    cfg, tr = it.cfg, it.trace
     if cfg.box_source == "none":
-        return [np.zeros((0, 4), np.float32) for _ in views]
+        return [np.zeros((0, 4), np.float32) for _ in it.views]
     if cfg.box_source == "vlm":
-        box = masks.vlm_prompt_box(proposals, views)
+        box = masks.vlm_prompt_box(proposals, it.views)
         tr.boxes, tr.box_scores = box.tolist(), [1.0] * len(box)
-        return [patches.image_boxes_to_view(box, v, 0.0) for v in views]
+        return [patches.image_boxes_to_view(box, v, 0.0) for v in it.views]
     params = (cfg.box_threshold, cfg.text_threshold)
-    found = yield from ask(Call.DETECT.call((crops, [pick] * len(views)), params), tr, clock)
-    merged, merged_scores = masks.merge_detections(found, views, cfg.nms_iou)
+    found = yield from it.rec.ask(Call.DETECT.call((it.crops, [pick] * len(it.views)), params))
+    merged, merged_scores = masks.merge_detections(found, it.views, cfg.nms_iou)
     tr.boxes, tr.box_scores = merged.tolist(), merged_scores.tolist()
-    return masks.view_prompt_boxes(found, views, merged, cfg.view_boxes, cfg.view_box_overlap)
+    return masks.view_prompt_boxes(found, it.views, merged, cfg.view_boxes, cfg.view_box_overlap)
 
 
-def segment_views(
-    crops: list[np.ndarray],
-    views: list[patches.View],
-    boxes: list[np.ndarray],
-    pick: str,
-    backgrounds: list[str],
-    cfg: EngineConfig,
-    tr: IterationTrace,
-    clock: Clock,
-) -> Generator[ModelCall, Reply, list[np.ndarray]]:
+def segment(it: Iteration, boxes: list[np.ndarray], pick: str, backgrounds: list[str]) -> Step[list[np.ndarray]]:
     """Step 8 (eq 9): Spatial CLIP's points on every view, then SAM with those points and the
     view's boxes. Returns each view's probability, float32 [h_k, w_k]."""
-    k = len(views)
-    maps = yield from ask(Call.SIMILARITY_MAPS.call((crops, [pick] * k, [backgrounds] * k)), tr, clock)
+    cfg, k = it.cfg, len(it.views)
+    maps = yield from it.rec.ask(Call.SIMILARITY_MAPS.call((it.crops, [pick] * k, [backgrounds] * k)))
     fixed = (cfg.positive_points, cfg.negative_points) if cfg.points_rule == "fixed" else None
-    requests = masks.sam_requests(crops, maps, boxes, cfg.points_grid, cfg.points_threshold, fixed)
-    for entry, req in zip(tr.views, requests):  # view pixels
+    requests = masks.sam_requests(it.crops, maps, boxes, cfg.points_grid, cfg.points_threshold, fixed)
+    for entry, req in zip(it.trace.views, requests):  # view pixels
         entry["sam_boxes"], entry["points"] = np.round(req.boxes, 1).tolist(), int(len(req.points))
-    return (yield from ask(Call.SEGMENT.call((requests,)), tr, clock))
+    return (yield from it.rec.ask(Call.SEGMENT.call((requests,))))
 
 
-def weigh_masks(
-    crops: list[np.ndarray],
-    views: list[patches.View],
-    view_masks: list[np.ndarray],
-    pick: str,
-    size: tuple[int, int],
-    cfg: EngineConfig,
-    tr: IterationTrace,
-    clock: Clock,
-) -> Generator[ModelCall, Reply, tuple[np.ndarray, np.ndarray]]:
+def weight(it: Iteration, view_masks: list[np.ndarray], pick: str) -> Step[tuple[np.ndarray, np.ndarray]]:
     """Step 9 (eq 10-11): CLIP weighs the views' masks. Returns the iteration's soft map M_i
     (float32 [H, W] in [0, 1]) and segmentation M_i^bin (bool [H, W])."""
-    h, w = size
+    cfg, tr, views = it.cfg, it.trace, it.views
+    h, w = it.seen.shape[:2]
     pasted = torch.stack([patches.paste(torch.from_numpy(np.asarray(m, np.float32)), v, h, w) for m, v in zip(view_masks, views)])
     if not cfg.smg:
         soft = masks.union(pasted)
         return soft.numpy(), (soft > 0.5).numpy()
-    canvas = size if cfg.mask_score_input == "canvas" else None
-    todo, masked = masks.masked_views(crops, view_masks, views, canvas)
+    canvas = (h, w) if cfg.mask_score_input == "canvas" else None
+    todo, masked = masks.masked_views(it.crops, view_masks, views, canvas)
     sims: Any = []
     if todo:
-        sims = yield from ask(Call.IMAGE_TEXT_SIMILARITY.call((masked, [pick] * len(todo))), tr, clock)
+        sims = yield from it.rec.ask(Call.IMAGE_TEXT_SIMILARITY.call((masked, [pick] * len(todo))))
     sims = masks.view_similarities(len(views), todo, sims)
     weights_k = masks.normalise_weights(sims, cfg.mask_weighting, cfg.mask_temperature)
     tr.mask_similarity = [float(s) if np.isfinite(s) else None for s in sims]
@@ -253,50 +214,60 @@ def weigh_masks(
     return soft.numpy(), (soft >= cfg.binary_threshold).numpy()
 
 
+def reweight(x: np.ndarray, original: np.ndarray, soft: np.ndarray, cfg: EngineConfig, rec: StepRecorder) -> np.ndarray:
+    """Step 10 (eq 12): X_{i+1} from X_i (or the original X, ``reweight_base``) and M_i,
+    float32 [H, W, 3]."""
+    base = torch.from_numpy(original) if cfg.reweight_base == "original" else None
+    out = fuse.reweight(torch.from_numpy(x), torch.from_numpy(soft), cfg.reweight_w, base).numpy()
+    rec.charge("fuse")
+    return out
+
+
 def iteration_steps(
     original: np.ndarray,
     image: np.ndarray,
-    previous_mask: np.ndarray | None,
+    previous: np.ndarray | None,
     weights: NameWeights,
     cfg: EngineConfig,
-    iteration: int,
-    tr: IterationTrace,
-    memory: dict[str, Any] | None = None,
-) -> Generator[ModelCall, Reply, tuple[np.ndarray, np.ndarray]]:
-    """One iteration of INT: X the ``original`` image and X_i the reweighted ``image`` (float32
-    [H, W, 3] in 0..255), M_{i-1} the previous soft map or None. Returns M_i (float32 [H, W]) and
-    M_i^bin (bool [H, W]). ``memory`` carries what later iterations of the image may reuse (the
-    VLM's greedy proposals and its scores on the original views: the same requests, the same answers)."""
-    clock = Clock()
+    rec: StepRecorder,
+    memory: ImageMemory | None = None,
+) -> Step[tuple[np.ndarray, np.ndarray]]:
+    """One iteration of INT (SPEC steps 1-9): X the ``original`` image and X_i the reweighted
+    ``image`` (float32 [H, W, 3] in 0..255), M_{i-1} the ``previous`` soft map or None. Returns
+    M_i (float32 [H, W]) and M_i^bin (bool [H, W]). ``memory``: what the image's earlier
+    iterations left for this one to reuse."""
     h, w = image.shape[:2]
-    views = patches.views(h, w, cfg.active_splits)
-    crops = patches.uint8_crops(image, views)  # X_i^k: detection, Spatial CLIP, SAM and CLIP see these
-    seen = original if cfg.vlm_image == "original" else image  # the VLM and the inpainter see these
-    seen_crops = patches.uint8_crops(seen, views) if seen is not image else crops
-    tr.seconds["patches"] = time.perf_counter() - clock.mark
-    clock.mark = time.perf_counter()
-
+    views = patches.views(h, w, cfg.active_splits)  # step 1
+    crops = patches.uint8_crops(image, views)
+    seen = original if cfg.vlm_image == "original" else image
+    it = Iteration(
+        cfg, rec.trace.iteration, rec, views, crops, seen, patches.uint8_crops(seen, views) if seen is not image else crops
+    )
+    rec.charge("patches")
     # the VLM sees the same original views in every iteration: what it answered (greedy) and what
     # it scored on them (teacher forced) holds for later iterations
     same_views = memory is not None and seen is original
     reusable = same_views and cfg.temperature == 0
-    proposals = yield from propose(seen_crops, views, cfg, iteration, tr, clock, memory.get("proposals") if reusable else None)
+    proposals = yield from propose(it, memory.proposals if reusable else None)  # step 2
     if reusable:
-        memory["proposals"] = proposals
-    known = memory.setdefault("before_scores", {}) if same_views else None
-    pick = yield from select_name(seen, seen_crops, views, proposals, previous_mask, weights, cfg, iteration, tr, clock, known)
-    tr.pick = pick
-    tr.views = [p.record(v) for v, p in zip(views, proposals)]
-    boxes = yield from prompt_boxes(crops, views, proposals, pick, cfg, tr, clock)  # step 7
+        memory.proposals = proposals
+    known = memory.before_scores if same_views else None
+    pick = yield from select_name(it, proposals, previous, weights, known)  # steps 3-6
+    it.trace.pick = pick
+    it.trace.views = [p.record(v) for v, p in zip(views, proposals)]
+    boxes = yield from detect(it, proposals, pick)  # step 7
     backgrounds = [b for b in dict.fromkeys(p.background for p in proposals if p.background) if b != pick]
-    tr.clip_backgrounds = backgrounds if cfg.clip_background else []
-    view_masks = yield from segment_views(crops, views, boxes, pick, tr.clip_backgrounds, cfg, tr, clock)  # step 8
-    soft, segmented = yield from weigh_masks(crops, views, view_masks, pick, (h, w), cfg, tr, clock)  # step 9
-    tr.mask_area = float(soft.mean())
-    tr.soft_max = float(soft.max())
-    tr.binary_area = float(segmented.mean())
-    tr.seconds["weight"] = tr.seconds.get("weight", 0.0) + time.perf_counter() - clock.mark
+    it.trace.clip_backgrounds = backgrounds if cfg.clip_background else []
+    view_masks = yield from segment(it, boxes, pick, it.trace.clip_backgrounds)  # step 8
+    soft, segmented = yield from weight(it, view_masks, pick)  # step 9
+    record_masks(it.trace, soft, segmented)
+    rec.charge("weight")
     return soft, segmented
+
+
+def record_masks(tr: IterationTrace, soft: np.ndarray, segmented: np.ndarray) -> None:
+    """The iteration's mask sizes in its trace: mean and max of M_i, the share of M_i^bin."""
+    tr.mask_area, tr.soft_max, tr.binary_area = float(soft.mean()), float(soft.max()), float(segmented.mean())
 
 
 def image_steps(
@@ -324,16 +295,15 @@ def image_steps(
     softs: list[np.ndarray] = []
     segmentations: list[np.ndarray] = []
     previous: np.ndarray | None = None
-    memory: dict[str, Any] = {}
+    memory = ImageMemory()
     for i in range(cfg.iterations):
-        tr = IterationTrace(iteration=i)
-        soft, segmented = yield from iteration_steps(original, x, previous, weights, cfg, i, tr, memory)
+        rec = StepRecorder(i)
+        soft, segmented = yield from iteration_steps(original, x, previous, weights, cfg, rec, memory)
         # the padding is never the object, also not for eq 12 and the next eq 4
         soft, segmented = clear_padding(soft, region), clear_padding(segmented, region)
-        t0 = time.perf_counter()
-        base = torch.from_numpy(original) if cfg.reweight_base == "original" else None
-        x = fuse.reweight(torch.from_numpy(x), torch.from_numpy(soft), cfg.reweight_w, base).numpy()  # eq 12
-        tr.seconds["fuse"] = time.perf_counter() - t0
+        rec.mark = time.perf_counter()
+        x = reweight(x, original, soft, cfg, rec)  # step 10
+        tr = rec.trace
         trace.iterations.append(tr)
         softs.append(np.ascontiguousarray(crop_to_region(soft, region)))  # working size, unpadded
         segmentations.append(np.ascontiguousarray(crop_to_region(segmented, region)))

@@ -10,9 +10,12 @@ simply sends one image's views at a time.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 # A segmenter's probability above this is its binary mask: sigmoid(SAM's logit threshold 0).
 SEGMENTER_THRESHOLD = 0.5
@@ -136,12 +139,46 @@ class Clip(Protocol):
         ...
 
 
+@runtime_checkable
+class Miner(Protocol):
+    """Negative mining (SPEC steps 4-6, eq 3, 5-7) over many images' scores at once.
+
+    Not a network, but run like the models: the scheduler hands it every image waiting at
+    ``Call.MINE`` in one call, so a GPU backend pads them into one [B, V, C] launch.
+    """
+
+    def mine(
+        self,
+        s_before: Sequence["torch.Tensor"],
+        s_after: Sequence["torch.Tensor"],
+        history: Sequence["torch.Tensor"],
+        eps: float,
+    ) -> list[tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]]:
+        """Per image j: ``s_before[j]``, ``s_after[j]`` float [V_j, C_j] scores (-inf: padded
+        candidate; an all -inf row: a view without contrast), ``history[j]`` float [C_j] the
+        weights W_i. Returns per image (pick int64 [], scores Ď_i float [C_j], W_{i+1} float
+        [C_j]) on the CPU, equal to ``mining.mine`` on that image alone."""
+        ...
+
+
+def cpu_miner() -> Miner:
+    """The miner used where none is given: the torch reference's math on the CPU (the Triton
+    kernel under TRITON_INTERPRET=1); imported when first made, so this module stays light."""
+    from .kernels.miner import TickMiner
+
+    return TickMiner("cpu")
+
+
 @dataclass
 class Models:
-    """The five roles, loaded. The pipeline and the scheduler receive this; they never load."""
+    """The roles, loaded. The pipeline and the scheduler receive this; they never load.
+
+    ``miner`` is not loaded from a checkpoint: ``models.load`` puts it on the VLM's device.
+    """
 
     vlm: VLM
     inpainter: Inpainter
     detector: Detector
     segmenter: Segmenter
     clip: Clip
+    miner: Miner = field(default_factory=cpu_miner)

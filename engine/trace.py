@@ -61,22 +61,33 @@ class ImageTrace:
         return asdict(self)
 
 
-class Clock:
-    """Charges the steps' own compute (between model calls) to the stage of the call it prepares."""
+class StepRecorder:
+    """One iteration's trace and clock: every second of it charged to a SPEC stage.
 
-    def __init__(self) -> None:
+    The steps' own compute between model calls is charged to the stage of the call it prepares
+    (``ask``), or to a named stage (``charge``); a model call's seconds (its share of the batch,
+    ``Reply.seconds``) to its own stage. ``trace`` is the ``IterationTrace`` the steps fill in.
+    """
+
+    def __init__(self, iteration: int) -> None:
+        self.trace = IterationTrace(iteration=iteration)
         self.mark = time.perf_counter()
 
+    def charge(self, stage: str) -> None:
+        """The host time since the last mark to ``stage``."""
+        now = time.perf_counter()
+        seconds = self.trace.seconds
+        seconds[stage] = seconds.get(stage, 0.0) + now - self.mark
+        self.mark = now
 
-def ask(call: "ModelCall", tr: IterationTrace, clock: Clock) -> Generator["ModelCall", "Reply", Any]:
-    """Yield ``call`` from a step generator and return its result, charging the time since the
-    last call and the call's own seconds to its stage in ``tr``."""
-    now = time.perf_counter()
-    tr.seconds[call.stage] = tr.seconds.get(call.stage, 0.0) + now - clock.mark
-    reply = yield call
-    tr.seconds[call.stage] += reply.seconds
-    clock.mark = time.perf_counter()
-    return reply.result
+    def ask(self, call: "ModelCall") -> Generator["ModelCall", "Reply", Any]:
+        """Yield ``call`` from a step generator and return its result, charging the time since
+        the last mark and the call's own seconds to its stage."""
+        self.charge(call.stage)
+        reply = yield call
+        self.trace.seconds[call.stage] += reply.seconds
+        self.mark = time.perf_counter()
+        return reply.result
 
 
 @contextmanager

@@ -44,8 +44,10 @@ def eq3_sign_flipped(mp: pytest.MonkeyPatch) -> None:
 
 def w_always_one(mp: pytest.MonkeyPatch) -> None:
     """Eq 6-7 off inside mine: the history W is ignored."""
-    original = int_engine.calls.mine
-    mp.setattr(int_engine.calls, "mine", lambda sb, sa, history, eps: original(sb, sa, torch.ones_like(history), eps))
+    import int_engine.kernels.miner as miner
+
+    original = miner.mine_fused  # the Miner's one launch: the kernel, or its torch fallback
+    mp.setattr(miner, "mine_fused", lambda sb, sa, history, eps: original(sb, sa, torch.ones_like(history), eps))
 
 
 def whole_view_only(mp: pytest.MonkeyPatch) -> None:

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from int_engine.calls import mine_call, run_each
+from int_engine.calls import run_each
 from int_engine.config import ConfigError, EngineConfig, apply_overrides
-from int_engine.mining import mine, mine_batch
+from int_engine.kernels import TickMiner
+from int_engine.loop import EngineLoop
+from int_engine.mining import mine
 from int_engine.pipeline import drive, image_steps, run
-from int_engine.scheduler import Scheduler
 from int_engine.testing import ColourWorld, Thing, scripted_models
 from int_engine.testing.scenes import compose, ellipse
 
@@ -42,7 +43,7 @@ def test_scheduler_equals_eager_and_batches_every_model_call():
     images = scenes(4)
     models = scripted_models(WORLD)
     eager = [run(im, models, cfg) for im in images]
-    sched = Scheduler(models, cfg)
+    sched = EngineLoop(models, cfg)
     out = dict(sched.run(jobs(images, cfg)))
     for i, ref in enumerate(eager):
         assert np.array_equal(out[i].soft, ref.soft)
@@ -88,7 +89,7 @@ def test_memory_is_bounded_by_max_in_flight():
         return steps
 
     done = []
-    for key, result in Scheduler(scripted_models(WORLD), cfg).run((i, make(i)) for i in range(7)):
+    for key, result in EngineLoop(scripted_models(WORLD), cfg).run((i, make(i)) for i in range(7)):
         alive.discard(key)
         done.append(key)
     assert sorted(done) == list(range(7)) and peak[0] == 3
@@ -100,7 +101,7 @@ def _trimmed_ticks(monkeypatch, cfg, seconds_per_tick=None):
     that advances that much at every reading (one reading per tick)."""
     import types
 
-    import int_engine.scheduler as scheduler_module
+    import int_engine.loop as scheduler_module
 
     trims = []
     monkeypatch.setattr(scheduler_module, "trim_heap", lambda: trims.append((sched.stats.ticks, len(sched.inflight))))
@@ -108,7 +109,7 @@ def _trimmed_ticks(monkeypatch, cfg, seconds_per_tick=None):
         clock = iter(range(10_000))
         fake = types.SimpleNamespace(perf_counter=time.perf_counter, monotonic=lambda: next(clock) * seconds_per_tick)
         monkeypatch.setattr(scheduler_module, "time", fake)
-    sched = Scheduler(scripted_models(WORLD), cfg)
+    sched = EngineLoop(scripted_models(WORLD), cfg)
     assert len(dict(sched.run(jobs(scenes(3), cfg)))) == 3
     return [t for t, _ in trims], [n for _, n in trims], sched.stats.ticks
 
@@ -173,7 +174,7 @@ def test_a_failing_image_fails_alone_in_its_batch():
         return lambda: image_steps(images[i], cfg)
 
     out = {}
-    for k, v in Scheduler(models, cfg).run([(i, make(i) if i < 4 else (lambda: make(4)())) for i in range(5)]):
+    for k, v in EngineLoop(models, cfg).run([(i, make(i) if i < 4 else (lambda: make(4)())) for i in range(5)]):
         out[k] = v
     assert isinstance(out[3], RuntimeError) and "black image" in str(out[3])
     assert isinstance(out[4], FileNotFoundError)
@@ -184,18 +185,18 @@ def test_a_failing_image_fails_alone_in_its_batch():
 @pytest.mark.parametrize("seed", range(5))
 def test_one_mining_launch_for_many_images_equals_each_alone(seed):
     g = torch.Generator().manual_seed(seed)
-    calls = []
+    images = []
     for _ in range(6):
         v, c = int(torch.randint(1, 10, (1,), generator=g)), int(torch.randint(1, 7, (1,), generator=g))
-        sb = torch.randn(1, v, c, generator=g, dtype=torch.float64)
-        sa = sb + torch.randn(1, v, c, generator=g, dtype=torch.float64)
-        sb[0, 0] = float("-inf")
-        sa[0, 0] = float("-inf")
-        calls.append(mine_call(sb, sa, torch.rand(1, c, generator=g, dtype=torch.float64) + 1e-3, 1e-3))
-    for call, (got,) in zip(calls, mine_batch(calls)):
-        ref = mine(call.items[0][0], call.items[1][0], call.items[2][0], 1e-3)
+        sb = torch.randn(v, c, generator=g, dtype=torch.float64)
+        sa = sb + torch.randn(v, c, generator=g, dtype=torch.float64)
+        sb[0] = float("-inf")
+        sa[0] = float("-inf")
+        images.append((sb, sa, torch.rand(c, generator=g, dtype=torch.float64) + 1e-3))
+    for (sb, sa, h), got in zip(images, TickMiner("cpu").mine(*(list(t) for t in zip(*images)), 1e-3)):
+        ref = mine(sb[None], sa[None], h[None], 1e-3)
         assert int(got[0]) == int(ref[0])
-        assert torch.allclose(got[1], ref[1], atol=1e-12) and torch.allclose(got[2], ref[2], atol=1e-12)
+        assert torch.allclose(got[1], ref[1][0], atol=1e-12) and torch.allclose(got[2], ref[2][0], atol=1e-12)
 
 
 def test_tiny_zoo_scheduler_matches_eager_to_the_written_png(tiny_zoo):
@@ -206,7 +207,7 @@ def test_tiny_zoo_scheduler_matches_eager_to_the_written_png(tiny_zoo):
     cfg = apply_overrides(EngineConfig(iterations=2, max_new_tokens=8, max_in_flight=3), ["models.inpaint.options.steps=2"])
     models = load_models(cfg.models, tiny_zoo)
     images = [make_scene(s, 64, 80)[0] for s in range(3)]
-    out = dict(Scheduler(models, cfg).run(jobs(images, cfg)))
+    out = dict(EngineLoop(models, cfg).run(jobs(images, cfg)))
     for i, im in enumerate(images):
         ref = run(im, models, cfg)
         # batched float arithmetic differs from unbatched in the last bits: the soft masks are

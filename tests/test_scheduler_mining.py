@@ -1,9 +1,10 @@
-"""The scheduler's negative mining: one ``mine_fused`` launch per tick, on the mining device.
+"""The scheduler's negative mining: the ``Miner`` role, one ``mine_fused`` launch per tick, on the
+mining device (the VLM's).
 
 On this CPU the Triton kernel runs through its interpreter when TRITON_INTERPRET=1 (read by
 ``mine_fused`` at each call), and the torch reference ``mining.mine`` runs otherwise; on CUDA the
 kernel gets the tick as float32 scores. Either way each image gets its outputs back on the CPU,
-and the masks are those of the eager ``pipeline.run`` (which always mines with ``mining.mine``).
+and the masks are those of the eager ``pipeline.run`` (one image per launch).
 """
 
 import importlib
@@ -13,13 +14,14 @@ import pytest
 import torch
 from test_scheduler import WORLD, jobs, scenes  # the same scenes: every image-iteration mines
 
-import int_engine.kernels
-import int_engine.mining as mining_module
-from int_engine.calls import mine_call
+import int_engine.kernels.miner as miner_module
 from int_engine.config import EngineConfig
-from int_engine.mining import mine, mine_batch, mining_device, mining_dtypes
+from int_engine.kernels import TickMiner
+from int_engine.kernels.miner import mining_dtypes
+from int_engine.loop import EngineLoop
+from int_engine.mining import mine
+from int_engine.models.load import load_miner
 from int_engine.pipeline import run
-from int_engine.scheduler import Scheduler
 from int_engine.testing import scripted_models
 
 # The module, not the function of the same name that int_engine.kernels re-exports over it.
@@ -64,13 +66,13 @@ def interpret(monkeypatch, launches):
 @pytest.fixture
 def received(monkeypatch):
     """The (s_before, s_after, history) of every mine_fused call the scheduler makes."""
-    real, seen = int_engine.kernels.mine_fused, []
+    real, seen = miner_module.mine_fused, []
 
     def spy(s_before, s_after, history, eps):
         seen.append((s_before, s_after, history))
         return real(s_before, s_after, history, eps)
 
-    monkeypatch.setattr(int_engine.kernels, "mine_fused", spy)
+    monkeypatch.setattr(miner_module, "mine_fused", spy)
     return seen
 
 
@@ -90,10 +92,10 @@ def assert_same_as_eager(out, images, models, cfg):
 )
 def test_interpreter_runs_one_kernel_launch_per_mining_tick(monkeypatch, interpret, received, dtypes):
     # cuda-dtypes: the float32 scores CUDA gets, through the interpreter on this CPU.
-    monkeypatch.setattr(mining_module, "mining_dtypes", lambda device: dtypes)
+    monkeypatch.setattr(miner_module, "mining_dtypes", lambda device: dtypes)
     cfg = EngineConfig(iterations=2, max_in_flight=4)
     images, models = scenes(4), scripted_models(WORLD)
-    sched = Scheduler(models, cfg)
+    sched = EngineLoop(models, cfg)
     out = dict(sched.run(jobs(images, cfg)))
     ticks = sched.stats.calls.get("mine.mine", 0)
     assert ticks == cfg.iterations  # four images in lockstep: one mining tick per iteration
@@ -115,7 +117,7 @@ def test_without_the_interpreter_the_cpu_runs_mining_mine(monkeypatch, launches)
     monkeypatch.setattr(mf, "mine", spy)
     cfg = EngineConfig(iterations=2, max_in_flight=4)
     images, models = scenes(3), scripted_models(WORLD)
-    sched = Scheduler(models, cfg)
+    sched = EngineLoop(models, cfg)
     out = dict(sched.run(jobs(images, cfg)))
     assert launches == [] and len(calls) == sched.stats.calls["mine.mine"] >= cfg.iterations
     assert all(a[0].dtype == torch.float64 and a[0].device.type == "cpu" for a in calls)
@@ -125,59 +127,58 @@ def test_without_the_interpreter_the_cpu_runs_mining_mine(monkeypatch, launches)
         assert [it.scores for it in out[i].trace.iterations] == [it.scores for it in ref.trace.iterations]
 
 
-def test_mining_device_and_dtypes():
-    assert mining_device(EngineConfig()) == torch.device("cpu")
+def test_mining_runs_on_the_vlms_device_in_its_dtypes():
     cfg = EngineConfig()
+    assert load_miner(cfg.models).device == torch.device("cpu")
     cfg.models.device = "cuda:1"  # a device name only; nothing is allocated
-    assert mining_device(cfg) == torch.device("cuda:1")
+    assert load_miner(cfg.models).device == torch.device("cuda:1")
     cfg.models.vlm.device = "cuda:0"  # mining goes with the VLM, whatever the other roles use
-    assert mining_device(cfg) == torch.device("cuda:0") and cfg.models.sync_device == "cuda"
+    assert load_miner(cfg.models).device == torch.device("cuda:0") and cfg.models.sync_device == "cuda"
     assert mining_dtypes(torch.device("cpu")) == (torch.float64, torch.float64)
     assert mining_dtypes(torch.device("cuda", 0)) == (torch.float32, torch.float64)
 
 
-def test_the_tick_is_built_on_the_mining_device_in_its_dtypes(monkeypatch, received):
-    # Pretend the mining device is a CUDA-like one: the configured device and its dtypes reach
-    # mine_fused, and the pipeline still gets CPU int64 / float64 outputs.
-    asked = []
-    monkeypatch.setattr(mining_module, "mining_device", lambda config: asked.append(config) or torch.device("cpu"))
-    monkeypatch.setattr(mining_module, "mining_dtypes", lambda device: (torch.float32, torch.float64))
+def test_the_tick_reaches_the_kernel_in_the_devices_dtypes(monkeypatch, received):
+    # Pretend the miner's device is a CUDA-like one: its dtypes reach mine_fused, and the
+    # pipeline still gets CPU int64 / float64 outputs.
+    monkeypatch.setattr(miner_module, "mining_dtypes", lambda device: (torch.float32, torch.float64))
     results = []
-    real_batch = mining_module.mine_batch
+    models = scripted_models(WORLD)
+    real_mine = models.miner.mine
 
-    def batch(calls, device):
-        results.append(real_batch(calls, device))
+    def spy(*args):
+        results.append(real_mine(*args))
         return results[-1]
 
-    monkeypatch.setattr(mining_module, "mine_batch", batch)
+    monkeypatch.setattr(models.miner, "mine", spy)
     cfg = EngineConfig(iterations=1, max_in_flight=3)
-    sched = Scheduler(scripted_models(WORLD), cfg)
-    assert len(dict(sched.run(jobs(scenes(3), cfg)))) == 3
-    assert received and all(c is cfg for c in asked) and len(asked) == len(received)
+    loop = EngineLoop(models, cfg)
+    assert len(dict(loop.run(jobs(scenes(3), cfg)))) == 3
+    assert received and len(results) == len(received) == loop.stats.calls["mine.mine"]
     for s_before, s_after, history in received:
         assert s_before.device == s_after.device == history.device == torch.device("cpu")
         assert s_before.dtype == s_after.dtype == torch.float32 and history.dtype == torch.float64
     for tick in results:
-        for ((pick, scores, new_history),) in tick:
-            assert pick.dtype == torch.int64 and pick.shape == (1,) and not pick.is_cuda
+        for pick, scores, new_history in tick:
+            assert pick.dtype == torch.int64 and pick.shape == () and not pick.is_cuda
             assert scores.dtype == new_history.dtype == torch.float64 and scores.shape == new_history.shape
 
 
 def test_ticks_beyond_the_kernel_limits_use_mining_mine(interpret):
     # V <= 16 and C <= 64 hold for every configured split; a larger tick still mines, with torch.
     g = torch.Generator().manual_seed(0)
-    calls = [
-        mine_call(
-            torch.randn(1, 3, c, generator=g, dtype=torch.float64),
-            torch.randn(1, 3, c, generator=g, dtype=torch.float64),
-            torch.rand(1, c, generator=g, dtype=torch.float64),
-            1e-3,
+    images = [
+        (
+            torch.randn(3, c, generator=g, dtype=torch.float64),
+            torch.randn(3, c, generator=g, dtype=torch.float64),
+            torch.rand(c, generator=g, dtype=torch.float64),
         )
         for c in (5, 70)
     ]
-    for call, ((pick, scores, new_history),) in zip(calls, mine_batch(calls)):
-        want = mine(*(it[0] for it in call.items), 1e-3)
-        assert torch.equal(pick, want[0]) and torch.allclose(scores, want[1]) and torch.allclose(new_history, want[2])
+    got = TickMiner("cpu").mine(*(list(t) for t in zip(*images)), 1e-3)
+    for (sb, sa, h), (pick, scores, new_history) in zip(images, got):
+        want = mine(sb[None], sa[None], h[None], 1e-3)
+        assert int(pick) == int(want[0]) and torch.allclose(scores, want[1][0]) and torch.allclose(new_history, want[2][0])
     assert interpret == []
 
 
@@ -188,7 +189,8 @@ def test_cuda_mining_gets_float32_cuda_tensors_and_one_launch_per_tick(monkeypat
     cfg = EngineConfig(iterations=2, max_in_flight=4)
     cfg.models.device = "cuda"
     images, models = scenes(4), scripted_models(WORLD)
-    sched = Scheduler(models, cfg)
+    models.miner = load_miner(cfg.models)
+    sched = EngineLoop(models, cfg)
     out = dict(sched.run(jobs(images, cfg)))
     assert len(launches) == len(received) == sched.stats.calls["mine.mine"] >= cfg.iterations
     for s_before, s_after, history in received:

@@ -17,6 +17,7 @@ from int_engine.calls import MINE_ROLE, ROLE_FIELD, Call, CallKind, ModelCall, r
 from int_engine.config import ROLES, EngineConfig
 from int_engine.errors import ImageError
 from int_engine.io import write_png
+from int_engine.loop import EngineLoop
 from int_engine.pipeline import drive, image_steps, run
 from int_engine.protocols import Models
 from int_engine.scheduler import Scheduler, _Job
@@ -38,16 +39,14 @@ def waiting(kind: CallKind) -> _Job:
 def test_the_declaration_is_the_tick_order_and_names_every_role():
     assert [k.rank for k in Call] == list(range(len(Call)))
     assert Call.GENERATE.rank == 0 and Call.MINE.rank == 3 and Call.IMAGE_TEXT_SIMILARITY.rank == len(Call) - 1
-    # one role -> Models map, over config.ROLES, naming Models' own fields
-    assert tuple(ROLE_FIELD) == ROLES
+    # one role -> Models map, over config.ROLES and mining, naming Models' own fields
+    assert tuple(ROLE_FIELD) == (*ROLES, MINE_ROLE)
     assert set(ROLE_FIELD.values()) == {f.name for f in dataclasses.fields(Models)}
-    assert {k.role for k in Call} == set(ROLES) | {MINE_ROLE}  # every role is called, nothing else is
+    assert {k.role for k in Call} == set(ROLE_FIELD)  # every role is called, nothing else is
     hints = typing.get_type_hints(Models)
-    for kind in Call:  # each declared method is a method of the role's protocol
-        if kind.field is None:
-            assert kind is Call.MINE
-        else:
-            assert callable(getattr(hints[kind.field], kind.method, None)), kind.label
+    for kind in Call:  # each declared method is a method of the role's protocol: mining too
+        assert callable(getattr(hints[kind.field], kind.method, None)), kind.label
+    assert Call.MINE.field == "miner"
     assert Call.of("inpaint", "inpaint") is Call.INPAINT and Call.INPAINT.field == "inpainter"
 
 
@@ -66,15 +65,20 @@ def test_a_call_that_is_not_declared_cannot_be_made():
     )
 
 
+def planned(inflight: list[_Job]) -> list[list[str]]:
+    """The keys of each batch a scheduler holding ``inflight`` plans for its next tick."""
+    sched = Scheduler(max_in_flight=8, max_batch_items=64)
+    sched.inflight = inflight
+    return [list(batch.keys) for batch in sched.schedule().batches]
+
+
 def test_permuting_the_declaration_changes_the_schedulers_rank(monkeypatch):
-    sched = Scheduler(scripted_models(WORLD), EngineConfig())
-    inflight = [waiting(Call.DETECT), waiting(Call.GENERATE), waiting(Call.SEGMENT)]
-    assert [[j.key for j in chunk] for chunk in sched._decide(inflight)] == [["vlm.generate"]]
+    assert planned([waiting(Call.DETECT), waiting(Call.GENERATE), waiting(Call.SEGMENT)]) == [["vlm.generate"]]
     table = reversed_table()
     monkeypatch.setattr(calls_module, "Call", table)  # calls made from now on are ranked by it
     inflight = [waiting(table.DETECT), waiting(table.GENERATE), waiting(table.SEGMENT)]
     assert [k.rank for k in (table.IMAGE_TEXT_SIMILARITY, table.GENERATE)] == [0, len(Call) - 1]
-    assert [[j.key for j in chunk] for chunk in sched._decide(inflight)] == [["segmenter.segment"]]
+    assert planned(inflight) == [["segmenter.segment"]]
 
 
 def test_the_order_decides_the_batches_never_the_masks(monkeypatch):
@@ -84,7 +88,7 @@ def test_the_order_decides_the_batches_never_the_masks(monkeypatch):
     eager = [run(im, models, cfg) for im in images]
 
     def ticks() -> list[str]:
-        sched, seen, out = Scheduler(models, cfg), [], {}
+        sched, seen, out = EngineLoop(models, cfg), [], {}
         sched.on_batch = lambda name, n, s: seen.append(name)
         (a, b, late) = jobs(images, cfg)
         assert sched.admit(*a) is None and sched.admit(*b) is None

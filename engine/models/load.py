@@ -194,4 +194,12 @@ def load_models(cfg: ModelsConfig, models_dir: str | Path | None = None) -> Mode
     loaded, and ModelLoadError naming the role and path on a failed load."""
     check_options(cfg)
     offline()
-    return Models(**{ROLE_FIELD[role]: load_role(cfg, role, models_dir) for role in ROLES})
+    roles = {ROLE_FIELD[role]: load_role(cfg, role, models_dir) for role in ROLES}
+    return Models(**roles, miner=load_miner(cfg))
+
+
+def load_miner(cfg: ModelsConfig):
+    """The ``Miner`` role where its scores come from: the VLM's device (the Triton kernel on CUDA)."""
+    from ..kernels import TickMiner  # torch and Triton: only when models are loaded
+
+    return TickMiner(cfg.device_of("vlm"))

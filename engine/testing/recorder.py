@@ -15,6 +15,7 @@ METHODS = {
     "detector": ("detect",),
     "segmenter": ("segment",),
     "clip": ("image_text_similarity", "similarity_maps"),
+    "miner": ("mine",),
 }
 
 
