@@ -67,10 +67,11 @@ class PromptDecoder(torch.nn.Module):
         self.img_size = sam.image_encoder.img_size
 
     def _embed_points(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        # PromptEncoder._embed_points/_embed_boxes, with masked sums instead of boolean indexing
-        # (which traces to data-dependent shapes).
+        # PromptEncoder's point and box embedding, with masked sums instead of boolean indexing
+        # (which traces to data-dependent shapes); the coordinates shifted to the pixel centre
+        # and encoded by the positional encoding's public forward_with_coords, as SAM does.
         pe = self.prompt_encoder
-        emb = pe.pe_layer._pe_encoding((coords + 0.5) / self.img_size)
+        emb = pe.pe_layer.forward_with_coords(coords + 0.5, (self.img_size, self.img_size))
         labels = labels.unsqueeze(-1)
         emb = emb * (labels != PAD) + pe.not_a_point_embed.weight * (labels == PAD)
         for i in range(pe.num_point_embeddings):
