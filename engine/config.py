@@ -8,7 +8,6 @@ passed down explicitly; no step reads globals.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,11 @@ from typing import Any
 
 import yaml
 
+from .config_dict import build, did_you_mean, merge
 from .errors import ConfigError
+from .presets import PRESETS, Preset
+
+__all__ = ["PRESETS", "Preset"]  # re-exported: the presets are data in presets.py
 
 ROLES = ("vlm", "inpaint", "detector", "segmenter", "clip")
 SPLITS = ("whole", "halves_h", "halves_v", "quarters")
@@ -232,12 +235,10 @@ class EngineConfig:
         for name, allowed in CHOICES.items():
             value = getattr(self, name)
             if value not in allowed:
-                raise ConfigError(
-                    f"{name} must be one of {', '.join(allowed)}, got {value!r}{_did_you_mean(str(value), allowed)}"
-                )
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}{did_you_mean(str(value), allowed)}")
         if self.preset not in PRESETS:
             raise ConfigError(
-                f"unknown preset {self.preset!r}{_did_you_mean(self.preset, PRESETS)}; presets are {', '.join(PRESETS)}"
+                f"unknown preset {self.preset!r}{did_you_mean(self.preset, PRESETS)}; presets are {', '.join(PRESETS)}"
             )
         if not self.temperature >= 0:
             raise ConfigError(f"temperature must be >= 0 (0 is greedy decoding), got {self.temperature}")
@@ -272,7 +273,7 @@ class EngineConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EngineConfig":
-        return _build(cls, data, "config")
+        return build(cls, data, "config")
 
     @classmethod
     def from_file(cls, path: str | Path) -> "EngineConfig":
@@ -293,75 +294,16 @@ class EngineConfig:
         preset = data.pop("preset", None)
         try:
             base = preset_config(str(preset)) if preset else cls()
-            return _merge(base, data)
+            return merge(base, data)
         except ConfigError as err:
             raise ConfigError(f"{p}: {err}") from None
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A named set of config fields, applied on top of the defaults (or of a given config), and
-    what it reproduces: ``doc`` says whose method it is and what still differs from its authors' code."""
-
-    fields: dict[str, Any]
-    doc: str
-
-
-_PAPER_DIFFERS = (
-    "What differs from the authors' code: greedy decoding (they sample at temperature 0.2: set "
-    "temperature and run bench --trials 3), one batched VLM call per stage, and an empty soft map "
-    "stays empty (their min-max guard turns it into ones)."
-)
-
-# The paper's settings (§4.1), its tasks, and the baselines as configurations of the same engine.
-PRESETS: dict[str, Preset] = {
-    "paper": Preset(
-        {},
-        "INT as SPEC.md reads it: the paper, and where the paper is silent the authors' released code "
-        "(ProMaC's utils_mllm.py, clip/clip.py, main.py, config/*.yaml). " + _PAPER_DIFFERS,
-    ),
-    "cod": Preset(
-        {"task": "camouflaged animal", "iterations": 4},
-        "paper on camouflaged object detection (CHAMELEON, CAMO, COD10K): 4 iterations. " + _PAPER_DIFFERS,
-    ),
-    "polyp": Preset(
-        {"task": "polyp", "iterations": 6},
-        "paper on polyp segmentation (Kvasir, CVC-ColonDB): 6 iterations, as §4.1. " + _PAPER_DIFFERS,
-    ),
-    "skin": Preset(
-        {"task": "skin lesion", "iterations": 4},
-        "paper on skin lesion segmentation (ISIC): 4 iterations. " + _PAPER_DIFFERS,
-    ),
-    "gensam": Preset(
-        {"hcg": False, "psnm": False, "pnm": False, "box_source": "none"},
-        "GenSAM (Hu et al., AAAI 2024) as far as the engine's switches go: the whole image only, the "
-        "VLM's most frequent name, no inpainting, no mining, SAM prompted by Spatial CLIP's points "
-        "alone, the image reweighted by each iteration's mask. What differs: GenSAM asks its VLM "
-        "for a caption and name in a chain of prompts, and uses its own CLIP point rule; here the "
-        "VLM answers INT's P_A and the points follow the INT authors' rule.",
-    ),
-    "promac": Preset(
-        {
-            "splits": ("whole", "halves_h", "halves_v"),
-            "box_source": "vlm",
-            "pnm": False,
-            "temperature": 0.2,
-        },
-        "ProMaC (Hu et al., NeurIPS 2024) as far as the engine's switches go: the whole image and "
-        "its four halves (patch_list [1, 2]), the VLM's own box straight to SAM (no GroundingDINO), "
-        "inpainting contrast, no progressive mining, sampling at temperature 0.2. What differs: "
-        "ProMaC picks its name and box with two more VLM questions over all views' candidates and "
-        "contrastive decoding on the inpainted image; here the name is INT's eq 3-5 pick without "
-        "accumulation, and the box the whole view's P_B box (ProMaC's fallback, its first box).",
-    ),
-}
 
 
 def preset_config(name: str, base: EngineConfig | None = None) -> EngineConfig:
     """``base`` (default: the defaults, which are ``paper``) with the preset's fields applied."""
     if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}{_did_you_mean(name, PRESETS)}; presets are {', '.join(PRESETS)}")
-    return _merge(base or EngineConfig(), {**PRESETS[name].fields, "preset": name})
+        raise ConfigError(f"unknown preset {name!r}{did_you_mean(name, PRESETS)}; presets are {', '.join(PRESETS)}")
+    return merge(base or EngineConfig(), {**PRESETS[name].fields, "preset": name})
 
 
 def apply_overrides(cfg: EngineConfig, overrides: list[str]) -> EngineConfig:
@@ -376,83 +318,7 @@ def apply_overrides(cfg: EngineConfig, overrides: list[str]) -> EngineConfig:
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
-    return _merge(cfg, data)
-
-
-def _merge(cfg: Any, data: dict[str, Any]) -> Any:
-    current = dataclasses.asdict(cfg)
-    _deep_update(current, data, type(cfg), "")
-    return _build(type(cfg), current, "config")
-
-
-def _deep_update(target: dict[str, Any], data: dict[str, Any], cls: type, where: str) -> None:
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    for key, value in data.items():
-        if key not in names:
-            raise ConfigError(f"unknown config key {where + key!r}{_did_you_mean(key, names, where)}; known: {', '.join(names)}")
-        sub = _dataclass_type(names[key])
-        if sub is not None and isinstance(value, dict):
-            _deep_update(target[key], value, sub, f"{where}{key}.")
-        elif key == "options" and isinstance(value, dict):
-            target[key] = {**target[key], **value}
-        else:
-            target[key] = value
-
-
-def _did_you_mean(name: str, known: Any, prefix: str = "") -> str:
-    """`` (did you mean 'x'?)`` for the closest known name (difflib), or nothing."""
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-    return f" (did you mean {prefix + close[0]!r}?)" if close else ""
-
-
-def _dataclass_type(f: dataclasses.Field) -> type | None:
-    return {"ModelsConfig": ModelsConfig, "RoleConfig": RoleConfig}.get(str(f.type))
-
-
-_SCALARS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
-
-
-def _check_type(f: dataclasses.Field, value: Any, where: str) -> Any:
-    """Reject a value of the wrong type with a message naming the key (YAML turns a typo
-    like ``iterations: four`` into a string that would otherwise fail much later)."""
-    annotation = str(f.type)
-    optional = annotation.endswith("| None")
-    base = annotation.removesuffix("| None").strip()
-    if value is None and optional:
-        return value
-    if base in _SCALARS:
-        ok = isinstance(value, _SCALARS[base]) and not (base != "bool" and isinstance(value, bool))
-        if not ok:
-            raise ConfigError(f"{where}.{f.name} must be {base}{' or null' if optional else ''}, got {value!r}")
-        return float(value) if base == "float" else value
-    if base.startswith("dict[") and not isinstance(value, dict):
-        raise ConfigError(f"{where}.{f.name} must be a mapping, got {value!r}")
-    if base == "tuple[str, ...]":
-        if isinstance(value, str) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{where}.{f.name} must be a list of strings, got {value!r}")
-        return tuple(value)
-    return value
-
-
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            continue
-        value = data[f.name]
-        sub = _dataclass_type(f)
-        if sub is not None:
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}.{f.name} must be a mapping, got {value!r}")
-            value = _build(sub, value, f"{where}.{f.name}")
-        kwargs[f.name] = _check_type(f, value, where)
-    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-        raise ConfigError(f"unknown config key(s) in {where}: {', '.join(sorted(unknown))}")
-    try:
-        return cls(**kwargs)
-    except TypeError as err:
-        raise ConfigError(f"{where}: {err}") from None
+    return merge(cfg, data)
 
 
 # What one request may set for itself; everything else (models, batching, sizes) is the engine's.
@@ -469,7 +335,7 @@ def request_config(base: EngineConfig, **options: Any) -> EngineConfig:
     unknown = [k for k in options if k not in REQUEST_OPTIONS]
     if unknown:
         raise ConfigError(
-            f"unknown request option {unknown[0]!r}{_did_you_mean(unknown[0], REQUEST_OPTIONS)}; "
+            f"unknown request option {unknown[0]!r}{did_you_mean(unknown[0], REQUEST_OPTIONS)}; "
             f"allowed: {', '.join(REQUEST_OPTIONS)}"
         )
     cfg = base
@@ -487,10 +353,10 @@ def request_config(base: EngineConfig, **options: Any) -> EngineConfig:
     for switch, state in (options.get("ablation") or {}).items():
         if switch not in ABLATION_SWITCHES:
             raise ConfigError(
-                f"unknown ablation switch {switch!r}{_did_you_mean(switch, ABLATION_SWITCHES)}; "
+                f"unknown ablation switch {switch!r}{did_you_mean(switch, ABLATION_SWITCHES)}; "
                 f"allowed: {', '.join(ABLATION_SWITCHES)}"
             )
         if not isinstance(state, bool):
             raise ConfigError(f"ablation {switch} must be true or false, got {state!r}")
         data[switch] = state
-    return _merge(cfg, data) if data else cfg
+    return merge(cfg, data) if data else cfg

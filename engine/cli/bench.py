@@ -15,45 +15,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..api import IntEngine
-    from ..bench.compare import compare
-    from ..bench.datasets import find_dataset, folder_dataset
     from ..bench.run import run_bench
-    from ..bench.synthetic import write_synthetic_dataset
     from ..errors import IntEngineError
-    from ..models.cache import cache_root
 
-    if args.compare:
-        if len(args.compare) < 2:
-            print(f"error: --compare needs at least two run folders (got only {args.compare[0]})", file=sys.stderr)
-            return FATAL
-        try:
-            print(compare(args.compare, args.compare_out), end="")
-        except (OSError, KeyError, ValueError) as err:
-            print(f"error: cannot compare {' '.join(args.compare)}: {err}", file=sys.stderr)
-            return FATAL
-        if args.compare_out:
-            print(f"wrote compare.md, compare.csv, compare.tex to {args.compare_out}", file=sys.stderr)
-        return 0
-    if args.compare_out:
-        print("error: --compare-out goes with --compare RUN RUN...", file=sys.stderr)
-        return FATAL
+    if args.compare or args.compare_out:
+        return _cmd_compare(args)
     if not args.dataset or not args.out:
         print("error: bench needs --dataset and --out (or --compare RUN RUN...)", file=sys.stderr)
         return FATAL
     try:
-        if args.dataset == "synthetic":
-            root = Path(args.data_root) if args.data_root else cache_root() / "synthetic"
-            count = args.synthetic_count or args.limit or 100
-            dataset = find_dataset("cod10k", write_synthetic_dataset(root, count, seed=args.synthetic_seed))
-            dataset.name, dataset.pairs = "Synthetic", dataset.pairs[:count]
-        elif args.dataset == "folder":
-            if not args.images or not args.masks:
-                raise IntEngineError("--dataset folder needs --images DIR and --masks DIR")
-            dataset = folder_dataset(args.images, args.masks, args.task or "camouflaged animal")
-        else:
-            if not args.data_root:
-                raise IntEngineError(f"--dataset {args.dataset} needs --data-root (the folder holding the downloaded dataset)")
-            dataset = find_dataset(args.dataset, args.data_root)
+        dataset = _open_dataset(args)
         if not args.config and not args.preset:
             args.preset = dataset.preset
         cfg = _config(args)
@@ -63,11 +34,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except IntEngineError as err:
         print(f"error: {err}", file=sys.stderr)
         return FATAL
-    if dataset.unpaired_images:
-        print(
-            f"warning: {len(dataset.unpaired_images)} images have no GT and are skipped (e.g. {dataset.unpaired_images[0]})",
-            file=sys.stderr,
-        )
     total = min(len(dataset.pairs), args.limit) if args.limit else len(dataset.pairs)
     bar = tqdm(total=total, unit="img", disable=args.quiet, desc=dataset.name)
     failures = 0
@@ -122,6 +88,60 @@ def cmd_bench(args: argparse.Namespace) -> int:
             engine.close()
     print((Path(args.out) / ("summary.md" if args.trials is None else TRIALS_MD)).read_text(encoding="utf-8"))
     return min(failed, 100)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    """``bench --compare RUN RUN... [--compare-out DIR]``: the runs side by side."""
+    from ..bench.compare import compare
+
+    if not args.compare:
+        print("error: --compare-out goes with --compare RUN RUN...", file=sys.stderr)
+        return FATAL
+    if len(args.compare) < 2:
+        print(f"error: --compare needs at least two run folders (got only {args.compare[0]})", file=sys.stderr)
+        return FATAL
+    try:
+        print(compare(args.compare, args.compare_out), end="")
+    except (OSError, KeyError, ValueError) as err:
+        print(f"error: cannot compare {' '.join(args.compare)}: {err}", file=sys.stderr)
+        return FATAL
+    if args.compare_out:
+        print(f"wrote compare.md, compare.csv, compare.tex to {args.compare_out}", file=sys.stderr)
+    return 0
+
+
+def _open_dataset(args: argparse.Namespace):
+    """``_find_dataset``, with a warning for its images without ground truth."""
+    dataset = _find_dataset(args)
+    if dataset.unpaired_images:
+        print(
+            f"warning: {len(dataset.unpaired_images)} images have no GT and are skipped (e.g. {dataset.unpaired_images[0]})",
+            file=sys.stderr,
+        )
+    return dataset
+
+
+def _find_dataset(args: argparse.Namespace):
+    """The dataset ``--dataset`` names (synthetic: written to the cache first). Raises
+    IntEngineError for missing folders or flags."""
+    from ..bench.datasets import find_dataset, folder_dataset
+    from ..bench.synthetic import write_synthetic_dataset
+    from ..errors import IntEngineError
+    from ..models.cache import cache_root
+
+    if args.dataset == "synthetic":
+        root = Path(args.data_root) if args.data_root else cache_root() / "synthetic"
+        count = args.synthetic_count or args.limit or 100
+        dataset = find_dataset("cod10k", write_synthetic_dataset(root, count, seed=args.synthetic_seed))
+        dataset.name, dataset.pairs = "Synthetic", dataset.pairs[:count]
+        return dataset
+    if args.dataset == "folder":
+        if not args.images or not args.masks:
+            raise IntEngineError("--dataset folder needs --images DIR and --masks DIR")
+        return folder_dataset(args.images, args.masks, args.task or "camouflaged animal")
+    if not args.data_root:
+        raise IntEngineError(f"--dataset {args.dataset} needs --data-root (the folder holding the downloaded dataset)")
+    return find_dataset(args.dataset, args.data_root)
 
 
 def _bench_on_ray(

@@ -51,7 +51,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     from ..api import IntEngine
     from ..errors import IntEngineError
-    from ..io import LoadedImage, write_json
+    from ..io import LoadedImage
     from ..outputs import check_save, is_saved
     from ..run_info import write_run_info
 
@@ -116,23 +116,23 @@ def cmd_segment(args: argparse.Namespace) -> int:
     bar.close()
     if engine:
         engine.close()
-    done = len(todo) - len(failed)
-    write_json(
-        out / "summary.json",
-        {
-            "images": len(images),
-            "succeeded": done + skipped,
-            "skipped": skipped,
-            "failed": [{"image": p, "error": e} for p, e in failed],
-        },
-    )
+    _write_summary(out, len(images), len(todo), skipped, failed)
+    return min(len(failed), 100)
+
+
+def _write_summary(out: Path, total: int, todo: int, skipped: int, failed: list[tuple[str, str]]) -> None:
+    """``summary.json`` in ``out`` and one line on stderr: done, skipped, failed."""
+    from ..io import write_json
+
+    done = todo - len(failed)
+    summary = {"images": total, "succeeded": done + skipped, "skipped": skipped}
+    write_json(out / "summary.json", {**summary, "failed": [{"image": p, "error": e} for p, e in failed]})
     print(
-        f"{done} of {len(images)} images segmented into {out}"
+        f"{done} of {total} images segmented into {out}"
         + (f"; {skipped} skipped (already done)" if skipped else "")
         + (f"; {len(failed)} failed" if failed else ""),
         file=sys.stderr,
     )
-    return min(len(failed), 100)
 
 
 def add_parser(sub) -> None:
