@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from int_engine.backends.clip_open import OpenClipModel, surgery_forward
+from int_engine.backends.open_clip_shim import vit_embeds
 from int_engine.errors import ModelLoadError
 from int_engine.models import tiny_clip
 from int_engine.protocols import Clip
@@ -77,7 +78,7 @@ def _authors_map(clip, image, text, backgrounds, depth=6):
 
     visual = clip.model.visual
     with torch.inference_mode():
-        x = visual._embeds(clip._pixels([image]))
+        x = vit_embeds(visual, clip._pixels([image]))
         blocks = visual.transformer.resblocks
         start = len(blocks) - depth
         for block in blocks[:start]:

@@ -23,6 +23,8 @@ from open_clip.transformer import VisionTransformer
 
 from ..errors import ModelLoadError
 from ..models.checks import require_files
+from .open_clip_shim import check_vit, vit_embeds, vit_pool
+from .private_api import PrivateAPIError
 
 ROLE = "clip"
 FORMAT = "open_clip (Hugging Face layout)"
@@ -99,11 +101,12 @@ def surgery_forward(
     ``visual(pixels)``) and the surgery path's patch tokens [N, gh * gw, D], both projected
     to the joint space, not normalised.
 
-    The surgery path starts from the tokens entering the first modified block and adds
-    only each block's self-self attention output (no MLP), the attention being computed on
-    the usual path's tokens, as in CLIP Surgery's ``ResidualAttentionBlock``.
+    The embedding before the blocks and the pooling after them are open_clip's own steps
+    (``open_clip_shim``). The surgery path starts from the tokens entering the first modified
+    block and adds only each block's self-self attention output (no MLP), the attention being
+    computed on the usual path's tokens, as in CLIP Surgery's ``ResidualAttentionBlock``.
     """
-    x = visual._embeds(pixels)  # [N, 1 + gh * gw, W]: class token first
+    x = vit_embeds(visual, pixels)  # [N, 1 + gh * gw, W]: class token first
     blocks = visual.transformer.resblocks
     split = len(blocks) - min(depth, len(blocks))
     for block in blocks[:split]:
@@ -114,7 +117,7 @@ def surgery_forward(
         surgery = surgery + block.ls_1(selfish)
         x = x + block.ls_1(usual)
         x = x + block.ls_2(block.mlp(block.ln_2(x)))
-    pooled, _ = visual._pool(x)
+    pooled, _ = vit_pool(visual, x)
     tokens = visual.ln_post(surgery[:, 1:])
     return pooled @ visual.proj, tokens @ visual.proj
 
@@ -325,6 +328,10 @@ def _check_surgery_ready(model: torch.nn.Module, root: Path) -> None:
             f"{ROLE}: cannot load {FORMAT} from {root}: similarity maps need an open_clip VisionTransformer "
             f"image tower with standard attention blocks, got {type(visual).__name__}"
         )
+    try:
+        check_vit(visual)  # the open_clip steps surgery_forward calls exist in this version
+    except PrivateAPIError as err:
+        raise ModelLoadError(f"{ROLE}: cannot load {FORMAT} from {root}: {err}") from None
 
 
 def _check_pairs(images: Sequence[np.ndarray], texts: Sequence[str]) -> None:
