@@ -46,14 +46,51 @@ candidates per (image, prompt); answer tokens from sum of A to sum of A - 1.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
 
+from .hf_cache_shim import SharedPrefixCache
 from .llava_common import distinct_rows
-from .vlm_hf import HFLlavaVLM, answer_logprobs, head_logits_float32
+
+
+class PrefixModel(Protocol):
+    """What shared-prefix scoring reads of its backend (``vlm_hf.HFLlavaVLM``), all public: the
+    backend hands itself in, and nothing here imports it or reaches into its private methods."""
+
+    model: Any  # LlavaForConditionalGeneration: config.image_token_id, model.language_model, get_input_embeddings()
+    tokenizer: Any  # pad_token_id
+    max_batch_tokens: int | None
+    max_batch_size: int | None
+
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Each text's ids, "<image>" one image token."""
+        ...
+
+    def image_token_count(self) -> int:
+        """How many tokens one "<image>" expands to."""
+        ...
+
+    def model_inputs(self, images: Sequence[np.ndarray], texts: list[str], padding_side: str) -> dict:
+        """input_ids / attention_mask [R, S] and the distinct images' pixel_values, on the device."""
+        ...
+
+    def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[U, N, H]: the distinct images' projected features."""
+        ...
+
+    def embed_tokens(self, input_ids: torch.Tensor, features: torch.Tensor, inverse: list[int]) -> torch.Tensor:
+        """[R, S, H]: token embeddings, row r's image tokens replaced by features[inverse[r]]."""
+        ...
+
+    def head_logits(self, states: torch.Tensor) -> torch.Tensor:
+        """[A, V] float32 logits of hidden states [A, H]."""
+        ...
+
+    def answer_logprobs(self, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """[A] float32 log p(targets[a] | states[a])."""
+        ...
 
 
 def prefix_groups(images: Sequence[np.ndarray], ids: Sequence[Sequence[int]], lengths: Sequence[int]) -> list[list[int]]:
@@ -103,19 +140,19 @@ def prefix_passes(
     return passes
 
 
-def plan(vlm: HFLlavaVLM, images: Sequence[np.ndarray], texts: list[str], lengths: list[int]) -> list[list[list[int]]]:
+def plan(vlm: PrefixModel, images: Sequence[np.ndarray], texts: list[str], lengths: list[int]) -> list[list[list[int]]]:
     """The passes of a scoring call's rows (``texts``: prompt + answer; ``lengths``: answer tokens),
     grouped by shared prefix, before any image is processed: each "<image>" counts its expansion."""
     ids = vlm.token_ids(texts)
     groups = prefix_groups(images, ids, lengths)
-    image_id, extra = vlm.model.config.image_token_id, vlm._image_token_count() - 1
+    image_id, extra = vlm.model.config.image_token_id, vlm.image_token_count() - 1
     prefix = [ids[g[0]][: len(ids[g[0]]) - lengths[g[0]]] for g in groups]
     prefix_lengths = [len(p) + extra * p.count(image_id) for p in prefix]
     return prefix_passes(groups, prefix_lengths, lengths, vlm.max_batch_tokens, vlm.max_batch_size)
 
 
 def score_shared(
-    vlm: HFLlavaVLM, images: Sequence[np.ndarray], texts: list[str], lengths: list[int], scores: np.ndarray
+    vlm: PrefixModel, images: Sequence[np.ndarray], texts: list[str], lengths: list[int], scores: np.ndarray
 ) -> tuple[int, int]:
     """Score a call's rows into ``scores`` pass by pass (``plan``); the (prefix, answer) tokens
     the language model ran."""
@@ -130,15 +167,15 @@ def score_shared(
 
 
 def score_pass(
-    vlm: HFLlavaVLM, images: Sequence[np.ndarray], texts: list[str], lengths: list[int], sizes: list[int]
+    vlm: PrefixModel, images: Sequence[np.ndarray], texts: list[str], lengths: list[int], sizes: list[int]
 ) -> tuple[np.ndarray, int, int]:
     """Mean answer log-probs of one pass's rows, float32 [R] (the LM head in float32 at the answer
-    positions: ``vlm_hf.answer_logprobs``), with (prefix tokens, answer tokens)
+    positions: ``PrefixModel.head_logits`` / ``answer_logprobs``), with (prefix tokens, answer tokens)
     computed. The rows come grouped: the first ``sizes[0]`` share one prefix, the next
     ``sizes[1]`` another, ... (``lengths``: answer tokens per row)."""
-    lm, head = vlm.model.model.language_model, vlm.model.lm_head
-    batch = vlm._inputs(images, texts, padding_side="left")
-    features = vlm._vision_features(batch.pop("pixel_values"))
+    lm = vlm.model.model.language_model
+    batch = vlm.model_inputs(images, texts, padding_side="left")
+    features = vlm.vision_features(batch.pop("pixel_values"))
     ids, real = batch["input_ids"], batch["attention_mask"].sum(-1)
     device, (rows, seq) = ids.device, ids.shape
     n = torch.tensor(lengths, device=device)
@@ -154,7 +191,7 @@ def score_pass(
         prefix_ids[i, longest - p :] = ids[f, seq - lengths[f] - p : seq - lengths[f]]
         prefix_mask[i, longest - p :] = 1
     inverse = distinct_rows(images)[1]
-    embeds = vlm._embed(prefix_ids, features, [inverse[f] for f in firsts])
+    embeds = vlm.embed_tokens(prefix_ids, features, [inverse[f] for f in firsts])
     del features
     out = lm(
         inputs_embeds=embeds,
@@ -167,7 +204,7 @@ def score_pass(
     cache, last = out.past_key_values, out.last_hidden_state[:, -1].contiguous()  # [k, H]
     del out
     # [k, V], float32 whatever the model's dtype: each prefix's prediction of its answers' first token
-    logits = head_logits_float32(head, last)
+    logits = vlm.head_logits(last)
     first = ids[torch.arange(rows, device=device), seq - n]
     sums = logits[group, first] - torch.logsumexp(logits, dim=-1)[group]
     del logits
@@ -198,47 +235,7 @@ def score_pass(
         del shared, cache
         states = hidden[valid]  # [A', H]
         del hidden
-        token_lp = answer_logprobs(head, states, targets)  # float32 head, as the first token's
+        token_lp = vlm.answer_logprobs(states, targets)  # float32 head, as the first token's
         sums = sums.index_add(0, more[:, None].expand(valid.shape)[valid], token_lp)
     means = (sums / n).cpu().numpy().astype(np.float32)
     return means, sum(plen), int((n - 1).sum())
-
-
-class _PrefixLayer(DynamicLayer):
-    """One layer of ``SharedPrefixCache``: the prefixes' keys/values, read, never written."""
-
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, spans: list[tuple[int, slice]]) -> None:
-        super().__init__()
-        self.lazy_initialization(keys, values)
-        self.keys, self.values, self.spans = keys, values, spans
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        return _expand(self.keys, key_states, self.spans), _expand(self.values, value_states, self.spans)
-
-
-class SharedPrefixCache(Cache):
-    """Read-only KV cache of k prefixes for a forward of rows that continue them: ``spans`` is
-    [(prefix index, slice of the rows that continue it)], the rows grouped by prefix.
-
-    Each layer's ``update`` returns the keys/values its attention reads, [R, heads, P + q, d]:
-    the prefix's P positions broadcast into each of its rows, then the rows' own q, built for
-    that layer only and stored nowhere, so the cache stays the prefixes' ([k, heads, P, d] per
-    layer) and nothing of the rows outlives the forward. Built on transformers' cache API
-    (per-layer ``keys`` / ``values``; ``get_seq_length`` and ``get_mask_sizes`` give the mask
-    P + q keys, the queries' offset P)."""
-
-    def __init__(self, prefix: Cache, spans: list[tuple[int, slice]]) -> None:
-        if any(getattr(layer, "is_sliding", False) for layer in prefix.layers):
-            raise ValueError("shared-prefix scoring needs full-attention layers (set shared_prefix: false)")
-        super().__init__(layers=[_PrefixLayer(layer.keys, layer.values, spans) for layer in prefix.layers])
-
-
-def _expand(prefix: torch.Tensor, new: torch.Tensor, spans: list[tuple[int, slice]]) -> torch.Tensor:
-    """[R, h, P + q, d]: each row's prefix ([k, h, P, d] at its index) then its own [R, h, q, d]."""
-    rows, heads, q, dim = new.shape
-    p = prefix.shape[-2]
-    out = new.new_empty((rows, heads, p + q, dim))
-    out[:, :, p:] = new
-    for i, span in spans:
-        out[span, :, :p] = prefix[i]
-    return out

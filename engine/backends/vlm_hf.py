@@ -157,6 +157,14 @@ class HFLlavaVLM:
         # Imported here so that merely importing the backends does not pay transformers' import.
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+        if shared_prefix:  # the cache internals llava_prefix builds on, checked before loading (hf_cache_shim)
+            from .hf_cache_shim import check_cache_api
+            from .private_api import PrivateAPIError
+
+            try:
+                check_cache_api()
+            except PrivateAPIError as err:
+                raise ModelLoadError(f"{ROLE}: cannot load {FORMAT} from {p} with shared_prefix: {err}") from None
         try:
             processor = AutoProcessor.from_pretrained(p, local_files_only=True)
             model, info = LlavaForConditionalGeneration.from_pretrained(
@@ -395,6 +403,32 @@ class HFLlavaVLM:
         for r, u in enumerate(inverse):
             embeds[r, is_image[r]] = features[u].to(embeds.dtype)
         return embeds
+
+    # ---- what shared-prefix scoring reads (llava_prefix.PrefixModel) ---------------------------
+
+    def image_token_count(self) -> int:
+        """How many tokens one "<image>" expands to (``_image_token_count``)."""
+        return self._image_token_count()
+
+    def model_inputs(self, images: Sequence[np.ndarray], texts: list[str], padding_side: str) -> dict:
+        """The rows' input_ids / attention_mask [R, S] and their distinct images' pixel_values (``_inputs``)."""
+        return self._inputs(images, texts, padding_side)
+
+    def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Projected features [U, N, H] of U distinct images (``_vision_features``)."""
+        return self._vision_features(pixel_values)
+
+    def embed_tokens(self, input_ids: torch.Tensor, features: torch.Tensor, inverse: list[int]) -> torch.Tensor:
+        """Token embeddings [R, S, H], row r's image tokens replaced by ``features[inverse[r]]`` (``_embed``)."""
+        return self._embed(input_ids, features, inverse)
+
+    def head_logits(self, states: torch.Tensor) -> torch.Tensor:
+        """The LM head's float32 logits [A, V] of hidden states [A, H] (``head_logits_float32``)."""
+        return head_logits_float32(self.model.lm_head, states)
+
+    def answer_logprobs(self, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """log p(targets[a] | states[a]), float32 [A], through the float32 head (``answer_logprobs``)."""
+        return answer_logprobs(self.model.lm_head, states, targets)
 
     def _score_rows(self, images: Sequence[np.ndarray], texts: list[str], lengths: list[int]) -> np.ndarray:
         """Mean answer log-prob of one pass's rows, float32 [R] (``lengths``: answer tokens per row).
