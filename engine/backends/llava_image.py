@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..patches import square_frame
+from ..io import centred_region
 
 
 def processor_fill(image_processor) -> tuple[int, int, int]:
@@ -29,9 +29,12 @@ def processor_fill(image_processor) -> tuple[int, int, int]:
 
 def pad_to_square(image: np.ndarray, fill: tuple[int, int, int]) -> np.ndarray:
     """uint8 [H, W, 3] -> uint8 [S, S, 3], S = max(H, W): ``image`` centred as ``expand2square``
-    places it (``patches.square_frame``), the rest ``fill``. A square image is returned as is."""
+    places it, the rest ``fill``: at ``io.centred_region`` in the S x S frame, the place
+    ``patches.square_frame`` gives too (the steps map the VLM's boxes back with it). A square
+    image is returned as is."""
     h, w = image.shape[:2]
-    side, top, left = square_frame(h, w)
+    side = max(h, w)
+    top, left, _, _ = centred_region(h, w, (side, side))
     if side == h == w:
         return image
     out = np.empty((side, side, image.shape[2]), image.dtype)
