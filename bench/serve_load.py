@@ -57,20 +57,30 @@ def png_bytes(pixels: np.ndarray) -> bytes:
 class ServerProcess:
     """``int-engine serve`` in a subprocess on a free loopback port; its output goes to a temp
     file (a pipe nobody drains could block the server). ``stop`` sends SIGTERM and returns the
-    exit code (0 after a drained stop)."""
+    exit code (0 after a drained stop).
 
-    def __init__(self, args: list[str], ready_timeout_s: float = 240.0) -> None:
+    ``env``: variables added to this process's environment for the server; ``ready_text``: a
+    line the server's output must hold besides ``/readyz`` answering 200 before it counts as
+    ready (e.g. ``serve --ray``'s "serving on Ray Serve", said once every replica runs)."""
+
+    def __init__(
+        self,
+        args: list[str],
+        ready_timeout_s: float = 240.0,
+        env: dict[str, str] | None = None,
+        ready_text: str | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile("w+", prefix="serve_load-", suffix=".log", delete=False)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "int_engine.cli", "serve", "--port", str(self.port), *args],
-            env=env,
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
         self.ready_timeout_s = ready_timeout_s
+        self.ready_text = ready_text
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
@@ -78,16 +88,19 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited {self.proc.returncode} before it was ready:\n{self.output()}")
             try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                said = self.ready_text is None or self.ready_text in self.output(tail=None)
+                if said and httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"server not ready within {self.ready_timeout_s:.0f} s:\n{self.output()}")
 
-    def output(self, tail: int = 4000) -> str:
+    def output(self, tail: int | None = 4000) -> str:
+        """The server's output so far: its last ``tail`` characters (None: all of it)."""
         self.log.flush()
-        return Path(self.log.name).read_text(encoding="utf-8", errors="replace")[-tail:]
+        text = Path(self.log.name).read_text(encoding="utf-8", errors="replace")
+        return text if tail is None else text[-tail:]
 
     def stop(self, timeout_s: float = 60.0) -> int:
         if self.proc.poll() is None:
@@ -95,10 +108,14 @@ class ServerProcess:
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:  # a drain that hangs is a failure: say so, then kill
-                self.proc.kill()
-                self.proc.wait()
+                self.kill()
                 return -9
         return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the server (after a stop that hung) and reap it."""
+        self.proc.kill()
+        self.proc.wait()
 
     def close(self) -> None:
         self.log.close()

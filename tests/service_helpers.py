@@ -1,13 +1,12 @@
-"""Shared by the service tests: scripted engines, images as upload bytes."""
+"""Shared by the service tests: scripted engines and scenes (images as upload bytes:
+``int_engine.bench.serve_load.png_bytes``, the load bench's own)."""
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 
 import numpy as np
-from PIL import Image
 
 from int_engine.api import IntEngine
 from int_engine.config import EngineConfig
@@ -28,12 +27,6 @@ def scene(seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     mask = ellipse(H, W, rng.uniform(25, 55), rng.uniform(20, 44), rng.uniform(8, 16), rng.uniform(7, 12))
     return compose(WORLD, "bark", [("frog", mask)], H, W, seed=seed).image
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 class GatedSegmenter:

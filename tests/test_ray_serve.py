@@ -25,10 +25,8 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
-from service_helpers import png_bytes  # noqa: E402
-
 from int_engine.api import IntEngine  # noqa: E402
-from int_engine.bench.serve_load import free_port  # noqa: E402
+from int_engine.bench.serve_load import ServerProcess, free_port, png_bytes  # noqa: E402
 from int_engine.bench.synthetic import make_scene  # noqa: E402
 from int_engine.cli import main  # noqa: E402
 from int_engine.config import EngineConfig  # noqa: E402
@@ -74,51 +72,22 @@ def replica_pids(root: psutil.Process) -> set[int]:
     return pids
 
 
-class RayServer:
-    """``int-engine serve --ray --replicas 2`` in a subprocess on a free loopback port, its
-    Ray session folder in the test's temporary folder."""
+class RayServer(ServerProcess):
+    """``int-engine serve --ray`` in a subprocess on a free loopback port (bench/serve_load's
+    ``ServerProcess``), ready once every replica runs; its Ray session folder in ``temp``."""
 
     def __init__(self, temp: Path, *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.temp = temp
-        self.log = open(temp / "server.log", "w+")
-        env = {**os.environ, **LOCAL_RAY_ENV, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "int_engine.cli",
-                "serve",
-                "--ray",
-                "--port",
-                str(self.port),
-                "--ray-temp-dir",
-                str(temp / "ray"),
-                *args,
-            ],
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
+        super().__init__(
+            ["--ray", "--ray-temp-dir", str(temp / "ray"), *args], env=LOCAL_RAY_ENV, ready_text="serving on Ray Serve"
         )
+        self.temp = temp
         self.root = psutil.Process(self.proc.pid)
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}: {self.output()[-3000:]}")
-            try:
-                # the proxy answers once one replica runs; the CLI says "serving" once all do
-                if "serving on Ray Serve" in self.output() and httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"server not ready in 240 s: {self.output()[-3000:]}")
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read()
+        try:
+            self.wait_ready()
+        except RuntimeError:
+            self.stop()
+            self.close()
+            raise
 
     def replica_pid(self, replica: str) -> int:
         """The pid of a replica (by the id in its answers), from the line each replica logs
@@ -129,17 +98,14 @@ class RayServer:
                 return int(found.group(1))
         raise AssertionError(f"no log names replica {replica}")
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(90)
-            except subprocess.TimeoutExpired:
-                for proc in ray_processes(self.root):
-                    proc.kill()
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+    def stop(self, timeout_s: float = 90.0) -> int:
+        return super().stop(timeout_s)
+
+    def kill(self) -> None:
+        """The server and every Ray process it started (a stop that hung leaves no cluster)."""
+        for proc in ray_processes(self.root):
+            proc.kill()
+        super().kill()
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +119,7 @@ def server(tmp_path_factory, zoo):
     srv = RayServer(tmp_path_factory.mktemp("r"), "--replicas", "2", "--iterations", "1", "--timeout", "90")
     yield srv
     srv.stop()
+    srv.close()
 
 
 PICS = [make_scene(s, 48, 64)[0] for s in range(8)]

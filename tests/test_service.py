@@ -18,8 +18,9 @@ from pycocotools import mask as coco_mask
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
-from service_helpers import png_bytes, scene, scripted_engine  # noqa: E402
+from service_helpers import scene, scripted_engine  # noqa: E402
 
+from int_engine.bench.serve_load import png_bytes  # noqa: E402
 from int_engine.service import Limits, ServiceSettings, create_app  # noqa: E402
 
 

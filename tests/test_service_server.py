@@ -21,10 +21,8 @@ from PIL import Image
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
-from service_helpers import png_bytes  # noqa: E402
-
 from int_engine.api import IntEngine  # noqa: E402
-from int_engine.bench.serve_load import ServerProcess  # noqa: E402
+from int_engine.bench.serve_load import ServerProcess, png_bytes  # noqa: E402
 from int_engine.bench.synthetic import make_scene  # noqa: E402
 from int_engine.config import EngineConfig  # noqa: E402
 from int_engine.models.cache import ensure_tiny_zoo  # noqa: E402
