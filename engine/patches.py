@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .io import centred_region
+
 
 @dataclass(frozen=True)
 class View:
@@ -79,7 +81,8 @@ def square_frame(height: int, width: int) -> tuple[int, int, int]:
     and ``normalised_box_to_view`` maps boxes back with it: one rule for both directions.
     """
     side = max(height, width)
-    return side, (side - height) // 2, (side - width) // 2
+    top, left, _, _ = centred_region(height, width, (side, side))  # the backends' rule too
+    return side, top, left
 
 
 def normalised_box_to_view(box: tuple[float, float, float, float], view: View) -> np.ndarray:

@@ -1,6 +1,7 @@
 """``llava_image.pad_to_square`` places a view where ``patches.square_frame`` says it sits: the
 backend pads with ``io.centred_region`` (backends never import the steps), the steps map the VLM's
-boxes back with ``square_frame``; both must be LLaVA's ``expand2square`` placement, for every size."""
+boxes back with ``square_frame``, which is built on the same function; the placement must be
+LLaVA's ``expand2square`` (a wide image at (0, (W - H) // 2)), for every size."""
 
 from __future__ import annotations
 
