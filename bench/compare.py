@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .report import EXTRAS, TABLE
+from .run_folder import SUMMARY
 
 # (summary key, LaTeX column title); order and keys as report.TABLE + report.EXTRAS
 LATEX_TITLES = {
@@ -48,8 +49,6 @@ class Run:
 
 def load_runs(paths: list[str | Path]) -> list[Run]:
     """Each run folder's summary.json; a ValueError naming the folder if one is missing or unreadable."""
-    from .run import SUMMARY
-
     runs = []
     for p in paths:
         path = Path(p) / SUMMARY

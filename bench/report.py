@@ -1,4 +1,6 @@
-"""A run's summary (JSON, Markdown in the paper's Table 1 layout) and its HTML report.
+"""A run's scores from its saved predictions (metrics.csv, curves.npz), its summary (JSON,
+Markdown in the paper's Table 1 layout) and its HTML report. ``run.py`` calls it at the end of
+a session; it does not import ``run.py`` (the folder's names: ``run_folder.py``).
 
 The HTML page is self-contained (no network): HTML tables, inline SVG charts (seconds per
 stage, PR curve, Fβ against threshold) and PNG data URIs for the image gallery.
@@ -7,9 +9,13 @@ stage, PR curve, Fβ against threshold) and PNG data URIs for the image gallery.
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import json
 import math
+import os
+import resource
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,11 +25,109 @@ import numpy as np
 from ..io import overlay
 from ..work import per_unit
 from .datasets import Dataset, Pair
+from .metrics import PER_IMAGE_KEYS, DatasetMetrics
+from .run_folder import CURVES, METRICS_CSV, RUN_INFO, SUMMARY, read_gray
 
 # (summary key, column title, lower is better)
 TABLE = (("MAE", "M ↓", True), ("adpFm", "Fβ ↑", False), ("meanEm", "Eφ ↑", False), ("Sm", "Sα ↑", False))
 EXTRAS = (("wFm", "wFβ ↑", False), ("maxFm", "maxFβ ↑", False), ("Dice", "mDice ↑", False), ("IoU", "mIoU ↑", False))
 GALLERY_MAX = 6  # images per best / worst list
+
+
+@dataclass
+class Scores:
+    """A run's figures from its saved prediction PNGs (PySODMetrics, ``bench/metrics.py``)."""
+
+    summary: dict[str, float]  # SUMMARY_KEYS; empty when no image was scored
+    per_image: dict[str, dict[str, float]]  # GT name -> PER_IMAGE_KEYS, for scored images
+    curves: dict[str, np.ndarray] | None  # DatasetMetrics.curves(); None when no image was scored
+
+    @property
+    def scored(self) -> int:
+        return len(self.per_image)
+
+
+def dataset_metrics(out: Path, pairs: list[Pair], done: dict[str, dict]) -> Scores:
+    """The dataset's metrics from the saved prediction PNGs (in dataset order).
+
+    Computed again from pred/ rather than from the results lines, so that figures of a resumed
+    run (or of rows written by an older version) come from one code path over the same files.
+    """
+    acc = DatasetMetrics()
+    per_image: dict[str, dict[str, float]] = {}
+    for pair in pairs:
+        row = done.get(pair.name)
+        if not row or not row["ok"]:
+            continue
+        m = acc.add(read_gray(out / "pred" / f"{pair.name}.png"), read_gray(pair.gt))
+        per_image[pair.name] = {k: m[k] for k in PER_IMAGE_KEYS}
+    if not per_image:
+        return Scores({}, {}, None)
+    return Scores(acc.summary(), per_image, acc.curves())
+
+
+def write_metrics_csv(out: Path, pairs: list[Pair], done: dict[str, dict], per_image: dict[str, dict[str, float]]) -> Path:
+    """RUN/metrics.csv: a row per recorded image in dataset order (each image once).
+
+    Columns: name, ok, every PER_IMAGE_KEYS metric (blank for a failed image), final_iteration
+    (0-based index of the iteration whose mask was kept) and its pick, iterations, seconds (first
+    to last step of the image), seconds_<stage> (its share of each batch), error. Written whole
+    (atomically) from results.jsonl and the saved PNGs, so a resumed run's file is complete.
+    """
+    rows = [done[p.name] for p in pairs if p.name in done]
+    stages = sorted({s for r in rows if r["ok"] for s in r.get("seconds", {})})
+    header = [
+        "name",
+        "ok",
+        *PER_IMAGE_KEYS,
+        "final_iteration",
+        "pick",
+        "iterations",
+        "seconds",
+        *(f"seconds_{s}" for s in stages),
+        "error",
+    ]
+    path, tmp = out / METRICS_CSV, out / (METRICS_CSV + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for r in rows:
+            m = per_image.get(r["name"], {})
+            k, picks = r.get("final_iteration", -1), r.get("picks") or []
+            pick = picks[k] if isinstance(k, int) and 0 <= k < len(picks) else ""
+            writer.writerow(
+                [
+                    r["name"],
+                    int(r["ok"]),
+                    *(m.get(key, "") for key in PER_IMAGE_KEYS),
+                    k if r["ok"] else "",
+                    pick,
+                    r.get("iterations", ""),
+                    r.get("seconds_total", ""),
+                    *(r.get("seconds", {}).get(s, "") for s in stages),
+                    r.get("error") or "",
+                ]
+            )
+    os.replace(tmp, path)
+    return path
+
+
+def write_curves(out: Path, curves: dict[str, np.ndarray] | None) -> Path | None:
+    """RUN/curves.npz: ``thresholds, precision, recall, fmeasure, emeasure`` (float64 [256], see
+    ``DatasetMetrics.curves``); removed when no image was scored, so a stale file never stays."""
+    path = out / CURVES
+    if curves is None:
+        path.unlink(missing_ok=True)
+        return None
+    tmp = out / (CURVES + ".tmp.npz")
+    np.savez(tmp, **curves)
+    os.replace(tmp, path)
+    return path
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def write_reports(
@@ -41,8 +145,6 @@ def write_reports(
 
     ``work``: the models' ``int_engine.work`` counters this session added over its
     ``image_iterations`` (iterations of the images it finished); summed over the run's sessions."""
-    from .run import SUMMARY, dataset_metrics, peak_rss_mb, write_curves, write_metrics_csv
-
     scores = dataset_metrics(out, pairs, done)
     rows = [done[p.name] for p in pairs if p.name in done]
     ok = [r for r in rows if r["ok"]]
@@ -370,8 +472,6 @@ table.grid td:first-child{{text-align:left}} .charts svg{{margin-right:2em}}</st
 
 def _scored_mask(out: Path) -> str:
     """ "binary" or "soft", as the run folder's run.json says (runs made before it: "soft")."""
-    from .run import RUN_INFO
-
     try:
         return json.loads((out / RUN_INFO).read_text(encoding="utf-8")).get("score", "soft")
     except (OSError, ValueError):

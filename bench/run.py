@@ -20,13 +20,10 @@ those, so a resumed run's files are complete and hold each image once.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import resource
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -39,21 +36,14 @@ from ..io import LoadedImage, mask_to_uint8
 from ..run_info import write_run_info
 from ..work import work_delta, work_of
 from .datasets import Dataset, Pair
-from .metrics import PER_IMAGE_KEYS, DatasetMetrics, image_metrics
+from .metrics import PER_IMAGE_KEYS, image_metrics
+from .report import dataset_metrics as dataset_metrics  # re-exported: tests/test_metrics.py imports it from here
+from .report import write_reports
+from .run_folder import RESULTS, RUN_INFO, read_gray
 
-RESULTS, SUMMARY, RUN_INFO = "results.jsonl", "summary.json", "run.json"
 # What pred/ holds and the metrics score: the segmentation eq 13 chose (the authors' code scores
 # its binary mask, so Table 1's columns mean the same), or the soft map.
 SCORES = ("binary", "soft")
-METRICS_CSV, CURVES = "metrics.csv", "curves.npz"
-
-
-def read_gray(path: Path) -> np.ndarray:
-    """An 8-bit greyscale image as PySODMetrics users read it (cv2, IMREAD_GRAYSCALE)."""
-    arr = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if arr is None:
-        raise IntEngineError(f"{path}: cannot read as a greyscale image")
-    return arr
 
 
 def load_results(out: Path) -> dict[str, dict]:
@@ -259,8 +249,6 @@ def finish_run(
     out: Path, dataset: Dataset, pairs: list[Pair], writer: RunWriter, wall: float, work: dict[str, float] | None
 ) -> dict[str, Any]:
     """Score the saved predictions and write the run's tables and report; returns the summary."""
-    from .report import write_reports
-
     return write_reports(
         out,
         dataset,
@@ -306,99 +294,3 @@ def run_bench(
         writer.write(pair, png, row)
     wall = time.perf_counter() - start
     return finish_run(out, dataset, pairs, writer, wall, work_delta(work_before, work_of(models)))
-
-
-@dataclass
-class Scores:
-    """A run's figures from its saved prediction PNGs (PySODMetrics, ``bench/metrics.py``)."""
-
-    summary: dict[str, float]  # SUMMARY_KEYS; empty when no image was scored
-    per_image: dict[str, dict[str, float]]  # GT name -> PER_IMAGE_KEYS, for scored images
-    curves: dict[str, np.ndarray] | None  # DatasetMetrics.curves(); None when no image was scored
-
-    @property
-    def scored(self) -> int:
-        return len(self.per_image)
-
-
-def dataset_metrics(out: Path, pairs: list[Pair], done: dict[str, dict]) -> Scores:
-    """The dataset's metrics from the saved prediction PNGs (in dataset order).
-
-    Computed again from pred/ rather than from the results lines, so that figures of a resumed
-    run (or of rows written by an older version) come from one code path over the same files.
-    """
-    acc = DatasetMetrics()
-    per_image: dict[str, dict[str, float]] = {}
-    for pair in pairs:
-        row = done.get(pair.name)
-        if not row or not row["ok"]:
-            continue
-        m = acc.add(read_gray(out / "pred" / f"{pair.name}.png"), read_gray(pair.gt))
-        per_image[pair.name] = {k: m[k] for k in PER_IMAGE_KEYS}
-    if not per_image:
-        return Scores({}, {}, None)
-    return Scores(acc.summary(), per_image, acc.curves())
-
-
-def write_metrics_csv(out: Path, pairs: list[Pair], done: dict[str, dict], per_image: dict[str, dict[str, float]]) -> Path:
-    """RUN/metrics.csv: a row per recorded image in dataset order (each image once).
-
-    Columns: name, ok, every PER_IMAGE_KEYS metric (blank for a failed image), final_iteration
-    (0-based index of the iteration whose mask was kept) and its pick, iterations, seconds (first
-    to last step of the image), seconds_<stage> (its share of each batch), error. Written whole
-    (atomically) from results.jsonl and the saved PNGs, so a resumed run's file is complete.
-    """
-    rows = [done[p.name] for p in pairs if p.name in done]
-    stages = sorted({s for r in rows if r["ok"] for s in r.get("seconds", {})})
-    header = [
-        "name",
-        "ok",
-        *PER_IMAGE_KEYS,
-        "final_iteration",
-        "pick",
-        "iterations",
-        "seconds",
-        *(f"seconds_{s}" for s in stages),
-        "error",
-    ]
-    path, tmp = out / METRICS_CSV, out / (METRICS_CSV + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        for r in rows:
-            m = per_image.get(r["name"], {})
-            k, picks = r.get("final_iteration", -1), r.get("picks") or []
-            pick = picks[k] if isinstance(k, int) and 0 <= k < len(picks) else ""
-            writer.writerow(
-                [
-                    r["name"],
-                    int(r["ok"]),
-                    *(m.get(key, "") for key in PER_IMAGE_KEYS),
-                    k if r["ok"] else "",
-                    pick,
-                    r.get("iterations", ""),
-                    r.get("seconds_total", ""),
-                    *(r.get("seconds", {}).get(s, "") for s in stages),
-                    r.get("error") or "",
-                ]
-            )
-    os.replace(tmp, path)
-    return path
-
-
-def write_curves(out: Path, curves: dict[str, np.ndarray] | None) -> Path | None:
-    """RUN/curves.npz: ``thresholds, precision, recall, fmeasure, emeasure`` (float64 [256], see
-    ``DatasetMetrics.curves``); removed when no image was scored, so a stale file never stays."""
-    path = out / CURVES
-    if curves is None:
-        path.unlink(missing_ok=True)
-        return None
-    tmp = out / (CURVES + ".tmp.npz")
-    np.savez(tmp, **curves)
-    os.replace(tmp, path)
-    return path
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

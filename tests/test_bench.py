@@ -396,7 +396,7 @@ def test_score_soft_writes_the_soft_maps_and_a_resume_keeps_the_score(tiny_zoo, 
     """``--score soft`` scores (and saves) each image's 8-bit soft map; the binary default scores the
     segmentation, the same images' binary masks; a resume under the other score is refused."""
     from int_engine.api import IntEngine
-    from int_engine.bench.run import read_gray
+    from int_engine.bench.run_folder import read_gray
 
     assert _bench(tiny_zoo, tmp_path, tmp_path / "soft", "--score", "soft") == 0
     assert _bench(tiny_zoo, tmp_path, tmp_path / "binary") == 0
