@@ -259,13 +259,13 @@ def test_bfloat16_scores_take_a_float32_head_on_the_bfloat16_hidden_states(tiny_
 
 
 def test_head_logits_in_float32_blocks_equal_one_float32_matmul(monkeypatch):
-    import int_engine.backends.vlm_hf as vlm_hf
+    import int_engine.backends.vlm_hf_head as vlm_hf_head
 
     torch.manual_seed(0)
     head = torch.nn.Linear(16, 50, bias=True).to(torch.bfloat16)
     states = torch.randn(7, 16).to(torch.bfloat16)
-    monkeypatch.setattr(vlm_hf, "HEAD_BLOCK", 8)  # 7 blocks, the last of 2 words
-    got = vlm_hf.head_logits_float32(head, states)
+    monkeypatch.setattr(vlm_hf_head, "HEAD_BLOCK", 8)  # 7 blocks, the last of 2 words
+    got = vlm_hf_head.head_logits_float32(head, states)
     want = states.float() @ head.weight.float().T + head.bias.float()
     assert got.dtype == torch.float32 and got.shape == (7, 50)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
@@ -388,7 +388,7 @@ def test_inputs_equal_the_processors_with_each_image_processed_once(tiny_dir, im
 
 
 def test_token_passes_bound_rows_times_longest_row():
-    from int_engine.backends.vlm_hf import token_passes
+    from int_engine.backends.vlm_hf_inputs import token_passes
 
     assert token_passes([10, 10, 10, 10], max_tokens=20) == [slice(0, 2), slice(2, 4)]
     # the longest row so far sets the pass's padded length
@@ -561,7 +561,7 @@ def test_vision_features_run_only_up_to_the_selected_layer(vlm, images):
 
 
 def test_hidden_state_indices():
-    from int_engine.backends.vlm_hf import hidden_state_indices
+    from int_engine.backends.vlm_hf_vision import hidden_state_indices
 
     assert hidden_state_indices(-2, 24) == [23] and hidden_state_indices(-1, 24) == [24]
     assert hidden_state_indices([-2, -5, 0], 24) == [23, 20, 0]

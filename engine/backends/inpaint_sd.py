@@ -15,7 +15,6 @@ outside the (binarised, optionally dilated) mask are exactly the input's.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self, Sequence
@@ -24,34 +23,18 @@ import cv2
 import numpy as np
 import torch
 
-from ..errors import ConfigError, ModelLoadError
 from ..models.checks import require_files
 from .inpaint_jobs import binary_mask, check_jobs
-
-ROLE = "inpaint"
-FORMAT = "diffusers StableDiffusionInpaintPipeline"
-_WEIGHTS = "diffusion_pytorch_model.safetensors|diffusion_pytorch_model.bin|diffusion_pytorch_model.fp16.safetensors"
-EXPECTED = (
-    "model_index.json",
-    "unet/config.json",
-    f"unet/{_WEIGHTS.replace('|', '|unet/')}",
-    "vae/config.json",
-    f"vae/{_WEIGHTS.replace('|', '|vae/')}",
-    "text_encoder/config.json",
-    "text_encoder/model.safetensors|text_encoder/pytorch_model.bin|text_encoder/model.fp16.safetensors",
-    "tokenizer/vocab.json",
-    "tokenizer/merges.txt",
-    "scheduler/scheduler_config.json",
+from .inpaint_sd_load import (
+    EXPECTED,
+    FORMAT,
+    ROLE,
+    attach_runtime,
+    build_pipeline,
+    check_options,
+    configure_pipeline,
+    working_size,
 )
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# Alternatives to the checkpoint's own scheduler (PNDM for SD2-inpainting), by short name.
-_SCHEDULERS = {
-    "pndm": "PNDMScheduler",
-    "ddim": "DDIMScheduler",
-    "dpmsolver++": "DPMSolverMultistepScheduler",
-    "euler": "EulerDiscreteScheduler",
-}
-
 
 # Masked images per VAE-encoder pass: diffusers encodes them one by one when every job has its
 # own generator; a few at a time keeps a 512 px batch's activations near 1 GB.
@@ -187,60 +170,12 @@ class SDInpainter:
 
             check_runtime(ROLE, runtime, artifacts)
         p = require_files(ROLE, path, EXPECTED, FORMAT)
-        if dtype not in _DTYPES:
-            raise ConfigError(f"{ROLE}: dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-        if fit not in ("pad", "stretch"):
-            raise ConfigError(f"{ROLE}: fit must be 'pad' or 'stretch', got {fit!r}")
         max_batch, vae_slicing = memory_bounds(device, max_batch, vae_slicing)
-        if steps < 1 or dilate < 0 or max_batch < 0:
-            raise ConfigError(f"{ROLE}: need steps >= 1, dilate >= 0, max_batch >= 0, got {steps}, {dilate}, {max_batch}")
-        if scheduler is not None and scheduler not in _SCHEDULERS:
-            raise ConfigError(f"{ROLE}: scheduler must be one of {sorted(_SCHEDULERS)} or None, got {scheduler!r}")
-        if enable_xformers and importlib.util.find_spec("xformers") is None:
-            raise ConfigError(f"{ROLE}: enable_xformers=True but the xformers package is not installed")
-        try:
-            import diffusers
-            from diffusers import StableDiffusionInpaintPipeline
-
-            pipe = StableDiffusionInpaintPipeline.from_pretrained(
-                p,
-                dtype=_DTYPES[dtype],
-                variant=variant,
-                local_files_only=True,
-                safety_checker=None,
-                feature_extractor=None,
-                requires_safety_checker=False,
-            )
-            if scheduler is not None:
-                pipe.scheduler = getattr(diffusers, _SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
-            pipe = pipe.to(device)
-        except Exception as err:  # any library failure is a load failure of this path
-            raise ModelLoadError(f"{ROLE}: cannot load {FORMAT} from {p}: {err}") from err
-        if pipe.unet.config.in_channels != 9:
-            raise ModelLoadError(
-                f"{ROLE}: cannot load {FORMAT} from {p}: unet has {pipe.unet.config.in_channels} input channels, "
-                "expected 9 (an inpainting UNet)"
-            )
-        # The pipeline needs whole latents; the UNet itself copes with odd latent sizes.
-        multiple = pipe.vae_scale_factor
-        if size is None:
-            size = int(pipe.unet.config.sample_size) * multiple
-        if size < multiple or size % multiple:
-            raise ConfigError(f"{ROLE}: size must be a positive multiple of {multiple} for {p}, got {size}")
-        if enable_xformers:
-            pipe.enable_xformers_memory_efficient_attention()
-        if vae_slicing:
-            pipe.vae.enable_slicing()
-        # diffusers' default processors already use torch SDPA (AttnProcessor2_0).
-        pipe.set_progress_bar_config(disable=True)
-        if runtime in ("onnx", "tensorrt"):
-            from ..export.sd_runtime import attach_sd_graphs
-
-            attach_sd_graphs(pipe, runtime, artifacts, p, device)
-        elif runtime == "compile":
-            from ..export.sd_runtime import compile_sd
-
-            compile_sd(pipe, artifacts, p)
+        check_options(dtype, fit, steps, dilate, max_batch, scheduler, enable_xformers)
+        pipe = build_pipeline(p, device, dtype, scheduler, variant)
+        size = working_size(pipe, size, p)
+        configure_pipeline(pipe, enable_xformers, vae_slicing)
+        attach_runtime(pipe, runtime, artifacts, p, device)
         return cls(pipe, device, size, steps, guidance_scale, dilate, fit, max_batch, runtime)
 
     # -- geometry ---------------------------------------------------------------------------
