@@ -21,7 +21,7 @@ from int_engine.service import ray_runtime
 from int_engine.service.ray_runtime import RayPrivateApiGone
 
 ROOT = Path(__file__).resolve().parents[1]
-SCANNED = ("engine", "bench")  # the package's source folders (int_engine, int_engine.bench)
+SCANNED = ("engine", "kernels", "bench")  # the package's source folders
 SHIM = "engine/service/ray_runtime.py"
 # private name (a regular expression over the source text) -> the only files that may hold it
 PRIVATE_NAMES = {
@@ -70,6 +70,7 @@ def test_ray_is_the_version_constraints_txt_pins():
         "another Ray: check each private name below still exists (ray_runtime's shims), then move the pin"
     )
     assert ray_runtime.ray_version() == pinned("ray")
+    assert ray_runtime.RAY_PINNED == pinned("ray"), "ray_runtime.RAY_PINNED differs from constraints.txt"
 
 
 @needs_ray
@@ -119,5 +120,7 @@ def test_init_local_fails_loudly_when_ray_init_refuses_the_private_keywords(monk
     for key, value in ray_runtime.LOCAL_RAY_ENV.items():  # init_local sets them: restored afterwards
         monkeypatch.setenv(key, os.environ.get(key, value))
     monkeypatch.setattr(ray, "init", init)
-    with pytest.raises(RayPrivateApiGone, match=r"ray \S+ has no ray\.init\(_node_ip_address=\)"):
+    with pytest.raises(
+        RayPrivateApiGone, match=rf"ray \S+ has no ray\.init\(_node_ip_address=\).*ray=={re.escape(pinned('ray'))}"
+    ):
         ray_runtime.init_local(None)

@@ -31,6 +31,7 @@ LOOPBACK = "127.0.0.1"
 # Ray's private names this module relies on (tests/test_private_api_shims_service.py checks
 # they appear nowhere else in the source)
 PRIVATE_INIT_KWARGS = ("_temp_dir", "_node_ip_address")
+RAY_PINNED = "2.60.0"  # the Ray these shims were written and tested against (constraints.txt's pin)
 GRPC_PORT_HOOK = "ray.serve._private.replica.add_port_to_grpc_server"
 
 
@@ -48,8 +49,9 @@ def ray_version() -> str:
 
 def _gone(name: str, purpose: str) -> RayPrivateApiGone:
     return RayPrivateApiGone(
-        f"ray {ray_version()} has no {name}, a private Ray name int_engine.service.ray_runtime uses to {purpose}: "
-        "install the Ray that constraints.txt pins (pip install -c constraints.txt '.[ray]') or port the shim"
+        f"ray {ray_version()} has no {name}, a private Ray name int_engine.service.ray_runtime uses to {purpose} "
+        f"(written against ray=={RAY_PINNED}, the version constraints.txt pins): install that version "
+        "(pip install -c constraints.txt '.[ray]') or port the shim to this one"
     )
 
 
