@@ -28,7 +28,8 @@ from ..core import EngineBusy, EngineClosed
 from ..errors import ConfigError, IntEngineError
 from ..io import mask_to_uint8
 from .metrics import ServiceMetrics
-from .upload import Limits, RequestError, decode_image, parse_json, parse_options
+from .schemas import READY_RESPONSES, SEGMENT_REQUEST_BODY, SEGMENT_RESPONSES
+from .upload import Limits, RequestError, decode_image, read_upload
 
 if TYPE_CHECKING:
     from ..api import IntEngine
@@ -43,55 +44,6 @@ class ServiceSettings:
     api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
     retry_after_s: int = 1
-
-
-ERROR_SCHEMA = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["status", "message"],
-            "properties": {"status": {"type": "integer"}, "message": {"type": "string"}},
-        }
-    },
-}
-RESULT_SCHEMA = {
-    "type": "object",
-    "required": ["width", "height", "binary_rle", "soft_png", "picks", "seconds"],
-    "properties": {
-        "width": {"type": "integer"},
-        "height": {"type": "integer"},
-        "binary_rle": {
-            "type": "object",
-            "required": ["size", "counts"],
-            "properties": {"size": {"type": "array", "items": {"type": "integer"}}, "counts": {"type": "string"}},
-        },
-        "soft_png": {"type": "string", "description": "base64 8-bit PNG of the soft mask at the image's size"},
-        "picks": {"type": "array", "items": {"type": "string"}, "description": "the picked name, one per iteration"},
-        "seconds": {"type": "object", "additionalProperties": {"type": "number"}, "description": "seconds per stage"},
-        "task": {"type": "string"},
-        "final_iteration": {"type": "integer"},
-    },
-}
-OPTION_PROPERTIES = {
-    "task": {"type": "string", "minLength": 1},
-    "preset": {"type": "string", "enum": ["cod", "polyp", "skin", "gensam", "promac"]},
-    "iterations": {"type": "integer", "minimum": 1, "maximum": 16},
-    "seed": {"type": "integer"},
-}
-STATUSES = {
-    400: "bad image or body",
-    401: "missing or wrong API key",
-    413: "body or image too large",
-    415: "content type is neither multipart/form-data nor application/json",
-    422: "bad or unknown option",
-    429: "queue full: retry after Retry-After seconds",
-    499: "client closed the connection (the answer is never received)",
-    500: "engine failure (a model or engine fault)",
-    503: "shutting down",
-    504: "timed out",
-}
 
 
 class ClientGone(Exception):
@@ -122,17 +74,6 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"error": {"status": status, "message": message}}, status_code=status, headers=headers)
 
 
-def _replay_body(body: bytes) -> Any:
-    """An ASGI ``receive`` handing over ``body`` (the request's bytes, already read) as the
-    whole request, then a disconnect: a ``Request`` built on it parses its form from them."""
-    messages = [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def receive() -> dict[str, Any]:
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
-
-    return receive
-
-
 def _png(mask_u8) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(mask_u8).save(buf, format="PNG")
@@ -155,6 +96,15 @@ def result_json(result) -> dict[str, Any]:
     }
 
 
+def authorised(request: Request, api_key: str | None) -> bool:
+    """Whether the request carries ``api_key`` (``Authorization: Bearer KEY`` or ``X-API-Key``)."""
+    if api_key is None:
+        return True
+    bearer = request.headers.get("authorization", "")
+    given = bearer[7:] if bearer.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+    return hmac.compare_digest(given.encode(), api_key.encode())
+
+
 def create_app(engine: "IntEngine", settings: ServiceSettings | None = None) -> FastAPI:
     """The FastAPI app around a loaded ``IntEngine``; ``app.state.draining = True`` makes it
     answer 503 to new work (the server sets it on SIGTERM)."""
@@ -170,57 +120,11 @@ def create_app(engine: "IntEngine", settings: ServiceSettings | None = None) -> 
     app.state.active = 0  # segmentation requests being answered (a drain waits for them)
     app.state.metrics = metrics
 
-    def authorised(request: Request) -> bool:
-        if settings.api_key is None:
-            return True
-        bearer = request.headers.get("authorization", "")
-        given = bearer[7:] if bearer.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-        return hmac.compare_digest(given.encode(), settings.api_key.encode())
-
-    async def read_request(request: Request) -> tuple[bytes, dict[str, Any]]:
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype not in ("multipart/form-data", "application/json"):
-            raise RequestError(
-                415,
-                f"content type {ctype or '(none)'!r}: send multipart/form-data (field image) "
-                'or application/json ({"image": base64})',
-            )
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > settings.limits.max_body_bytes:
-            raise RequestError(413, f"body of {int(declared):,} bytes is over the {settings.limits.max_body_bytes:,}-byte limit")
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > settings.limits.max_body_bytes:
-                raise RequestError(413, f"body is over the {settings.limits.max_body_bytes:,}-byte limit")
-        if not body:
-            raise RequestError(400, "empty body: send the image")
-        if ctype == "application/json":
-            return parse_json(body)
-        try:  # the client's stream is spent: a request whose receive replays the bytes read
-            form = await Request(request.scope, _replay_body(body)).form()
-        except Exception as err:  # python-multipart's parse errors have no common base class
-            raise RequestError(400, f"malformed multipart body: {err}") from None
-        fields = {k: v for k, v in form.multi_items()}
-        upload = fields.pop("image", None)
-        if upload is None or isinstance(upload, str):
-            raise RequestError(422, "multipart body needs the image file in field 'image'")
-        files = [k for k, v in fields.items() if not isinstance(v, str)]
-        if files:
-            raise RequestError(422, f"field {files[0]!r} must be text, not a file")
-        return await upload.read(), parse_options(fields)
-
     @app.get("/healthz", responses={200: {"description": "the process is alive"}})
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get(
-        "/readyz",
-        responses={
-            200: {"description": "ready"},
-            503: {"description": "not ready", "content": {"application/json": {"schema": ERROR_SCHEMA}}},
-        },
-    )
+    @app.get("/readyz", responses=READY_RESPONSES)
     async def readyz():
         if app.state.draining or not core.accepting:
             reason = "shutting down" if app.state.draining else f"queue full ({core.queue_depth} waiting)"
@@ -231,43 +135,7 @@ def create_app(engine: "IntEngine", settings: ServiceSettings | None = None) -> 
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    responses: dict[int | str, dict[str, Any]] = {
-        200: {"description": "the masks", "content": {"application/json": {"schema": RESULT_SCHEMA}, "image/png": {}}}
-    }
-    responses |= {
-        code: {"description": text, "content": {"application/json": {"schema": ERROR_SCHEMA}}} for code, text in STATUSES.items()
-    }
-    request_body = {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "image": {"type": "string", "format": "binary"},
-                        **OPTION_PROPERTIES,
-                        "ablation": {"type": "string", "description": "e.g. pnm=off,hcg=on"},
-                    },
-                }
-            },
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "image": {"type": "string", "format": "byte"},
-                        **OPTION_PROPERTIES,
-                        "ablation": {"type": "object", "additionalProperties": {"type": "boolean"}},
-                    },
-                }
-            },
-        },
-    }
-
-    @app.post("/v1/segment", responses=responses, openapi_extra={"requestBody": request_body})
+    @app.post("/v1/segment", responses=SEGMENT_RESPONSES, openapi_extra={"requestBody": SEGMENT_REQUEST_BODY})
     async def segment(request: Request) -> Response:
         t0 = time.perf_counter()
         app.state.active += 1  # one event loop: no lock needed
@@ -280,12 +148,12 @@ def create_app(engine: "IntEngine", settings: ServiceSettings | None = None) -> 
         return response
 
     async def _segment(request: Request) -> Response:
-        if not authorised(request):
+        if not authorised(request, settings.api_key):
             return _error(401, "missing or wrong API key (Authorization: Bearer KEY or X-API-Key: KEY)")
         if app.state.draining:
             return _error(503, "shutting down: no new requests")
         try:
-            image, options = await read_request(request)
+            image, options = await read_upload(request, settings.limits)
             loaded = await run_in_threadpool(decode_image, image, settings.limits, working)
             future = engine.submit(loaded, **options)
         except RequestError as err:

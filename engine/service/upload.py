@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
+from starlette.requests import Request
 
 from ..config import ABLATION_SWITCHES, REQUEST_OPTIONS
 from ..io import LoadedImage, from_pil
@@ -130,3 +131,51 @@ def parse_json(body: bytes) -> tuple[bytes, dict[str, Any]]:
     except (binascii.Error, ValueError) as err:
         raise RequestError(400, f'"image" is not valid base64: {err}') from None
     return image, parse_options(data)
+
+
+def _replay_body(body: bytes) -> Any:
+    """An ASGI ``receive`` handing over ``body`` (the request's bytes, already read) as the
+    whole request, then a disconnect: a ``Request`` built on it parses its form from them."""
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    return receive
+
+
+async def read_upload(request: Request, limits: Limits) -> tuple[bytes, dict[str, Any]]:
+    """The image bytes and the options of a segmentation request, multipart (field ``image``) or
+    JSON (``{"image": base64, ...}``), the body read in chunks up to ``limits.max_body_bytes``.
+    415 another content type, 413 too large, 400 empty or malformed, 422 a bad field."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in ("multipart/form-data", "application/json"):
+        raise RequestError(
+            415,
+            f"content type {ctype or '(none)'!r}: send multipart/form-data (field image) "
+            'or application/json ({"image": base64})',
+        )
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
+        raise RequestError(413, f"body of {int(declared):,} bytes is over the {limits.max_body_bytes:,}-byte limit")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limits.max_body_bytes:
+            raise RequestError(413, f"body is over the {limits.max_body_bytes:,}-byte limit")
+    if not body:
+        raise RequestError(400, "empty body: send the image")
+    if ctype == "application/json":
+        return parse_json(body)
+    try:  # the client's stream is spent: a request whose receive replays the bytes read
+        form = await Request(request.scope, _replay_body(body)).form()
+    except Exception as err:  # python-multipart's parse errors have no common base class
+        raise RequestError(400, f"malformed multipart body: {err}") from None
+    fields = {k: v for k, v in form.multi_items()}
+    upload = fields.pop("image", None)
+    if upload is None or isinstance(upload, str):
+        raise RequestError(422, "multipart body needs the image file in field 'image'")
+    files = [k for k, v in fields.items() if not isinstance(v, str)]
+    if files:
+        raise RequestError(422, f"field {files[0]!r} must be text, not a file")
+    return await upload.read(), parse_options(fields)

@@ -1,0 +1,94 @@
+"""The service's OpenAPI pieces: the JSON shapes of a result and an error, the statuses it
+answers with, and ``POST /v1/segment``'s request body (multipart or JSON)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["status", "message"],
+            "properties": {"status": {"type": "integer"}, "message": {"type": "string"}},
+        }
+    },
+}
+RESULT_SCHEMA = {
+    "type": "object",
+    "required": ["width", "height", "binary_rle", "soft_png", "picks", "seconds"],
+    "properties": {
+        "width": {"type": "integer"},
+        "height": {"type": "integer"},
+        "binary_rle": {
+            "type": "object",
+            "required": ["size", "counts"],
+            "properties": {"size": {"type": "array", "items": {"type": "integer"}}, "counts": {"type": "string"}},
+        },
+        "soft_png": {"type": "string", "description": "base64 8-bit PNG of the soft mask at the image's size"},
+        "picks": {"type": "array", "items": {"type": "string"}, "description": "the picked name, one per iteration"},
+        "seconds": {"type": "object", "additionalProperties": {"type": "number"}, "description": "seconds per stage"},
+        "task": {"type": "string"},
+        "final_iteration": {"type": "integer"},
+    },
+}
+OPTION_PROPERTIES = {
+    "task": {"type": "string", "minLength": 1},
+    "preset": {"type": "string", "enum": ["cod", "polyp", "skin", "gensam", "promac"]},
+    "iterations": {"type": "integer", "minimum": 1, "maximum": 16},
+    "seed": {"type": "integer"},
+}
+STATUSES = {
+    400: "bad image or body",
+    401: "missing or wrong API key",
+    413: "body or image too large",
+    415: "content type is neither multipart/form-data nor application/json",
+    422: "bad or unknown option",
+    429: "queue full: retry after Retry-After seconds",
+    499: "client closed the connection (the answer is never received)",
+    500: "engine failure (a model or engine fault)",
+    503: "shutting down",
+    504: "timed out",
+}
+
+SEGMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the masks", "content": {"application/json": {"schema": RESULT_SCHEMA}, "image/png": {}}}
+}
+SEGMENT_RESPONSES |= {
+    code: {"description": text, "content": {"application/json": {"schema": ERROR_SCHEMA}}} for code, text in STATUSES.items()
+}
+SEGMENT_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["image"],
+                "additionalProperties": False,
+                "properties": {
+                    "image": {"type": "string", "format": "binary"},
+                    **OPTION_PROPERTIES,
+                    "ablation": {"type": "string", "description": "e.g. pnm=off,hcg=on"},
+                },
+            }
+        },
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["image"],
+                "additionalProperties": False,
+                "properties": {
+                    "image": {"type": "string", "format": "byte"},
+                    **OPTION_PROPERTIES,
+                    "ablation": {"type": "object", "additionalProperties": {"type": "boolean"}},
+                },
+            }
+        },
+    },
+}
+READY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "ready"},
+    503: {"description": "not ready", "content": {"application/json": {"schema": ERROR_SCHEMA}}},
+}
