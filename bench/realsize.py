@@ -76,7 +76,7 @@ class LiveBytes(TorchDispatchMode):
 def returns_alias(func) -> list[bool]:
     """Per return of the ATen op ``func``, whether it aliases an input (a view, an in-place or
     ``out=`` result): its schema's alias annotation. The one use of ``OpOverload._schema``, a
-    private name of torch's (pinned by ``tests/test_realsize.py``)."""
+    private name of torch's (pinned by ``tests/models/test_realsize.py``)."""
     schema = getattr(func, "_schema", None)
     if schema is None:
         raise RuntimeError(f"torch {torch.__version__}: {func} has no _schema; update int_engine.bench.realsize.returns_alias")

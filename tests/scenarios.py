@@ -31,7 +31,7 @@ MAX_DISTRACTOR = 0.02  # at most this share of a distractor's pixels in the segm
 
 class OutcomeFailure(AssertionError):
     """An outcome a user sees is wrong: the segmentation's IoU, the picked name, a distractor's
-    pixels in the mask, the soft map. ``tests/test_mutations.py`` requires every mutation to be
+    pixels in the mask, the soft map. ``tests/scenarios/test_mutations.py`` requires every mutation to be
     caught by one of these, with the scenarios' checks of the trace switched off."""
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE = re.compile(r"`([a-z_]+(?:\.[A-Za-z_][A-Za-z0-9_]*)+)`")
-TEST = re.compile(r"`(tests/[a-z_]+\.py)(?:::([A-Za-z0-9_]+))?`")
+TEST = re.compile(r"`(tests/[a-z_/]+\.py)(?:::([A-Za-z0-9_]+))?`")
 
 
 def _defined(path: Path) -> set[str]:

@@ -7,7 +7,7 @@ on their per-layer protocol as transformers 5.19 has it: ``Cache(layers=...)``; 
 ``layer.update(key_states, value_states, ...)`` for the keys/values it reads and
 ``get_seq_length`` / ``get_mask_sizes`` for the mask. That protocol is documented but has changed
 between releases (the layers arrived in 4.56), so it is checked by ``check_cache_api`` when the
-backend loads, and pinned by tests/test_private_api_shims.py.
+backend loads, and pinned by tests/backends/test_private_api_shims.py.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ try:
 except ImportError:  # moved or renamed: say so by name, whichever backend imports this first
     raise missing(DIST, "transformers.cache_utils.Cache / DynamicLayer") from None
 
-# The internals used here, as tests/test_private_api_shims.py checks them on the installed version.
+# The internals used here, as tests/backends/test_private_api_shims.py checks them on the installed version.
 SYMBOLS = (
     "transformers.cache_utils.Cache.__init__(layers=...)",
     "transformers.cache_utils.Cache.layers",

@@ -16,7 +16,7 @@ question (~620 tokens), is the same; the answers are a few tokens each. So the r
    they give the log-probs of the answer's other tokens.
 
 Equal to the full teacher-forced sequence (prefix + answer in one row) up to float rounding (the
-same attention, computed in other shapes): tests/test_shared_prefix.py checks 1e-5 in float32.
+same attention, computed in other shapes): tests/backends/test_shared_prefix.py checks 1e-5 in float32.
 
 Memory, for LLaVA-1.5-13B in float16 (the arithmetic of ``vlm_hf``'s docstring: the KV cache is
 2 x 40 layers x 5120 x 2 B = 800 KiB a token, 20 KiB a token per layer). A pass holds R candidates

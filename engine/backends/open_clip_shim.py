@@ -16,7 +16,7 @@ import torch
 from .private_api import private
 
 DIST = "open_clip_torch"
-# The private names used here, as tests/test_private_api_shims.py checks them on the installed version.
+# The private names used here, as tests/backends/test_private_api_shims.py checks them on the installed version.
 SYMBOLS = ("open_clip.transformer.VisionTransformer._embeds", "open_clip.transformer.VisionTransformer._pool")
 
 

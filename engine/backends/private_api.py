@@ -6,7 +6,7 @@ private symbol, and it reaches the symbol through ``private``: when the installe
 longer has it, the call raises ``PrivateAPIError`` naming the symbol, the installed version and
 the version the shim was written against, instead of an AttributeError deep inside a forward
 pass (or, worse, a silently different computation). ``PINNED`` holds those versions, the ones
-constraints.txt pins; tests/test_private_api_shims.py checks that the installed versions are
+constraints.txt pins; tests/backends/test_private_api_shims.py checks that the installed versions are
 these, that every shimmed symbol exists, and that no other file of the engine names one.
 """
 

@@ -23,7 +23,7 @@ from int_engine.testing import scripted_models
 from int_engine.testing.scenes import ellipse
 from int_engine.trace import ImageTrace, IterationTrace
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from int_engine.protocols import Models
 from int_engine.scheduler import Scheduler, _Job
 from int_engine.testing import scripted_models
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def reversed_table() -> type[CallKind]:

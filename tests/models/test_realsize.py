@@ -15,7 +15,7 @@ from int_engine.bench import cost
 from int_engine.bench import realsize as rs
 from int_engine.models import real
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_live_bytes_counts_new_storages_until_freed_not_views():

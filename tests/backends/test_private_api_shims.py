@@ -30,7 +30,7 @@ from int_engine.backends import hf_cache_shim, open_clip_shim, private_api
 from int_engine.backends.private_api import PrivateAPIError
 from int_engine.errors import ModelLoadError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCANNED = ("engine", "kernels", "bench")  # the package's source folders
 OPEN_CLIP_SHIM = "engine/backends/open_clip_shim.py"
 HF_CACHE_SHIM = "engine/backends/hf_cache_shim.py"

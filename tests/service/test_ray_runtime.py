@@ -20,7 +20,7 @@ import pytest
 from int_engine.service import ray_runtime
 from int_engine.service.ray_runtime import RayPrivateApiGone
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCANNED = ("engine", "kernels", "bench")  # the package's source folders
 SHIM = "engine/service/ray_runtime.py"
 # private name (a regular expression over the source text) -> the only files that may hold it

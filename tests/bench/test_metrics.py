@@ -1,7 +1,7 @@
 """bench/metrics.py: PySODMetrics computes the figures; these tests check how they are wired.
 
 * The figures equal those of the hand-written implementation it replaced, on saved predictions
-  (tests/data/metrics_before_pysod.json, computed by that code before it was deleted).
+  (tests/bench/data/metrics_before_pysod.json, computed by that code before it was deleted).
 * MAE, Dice and IoU equal values derived by hand on hand-made masks; the curves too.
 * Per image and per dataset, the module's figures equal PySODMetrics' deprecated ``Fmeasure``
   class and its other evaluators run directly (FmeasureV2's handlers are a separate code path),

@@ -1,6 +1,6 @@
 """Scoring on a shared prefix (engine/backends/llava_prefix.py) in the transformers backend: the
 rows of one (image, prompt) run the prefix once and their answers on its KV cache, with the
-scores of the full teacher-forced sequences, on the tiny LLaVA (tests/test_vlm_hf.py's model)."""
+scores of the full teacher-forced sequences, on the tiny LLaVA (tests/backends/test_vlm_hf.py's model)."""
 
 from __future__ import annotations
 

@@ -171,7 +171,7 @@ def test_score_feeds_the_authors_ids_and_scores_the_answers_own_tokens(tiny_zoo,
 
 
 def test_vllm_requests_carry_the_authors_ids(vlm, images):
-    """The ids vLLM is handed, one image token each (vLLM expands it; tests/test_vlm_vllm.py checks
+    """The ids vLLM is handed, one image token each (vLLM expands it; tests/backends/test_vlm_vllm.py checks
     the expanded ids of a running engine): no engine needed."""
     vllm_side = VLLMLlavaVLM(None, vlm.processor, prefix_caching=False)
     image_id = vlm.model.config.image_token_id

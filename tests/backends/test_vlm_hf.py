@@ -346,7 +346,7 @@ def test_score_encodes_each_distinct_image_once(vlm, images):
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 def test_inputs_equal_the_processors_with_each_image_processed_once(tiny_dir, images, monkeypatch, padding_side):
     """With the checkpoint's template its processor's ids (the "llava_v1" ids, split at the image as
-    LLaVA's tokenizer_image_token: tests/test_vlm_template.py), each distinct image processed once."""
+    LLaVA's tokenizer_image_token: tests/backends/test_vlm_template.py), each distinct image processed once."""
     vlm = HFLlavaVLM.load(tiny_dir, chat_format="checkpoint")
     rows = [images[0], images[1], images[0], images[2], images[1], images[0]]
     texts = [vlm.chat_text(p) for p in ["Output the name.", "Name it.", "What is this?", "x", "Output the name.", "y"]]

@@ -169,30 +169,30 @@ KNOWN_GAPS: dict[str, tuple[Patch, str]] = {
     "late names start at W = 1": (
         late_names_start_at_one,
         "in every scenario the names are already proposed in "
-        "iteration 1; tests/test_pipeline.py::test_step6_a_name_first_seen_after_an_iteration_"
+        "iteration 1; tests/steps/test_pipeline.py::test_step6_a_name_first_seen_after_an_iteration_"
         "without_mining_starts_at_eps runs the pipeline with a name first seen in iteration 2",
     ),
     "no reweighting (eq 12)": (
         no_reweighting,
         "the scripted world tells things apart by chromaticity, which eq 12's "
         "brightness scaling leaves unchanged (on purpose: a thing stays the same thing in every "
-        "iteration), so no scripted model can see the reweighting; tests/test_fuse_masks.py "
+        "iteration), so no scripted model can see the reweighting; tests/steps/test_fuse_masks.py "
         "checks eq 12's arithmetic",
     ),
     "eq 12 toward X_i instead of X": (
         with_default(reweight_base="current"),
         "as for eq 12 itself: brightness is invisible to the scripted models; "
-        "tests/test_fuse_masks.py::test_eq12_reweighting checks both bases",
+        "tests/steps/test_fuse_masks.py::test_eq12_reweighting checks both bases",
     ),
     "VLM and inpainter on X_i instead of X": (
         with_default(vlm_image="reweighted"),
         "X_i differs from X by brightness only, which the scripted VLM does not see; "
-        "tests/test_pipeline.py::test_the_vlm_and_the_inpainter_see_the_original_image checks what they are given",
+        "tests/steps/test_pipeline.py::test_the_vlm_and_the_inpainter_see_the_original_image checks what they are given",
     ),
     "eq 10 on the masked view instead of the image-size canvas": (
         with_default(mask_score_input="crop"),
         "in the scenes the views CLIP prefers hold the same object either way, so the selection "
-        "changes among good masks only; tests/test_fuse_masks.py::test_eq10_pastes_the_masked_view_on_a_black_canvas "
+        "changes among good masks only; tests/steps/test_fuse_masks.py::test_eq10_pastes_the_masked_view_on_a_black_canvas "
         "checks the input",
     ),
 }
