@@ -2,6 +2,7 @@
 session and every model comes from the tiny zoo built locally."""
 
 import os
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -17,3 +18,16 @@ def tiny_zoo(tmp_path_factory):
 
     given = os.environ.get("INT_ENGINE_TEST_ZOO")
     return ensure_tiny_zoo(given or tmp_path_factory.mktemp("zoo") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_zoo):
+    """role -> that role's folder in the session's tiny zoo (each builder's defaults: seed 0, scale
+    "tiny"). Tests read these folders, never write them: a test that changes files copies them."""
+    from int_engine.config import ROLES
+
+    def path(role: str) -> Path:
+        assert role in ROLES, f"no role {role!r} in the tiny zoo (roles: {', '.join(ROLES)})"
+        return tiny_zoo / role
+
+    return path

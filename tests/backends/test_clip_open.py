@@ -12,25 +12,22 @@ import torch
 from int_engine.backends.clip_open import OpenClipModel, surgery_forward
 from int_engine.backends.open_clip_shim import vit_embeds
 from int_engine.errors import ModelLoadError
-from int_engine.models import tiny_clip
+from int_engine.models.zoo import read_manifest
 from int_engine.protocols import Clip
 
 TEXTS = ["a frog", "a snake on a branch", "a frog", "polyp"]
 
 
 @pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny_clip")
-    info = tiny_clip.build(out, seed=0)
+def clip_dir(tiny_zoo, tiny_model):
+    info = read_manifest(tiny_zoo)["models"]["clip"]
     assert info["format"] == "open_clip-hf" and info["params"] > 0
-    return out
+    return tiny_model("clip")
 
 
 @pytest.fixture(scope="module")
 def clip(clip_dir):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        return OpenClipModel.load(clip_dir)
+    return OpenClipModel.load(clip_dir)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import torch
 from int_engine.backends.detect_gdino import GroundingDinoDetector, caption
 from int_engine.errors import ModelLoadError
 from int_engine.models import tiny_detector
+from int_engine.models.zoo import read_manifest
 from int_engine.protocols import Detector
 
 H1, W1 = 100, 160  # resized by the tiny processor to 80 x 128
@@ -21,21 +22,16 @@ H3, W3 = 50, 80  # same aspect as image 1: shares its forward pass
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        out = tmp_path_factory.mktemp("tiny_gdino")
-        info = tiny_detector.build(out, seed=0)
-        assert info["format"] == "hf-grounding-dino"
-        assert 0 < info["params"] < 2_000_000
-        yield out
+def model_dir(tiny_zoo, tiny_model) -> Path:
+    info = read_manifest(tiny_zoo)["models"]["detector"]
+    assert info["format"] == "hf-grounding-dino"
+    assert 0 < info["params"] < 2_000_000
+    return tiny_model("detector")
 
 
 @pytest.fixture(scope="module")
 def detector(model_dir) -> GroundingDinoDetector:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        yield GroundingDinoDetector.load(model_dir)
+    return GroundingDinoDetector.load(model_dir)
 
 
 def _images(seed: int = 0) -> list[np.ndarray]:
@@ -187,15 +183,13 @@ def test_empty_batch_and_mismatched_lengths(detector):
         detector.detect(_images()[:2], ["frog"], 0.35, 0.25)
 
 
-def test_missing_directory(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_missing_directory(tmp_path):
     missing = tmp_path / "nope"
     with pytest.raises(ModelLoadError, match=str(missing)):
         GroundingDinoDetector.load(missing)
 
 
-def test_directory_without_config(model_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_directory_without_config(model_dir, tmp_path):
     broken = tmp_path / "noconfig"
     shutil.copytree(model_dir, broken)
     (broken / "config.json").unlink()
@@ -204,8 +198,7 @@ def test_directory_without_config(model_dir, tmp_path, monkeypatch):
     assert str(broken) in str(err.value)
 
 
-def test_wrong_model_type_and_corrupt_weights(model_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_wrong_model_type_and_corrupt_weights(model_dir, tmp_path):
     other = tmp_path / "bert"
     shutil.copytree(model_dir, other)
     (other / "config.json").write_text(json.dumps({"model_type": "bert"}))

@@ -45,10 +45,8 @@ def _formula(ids: np.ndarray, d_model: int, dtype) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def detector(tiny_zoo) -> GroundingDinoDetector:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        yield GroundingDinoDetector.load(tiny_zoo / "detector")
+def detector(tiny_model) -> GroundingDinoDetector:
+    return GroundingDinoDetector.load(tiny_model("detector"))
 
 
 def _encoder_layers(detector):

@@ -13,6 +13,7 @@ from int_engine.backends.inpaint_sd import SDInpainter
 from int_engine.backends.inpaint_telea import TeleaInpainter
 from int_engine.errors import ConfigError, ModelLoadError
 from int_engine.models import tiny_inpaint
+from int_engine.models.zoo import read_manifest
 from int_engine.protocols import Inpainter
 
 PROMPT = "sand, high quality, detailed, and well-integrated with the original image."
@@ -20,19 +21,10 @@ NEGATIVE = "frog is not a camouflaged animal."
 
 
 @pytest.fixture(scope="module")
-def offline():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("TRANSFORMERS_OFFLINE", "1")
-        yield
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, offline):
-    out = tmp_path_factory.mktemp("tiny_inpaint")
-    info = tiny_inpaint.build(out, seed=0)
+def tiny_dir(tiny_zoo, tiny_model):
+    info = read_manifest(tiny_zoo)["models"]["inpaint"]
     assert info["format"] == "diffusers-sd-inpaint" and info["params"] > 0
-    return out
+    return tiny_model("inpaint")
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +250,7 @@ def test_sd_xformers_absent_is_a_clear_error(tiny_dir):
         SDInpainter.load(tiny_dir, size=32, enable_xformers=True)
 
 
-def test_sd_missing_dir(tmp_path, offline):
+def test_sd_missing_dir(tmp_path):
     missing = tmp_path / "nope"
     with pytest.raises(ModelLoadError, match="nope"):
         SDInpainter.load(missing)

@@ -9,15 +9,12 @@ from segment_anything import SamPredictor
 
 from int_engine.backends.sam_decode import PromptDecoder, decode_masks, flatten_prompts
 from int_engine.backends.segment_sam import SamSegmenter
-from int_engine.models import tiny_segmenter
 from int_engine.protocols import SegmentRequest
 
 
 @pytest.fixture(scope="module")
-def segmenter(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny_sam")
-    tiny_segmenter.build(out, seed=0)
-    return SamSegmenter.load(out)
+def segmenter(tiny_model):
+    return SamSegmenter.load(tiny_model("segmenter"))
 
 
 def _requests(n: int = 6, seed: int = 0) -> list[SegmentRequest]:

@@ -11,7 +11,7 @@ import torch
 
 from int_engine.backends.segment_sam import PUBLISHED, SamSegmenter, arch_from_json, build_sam, resolve_checkpoint
 from int_engine.errors import ModelLoadError
-from int_engine.models import tiny_segmenter
+from int_engine.models.zoo import read_manifest
 from int_engine.protocols import Segmenter, SegmentRequest
 
 BOX_A = np.array([[5, 5, 40, 50]], np.float32)
@@ -19,18 +19,15 @@ BOX_B = np.array([[30, 40, 75, 90]], np.float32)
 
 
 @pytest.fixture(scope="module")
-def sam_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny_sam")
-    info = tiny_segmenter.build(out, seed=0)
+def sam_dir(tiny_zoo, tiny_model):
+    info = read_manifest(tiny_zoo)["models"]["segmenter"]
     assert info["format"] == "segment-anything" and info["params"] > 0
-    return out
+    return tiny_model("segmenter")
 
 
 @pytest.fixture(scope="module")
 def segmenter(sam_dir):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        return SamSegmenter.load(sam_dir)
+    return SamSegmenter.load(sam_dir)
 
 
 @pytest.fixture(scope="module")

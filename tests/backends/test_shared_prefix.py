@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from llava_reference import head_means
 
 from int_engine.backends.llava_prefix import SharedPrefixCache, prefix_groups, prefix_passes
 from int_engine.backends.vlm_hf import HFLlavaVLM
 from int_engine.config import ModelsConfig, RoleConfig
 from int_engine.errors import ConfigError
-from int_engine.models import tiny_vlm
 from int_engine.models.load import check_options
 
 PROMPT_A = "Output the name of the camouflaged animal and its environment in one word."
@@ -24,12 +24,8 @@ CANDIDATES = ["frog", "a green lizard", "seahorse, coral reef", "owl on a branch
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        out = tmp_path_factory.mktemp("tiny_vlm")
-        tiny_vlm.build(out, seed=0)
-        yield out
+def tiny_dir(tiny_model) -> Path:
+    return tiny_model("vlm")
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +112,6 @@ def test_bfloat16_scores_take_a_float32_head_on_the_bfloat16_hidden_states(tiny_
     """The shared-prefix path: the prefix pass's last hidden state gives the answer's first token,
     the answer pass's the others; both through the head in float32 on the bfloat16 states
     (measured: within 1e-6 of the float32 head, 1.0e-3 to 1.5e-3 from the bfloat16 head)."""
-    from test_vlm_hf import head_means
-
     low = HFLlavaVLM.load(tiny_dir, dtype="bfloat16")
     head = low.model.lm_head.weight
     hidden = []

@@ -12,32 +12,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from llava_reference import authors_ids, head_means
 from safetensors import safe_open
 
 from int_engine.backends.llava_tokens import ExpandedIds
 from int_engine.backends.vlm_hf import HFLlavaVLM
 from int_engine.errors import ConfigError, ModelLoadError
 from int_engine.models import tiny_vlm
+from int_engine.models.zoo import read_manifest
 from int_engine.protocols import VLM
 
 PROMPT_A = "Output the name of the camouflaged animal and its environment in one word."
 PROMPT_B = "This image pertains to the camouflaged animal detection task, output the bounding box of the camouflaged animal."
 
 
-@pytest.fixture(scope="module", autouse=True)
-def offline():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        yield
-
-
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, offline) -> Path:
-    out = tmp_path_factory.mktemp("tiny_vlm")
-    info = tiny_vlm.build(out, seed=0)
+def tiny_dir(tiny_zoo, tiny_model) -> Path:
+    info = read_manifest(tiny_zoo)["models"]["vlm"]
     assert info["format"] == "llava-hf"
     assert 10_000 < info["params"] < 2_000_000
-    return out
+    return tiny_model("vlm")
 
 
 @pytest.fixture(scope="module")
@@ -191,8 +185,6 @@ def test_score_batch_equals_one_by_one(vlm, images):
 def test_score_matches_a_full_forward_by_hand(vlm, images):
     """The authors' ids (``tokenizer_image_token``, the image token expanded to the processor's
     count) of the "llava_v1" text with the answer, through the whole model at once."""
-    from test_vlm_template import authors_ids
-
     from int_engine.backends.llava_image import pad_to_square, processor_fill
 
     processor, model = vlm.processor, vlm.model
@@ -222,16 +214,6 @@ def test_bfloat16_close_to_float32(tiny_dir, vlm, images):
     args = (images, [PROMPT_A] * 3, ["frog", "lizard", "owl"])
     np.testing.assert_allclose(low.score(*args), vlm.score(*args), atol=0.2)
     assert len(low.generate(images[:1], [PROMPT_A], 4)) == 1
-
-
-def head_means(states: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
-    """Mean log-prob of ``targets`` [n] from hidden states [n, H] through a head ``weight`` [V, H]:
-    in float32 (states and weight cast), and all in the weight's dtype (logits rounded to it)."""
-    with torch.inference_mode():
-        f32 = torch.log_softmax(states.float() @ weight.float().T, -1)
-        low = torch.log_softmax((states @ weight.T).float(), -1)
-        pick = targets[:, None]
-        return f32.gather(-1, pick).mean().item(), low.gather(-1, pick).mean().item()
 
 
 def test_bfloat16_scores_take_a_float32_head_on_the_bfloat16_hidden_states(tiny_dir, images, monkeypatch):

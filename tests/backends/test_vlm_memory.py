@@ -101,7 +101,7 @@ for rows, budget in settings:
 @pytest.fixture(scope="module")
 def small_vlm(tmp_path_factory):
     out = tmp_path_factory.mktemp("small-vlm")
-    tiny_vlm.build(out, seed=0, scale="small")
+    tiny_vlm.build(out, seed=0, scale="small")  # not tiny_model("vlm"): the small scale on purpose
     return out
 
 

@@ -1,8 +1,8 @@
 """The LLaVA-1.5 conversation the authors ran (LLaVA's conv_mode "llava_v1", used by their ProMaC code)
 in both VLM backends: the exact text, and the token ids the model is fed, against LLaVA's own
-``tokenizer_image_token`` written here from its definition. On the tiny zoo's LLaVA, whose
-tokenizer (like LLaVA-1.5's) puts a "▁" before the "\\n" after the image when the text is split
-there, and not when it is tokenised in one piece as llava-hf's processor does."""
+``tokenizer_image_token`` written from its definition (tests/llava_reference.py). On the tiny zoo's
+LLaVA, whose tokenizer (like LLaVA-1.5's) puts a "▁" before the "\\n" after the image when the text
+is split there, and not when it is tokenised in one piece as llava-hf's processor does."""
 
 from __future__ import annotations
 
@@ -10,54 +10,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from llava_reference import PROMPTS, authors_ids, authors_text, processor_image_tokens, tokenizer_image_token
 
 from int_engine.backends.llava_common import chat_format_of, default_chat_format
 from int_engine.backends.vlm_hf import HFLlavaVLM
 from int_engine.backends.vlm_vllm import VLLMLlavaVLM
 from int_engine.errors import ConfigError
-
-# Written out, not imported: the text of LLaVA's conv_llava_v1 (system prompt, roles USER and
-# ASSISTANT, separators " " and "</s>").
-SYSTEM = (
-    "A chat between a curious human and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the human's questions."
-)
-PROMPTS = ["Output the name of the camouflaged animal and its environment in one word.", "Name it."]
-
-
-def authors_text(prompt: str, answer: str | None = None) -> str:
-    """The conversation's prompt up to "ASSISTANT:", or with the answer after one space."""
-    text = f"{SYSTEM} USER: <image>\n{prompt} ASSISTANT:"
-    return text if answer is None else f"{text} {answer}"
-
-
-def tokenizer_image_token(tokenizer, text: str, image_id: int) -> list[int]:
-    """LLaVA's ``tokenizer_image_token`` from its definition: the text split at "<image>", each chunk
-    tokenised by the tokenizer on its own, the first chunk's BOS kept and every chunk's leading BOS
-    dropped after it (the offset the first chunk's BOS sets), the image token id between chunks."""
-    chunks = [tokenizer(chunk).input_ids for chunk in text.split("<image>")]
-    offset = 1 if chunks[0] and chunks[0][0] == tokenizer.bos_token_id else 0
-    ids = chunks[0][:offset]
-    for i, chunk in enumerate(chunks):
-        if i > 0:
-            ids.append(image_id)
-        ids.extend(chunk[offset:])
-    return ids
-
-
-def authors_ids(tokenizer, text: str, image_id: int, count: int) -> list[int]:
-    """``tokenizer_image_token``'s ids with each image token expanded to ``count`` image tokens (the
-    image's features, as LLaVA's model splices them in)."""
-    out: list[int] = []
-    for token in tokenizer_image_token(tokenizer, text, image_id):
-        out += [token] * count if token == image_id else [token]
-    return out
-
-
-def processor_image_tokens(processor) -> int:
-    """How many image tokens the checkpoint's processor expands one "<image>" to."""
-    ids = processor(images=np.zeros((56, 56, 3), np.uint8), text=processor.image_token, return_tensors="pt")["input_ids"]
-    return int((ids == processor.tokenizer.convert_tokens_to_ids(processor.image_token)).sum())
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from llava_reference import PROMPTS, authors_ids, authors_text, processor_image_tokens
 
 from int_engine.backends.vlm_hf import HFLlavaVLM
 from int_engine.backends.vlm_vllm import VLLMLlavaVLM
@@ -54,7 +55,6 @@ def vllm_env(tmp_path_factory):
         mp.setenv("VLLM_RPC_BASE_PATH", str(tmp_path_factory.mktemp("vllm_rpc")))
         mp.setenv("VLLM_NO_USAGE_STATS", "1")
         mp.setenv("VLLM_DO_NOT_TRACK", "1")
-        mp.setenv("HF_HUB_OFFLINE", "1")
         yield
 
 
@@ -165,8 +165,6 @@ def test_the_engine_runs_the_authors_ids_as_transformers_does(vlm, hf, images, m
     """Generate and score requests: the prompt ids vLLM ran (its image token expanded by its own
     processor) are LLaVA's ``tokenizer_image_token`` ids of the "llava_v1" text, image token
     expanded to the processor's count: the ids the transformers backend feeds its model."""
-    from test_vlm_template import PROMPTS, authors_ids, authors_text, processor_image_tokens
-
     outputs, real = [], vlm.llm.generate
     monkeypatch.setattr(vlm.llm, "generate", lambda *a, **k: outputs.append(real(*a, **k)) or outputs[-1])
     image_id, count = hf.model.config.image_token_id, processor_image_tokens(hf.processor)

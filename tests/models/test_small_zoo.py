@@ -19,6 +19,7 @@ from int_engine.protocols import SegmentRequest
 def small(tmp_path_factory):
     """``<root>/segmenter`` and ``<root>/clip`` at the small scale, and what their builders returned."""
     root = tmp_path_factory.mktemp("small-zoo")
+    # built here, not taken from the tiny_zoo fixture: scale="small" on purpose (the zoo is "tiny")
     infos = {
         "segmenter": tiny_segmenter.build(root / "segmenter", seed=0, scale="small"),
         "clip": tiny_clip.build(root / "clip", seed=0, scale="small"),

@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from scheduler_scenes import WORLD, H, W, jobs, scenes
 
 from int_engine.calls import run_each
 from int_engine.config import ConfigError, EngineConfig, apply_overrides
@@ -13,29 +14,7 @@ from int_engine.kernels import TickMiner
 from int_engine.loop import EngineLoop
 from int_engine.mining import mine
 from int_engine.pipeline import drive, image_steps, run
-from int_engine.testing import ColourWorld, Thing, scripted_models
-from int_engine.testing.scenes import compose, ellipse
-
-H, W = 96, 128
-WORLD = ColourWorld(
-    [
-        Thing("bark", (120, 80, 40), kind="background"),
-        Thing("frog", (70, 140, 50)),
-        Thing("snake", (150, 40, 150), confusions={"bark": 0.08}),
-    ]
-)
-
-
-def scenes(n):
-    rng = np.random.default_rng(0)
-    return [
-        compose(WORLD, "bark", [("frog", ellipse(H, W, rng.uniform(20, 108), rng.uniform(20, 76), 12, 9))], H, W, seed=s).image
-        for s in range(n)
-    ]
-
-
-def jobs(images, cfg):
-    return [(i, (lambda im=im: image_steps(im, cfg))) for i, im in enumerate(images)]
+from int_engine.testing import scripted_models
 
 
 def test_scheduler_equals_eager_and_batches_every_model_call():

@@ -12,7 +12,7 @@ import importlib
 import numpy as np
 import pytest
 import torch
-from test_scheduler import WORLD, jobs, scenes  # the same scenes: every image-iteration mines
+from scheduler_scenes import WORLD, jobs, scenes  # every image-iteration of these scenes mines
 
 import int_engine.kernels.miner as miner_module
 from int_engine.config import EngineConfig

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_scheduler import WORLD, jobs, scenes  # every image-iteration of these scenes mines
+from scheduler_scenes import WORLD, jobs, scenes  # every image-iteration of these scenes mines
 
 import int_engine.calls as calls_module
 from int_engine.api import IntEngine
