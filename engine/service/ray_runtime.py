@@ -28,7 +28,7 @@ from typing import Any
 # 127.0.0.1 (Ray otherwise binds its node to the machine's outward address).
 LOCAL_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 LOOPBACK = "127.0.0.1"
-# Ray's private names this module relies on (tests/service/test_ray_runtime.py checks
+# Ray's private names this module relies on (tests/backends/test_private_api_shims.py checks
 # they appear nowhere else in the source)
 PRIVATE_INIT_KWARGS = ("_temp_dir", "_node_ip_address")
 RAY_PINNED = "2.60.0"  # the Ray these shims were written and tested against (constraints.txt's pin)

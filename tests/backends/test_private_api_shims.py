@@ -1,5 +1,6 @@
-"""Pinned libraries' private names in the engine's backends and kernels: each lives only in its one
-guarded shim, the installed library is the version constraints.txt pins, and the shim fails
+"""Pinned libraries' private names in the package (engine/, kernels/, bench/): PRIVATE_NAMES lists
+every one and the only files it may appear in (its one guarded shim); for the backends' and
+kernels' libraries, the installed library is the version constraints.txt pins, and the shim fails
 loudly, naming the name and the version, when the name is gone.
 
 - open_clip: ``VisionTransformer._embeds`` / ``_pool`` (no public equivalent), only in
@@ -11,9 +12,11 @@ loudly, naming the name and the version, when the name is gone.
   ``_sum_combine``, segment-anything ``_pe_encoding``: nowhere, replaced by public APIs
   (``masked_image_latents=`` / ``latents=``, our own ``@triton.jit`` combine functions,
   ``forward_with_coords``), whose presence is pinned here too.
-
-Ray's and starlette's private names (engine/service, bench) are scanned the same way in
-test_private_api_shims_service.py.
+- Ray: ``ray.init(_temp_dir=, _node_ip_address=)`` and
+  ``ray.serve._private.replica.add_port_to_grpc_server``, only in ``service/ray_runtime.py``; its
+  version and behaviour tests are tests/service/test_ray_runtime.py.
+- starlette ``Request._body``: nowhere (the multipart form is parsed from a public
+  ``Request(scope, receive)``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pins import pinned
 
 from int_engine.backends import hf_cache_shim, open_clip_shim, private_api
 from int_engine.backends.private_api import PrivateAPIError
@@ -34,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCANNED = ("engine", "kernels", "bench")  # the package's source folders
 OPEN_CLIP_SHIM = "engine/backends/open_clip_shim.py"
 HF_CACHE_SHIM = "engine/backends/hf_cache_shim.py"
+RAY_SHIM = "engine/service/ray_runtime.py"
 # Private name (a regular expression over the source text) -> the only files that may hold it.
 # Add an entry for every private name of another library the engine comes to use, with its shim.
 PRIVATE_NAMES: dict[str, set[str]] = {
@@ -47,20 +52,11 @@ PRIVATE_NAMES: dict[str, set[str]] = {
     r"\bcache_utils\b": {HF_CACHE_SHIM},  # transformers' KV-cache internals
     r"\bDynamicLayer\b": {HF_CACHE_SHIM},
     r"\blazy_initialization\b": {HF_CACHE_SHIM},
+    r"\b_temp_dir\b": {RAY_SHIM},  # ray.init's private keywords
+    r"\b_node_ip_address\b": {RAY_SHIM},
+    r"\badd_port_to_grpc_server\b": {RAY_SHIM},  # ray.serve._private.replica
+    r"\._body\b": set(),  # starlette's Request._body
 }
-
-
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def pinned(package: str) -> str:
-    """The version constraints.txt pins for ``package``."""
-    for line in (ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines():
-        name, sep, version = line.split("#")[0].strip().partition("==")
-        if sep and canonical(name.strip()) == canonical(package):
-            return version.strip()
-    raise AssertionError(f"constraints.txt pins no {package}")
 
 
 def source_files() -> list[Path]:
@@ -140,14 +136,12 @@ def test_open_clip_forward_is_still_embeds_blocks_pool_proj():
         torch.testing.assert_close(pooled @ visual.proj, visual(pixels))
 
 
-def test_open_clip_shim_fails_loudly_once_a_symbol_is_gone(monkeypatch, tmp_path):
+def test_open_clip_shim_fails_loudly_once_a_symbol_is_gone(monkeypatch, tiny_model):
     from open_clip.transformer import VisionTransformer
 
     from int_engine.backends.clip_open import OpenClipModel
-    from int_engine.models import tiny_clip
 
-    tiny_clip.build(tmp_path, seed=0)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    clip_dir = tiny_model("clip")
     visual = tiny_vit()
     monkeypatch.delattr(VisionTransformer, "_pool")
     version = re.escape(metadata.version("open_clip_torch"))
@@ -157,8 +151,8 @@ def test_open_clip_shim_fails_loudly_once_a_symbol_is_gone(monkeypatch, tmp_path
         open_clip_shim.check_vit(visual)
     with pytest.raises(PrivateAPIError, match=r"VisionTransformer\._pool"):
         open_clip_shim.vit_pool(visual, torch.zeros(1, 5, 16))
-    with pytest.raises(ModelLoadError, match=rf"clip: cannot load .*{re.escape(str(tmp_path))}.*VisionTransformer\._pool"):
-        OpenClipModel.load(tmp_path)  # at load, not in the first forward pass
+    with pytest.raises(ModelLoadError, match=rf"clip: cannot load .*{re.escape(str(clip_dir))}.*VisionTransformer\._pool"):
+        OpenClipModel.load(clip_dir)  # at load, not in the first forward pass
 
 
 # ---- transformers -----------------------------------------------------------------------------

@@ -1,11 +1,10 @@
-"""Other libraries' private names used by the service and the bench: each lives only in its one
-shim (``int_engine.service.ray_runtime``), the installed library is the version constraints.txt
-pins, and the shim fails loudly, naming the name and the version, when the name is gone.
+"""Ray's private names, used by the service and the bench through their one shim
+(``int_engine.service.ray_runtime``): the installed Ray is the version constraints.txt pins, each
+name still exists, and the shim fails loudly, naming the name and the version, when it is gone.
+That they appear nowhere else is tests/backends/test_private_api_shims.py's scan (PRIVATE_NAMES).
 
 Ray: ``ray.init(_temp_dir=, _node_ip_address=)`` (``ray_runtime.init_local``) and
-``ray.serve._private.replica.add_port_to_grpc_server`` (``ray_runtime.bind_replica_grpc_to_node_ip``).
-Starlette: none (the multipart form is parsed from a public ``Request(scope, receive)``;
-``request._body`` must not come back)."""
+``ray.serve._private.replica.add_port_to_grpc_server`` (``ray_runtime.bind_replica_grpc_to_node_ip``)."""
 
 from __future__ import annotations
 
@@ -13,45 +12,12 @@ import inspect
 import os
 import re
 from importlib import metadata
-from pathlib import Path
 
 import pytest
+from pins import pinned
 
 from int_engine.service import ray_runtime
 from int_engine.service.ray_runtime import RayPrivateApiGone
-
-ROOT = Path(__file__).resolve().parents[2]
-SCANNED = ("engine", "kernels", "bench")  # the package's source folders
-SHIM = "engine/service/ray_runtime.py"
-# private name (a regular expression over the source text) -> the only files that may hold it
-PRIVATE_NAMES = {
-    r"\b_temp_dir\b": {SHIM},
-    r"\b_node_ip_address\b": {SHIM},
-    r"\badd_port_to_grpc_server\b": {SHIM},
-    r"\._body\b": set(),  # starlette's Request._body
-}
-
-
-def pinned(package: str) -> str:
-    """The version constraints.txt pins for ``package``."""
-    for line in (ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines():
-        name, sep, version = line.split("#")[0].strip().partition("==")
-        if sep and name.strip().lower() == package:
-            return version.strip()
-    raise AssertionError(f"constraints.txt pins no {package}")
-
-
-def source_files() -> list[Path]:
-    return sorted(p for folder in SCANNED for p in (ROOT / folder).rglob("*.py"))
-
-
-@pytest.mark.parametrize("pattern", list(PRIVATE_NAMES))
-def test_each_private_name_lives_only_in_its_shim(pattern):
-    found = {str(p.relative_to(ROOT)) for p in source_files() if re.search(pattern, p.read_text(encoding="utf-8"))}
-    allowed = PRIVATE_NAMES[pattern]
-    assert found <= allowed, f"{pattern} outside its shim: {sorted(found - allowed)} (allowed: {sorted(allowed) or 'nowhere'})"
-    assert found == allowed, f"{pattern} no longer in {sorted(allowed - found)}: update PRIVATE_NAMES"
-
 
 # ---- Ray ----------------------------------------------------------------------------------
 
