@@ -37,7 +37,6 @@ from ..run_info import write_run_info
 from ..work import work_delta, work_of
 from .datasets import Dataset, Pair
 from .metrics import PER_IMAGE_KEYS, image_metrics
-from .report import dataset_metrics as dataset_metrics  # re-exported: tests/bench/test_metrics.py imports it from here
 from .report import write_reports
 from .run_folder import RESULTS, RUN_INFO, read_gray
 

@@ -22,7 +22,7 @@ import pytest
 
 from int_engine.bench.datasets import Pair
 from int_engine.bench.metrics import PER_IMAGE_KEYS, SUMMARY_KEYS, DatasetMetrics, image_metrics
-from int_engine.bench.run import dataset_metrics
+from int_engine.bench.report import dataset_metrics
 
 ref = pytest.importorskip("py_sod_metrics", reason="py_sod_metrics is the reference implementation")
 
