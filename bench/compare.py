@@ -42,6 +42,12 @@ class Run:
         return float(v) if isinstance(v, (int, float)) else None
 
     @property
+    def iterations(self) -> float | None:
+        """Mean iterations per image (fewer than configured where early stop ended images)."""
+        v = (self.summary.get("iterations_per_image") or {}).get("mean")
+        return float(v) if isinstance(v, (int, float)) else None
+
+    @property
     def images_per_s(self) -> float | None:
         v = self.summary.get("throughput", {}).get("images_per_s")
         return float(v) if isinstance(v, (int, float)) else None
@@ -84,14 +90,14 @@ def _fmt(v: float | None, digits: int = 3) -> str:
 def to_markdown(runs: list[Run]) -> str:
     """The table in Markdown (values to 3 decimals, best in bold, — where a run lacks a metric)."""
     best = _best(runs)
-    header = ["Run", "Dataset", "Images", *(t for _, t, _ in METRICS), "images/s"]
+    header = ["Run", "Dataset", "Images", *(t for _, t, _ in METRICS), "iterations/image", "images/s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, r in enumerate(runs):
         cells = [r.label.replace("|", "\\|"), str(r.summary["dataset"]), str(r.summary.get("scored", ""))]
         for key, _, _ in METRICS:
             text = _fmt(r.value(key))
             cells.append(f"**{text}**" if i in best.get(key, ()) else text)
-        cells.append(_fmt(r.images_per_s))
+        cells += [_fmt(r.iterations, 2), _fmt(r.images_per_s)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -100,9 +106,9 @@ def to_csv(runs: list[Run]) -> str:
     """The table as CSV with full-precision values (blank where a run lacks a metric)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["run", "dataset", "images", *(k for k, _, _ in METRICS), "images_per_s"])
+    w.writerow(["run", "dataset", "images", *(k for k, _, _ in METRICS), "iterations_per_image", "images_per_s"])
     for r in runs:
-        vals = [r.value(k) for k, _, _ in METRICS] + [r.images_per_s]
+        vals = [r.value(k) for k, _, _ in METRICS] + [r.iterations, r.images_per_s]
         w.writerow([r.label, r.summary["dataset"], r.summary.get("scored", ""), *("" if v is None else repr(v) for v in vals)])
     return buf.getvalue()
 

@@ -186,6 +186,8 @@ def write_reports(
             "this_session_images_per_s": processed / wall if wall > 0 and processed else 0.0,
             "peak_rss_mb": peak_rss_mb(),
         },
+        # iterations each finished image ran: all of them, or fewer where early stop ended it
+        "iterations_per_image": _iterations(ok),
         # what the models computed per image-iteration (UNet evaluations x latent pixels, VLM prefill
         # tokens, SAM encoder images, CLIP and detector images: int_engine.work), apart from speed
         "work_per_image_iteration": per_unit(work_total, sum(x.get("image_iterations", 0) for x in counted)),
@@ -238,6 +240,19 @@ def stage_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return ["stage", "s/image (its share of each batch)"], [[k, f"{v:.3f}"] for k, v in stages.items()]
 
 
+def _iterations(ok: list[dict]) -> dict[str, Any]:
+    """Mean and histogram ({iterations: images}) of the iterations the finished images ran."""
+    runs = [int(r["iterations"]) for r in ok if isinstance(r.get("iterations"), int)]
+    histogram = {str(n): runs.count(n) for n in sorted(set(runs))}
+    return {"mean": float(np.mean(runs)) if runs else 0.0, "histogram": histogram}
+
+
+def _iterations_line(summary: dict[str, Any]) -> str:
+    it = summary.get("iterations_per_image") or {"mean": 0.0, "histogram": {}}
+    spread = ", ".join(f"{n}: {k} images" for n, k in it["histogram"].items()) or "none"
+    return f"Iterations per image: mean {it['mean']:.2f} ({spread})."
+
+
 def _counts(summary: dict[str, Any]) -> str:
     return (
         f"{summary['scored']} of {summary['images']} images scored; {len(summary['failed'])} failed"
@@ -284,6 +299,8 @@ def markdown(summary: dict[str, Any]) -> str:
         _counts(summary),
         "",
         _throughput(summary),
+        "",
+        _iterations_line(summary),
         "",
         _work(summary),
         "",

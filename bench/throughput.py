@@ -101,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", help="write the figures here")
     p.add_argument(
+        "--early-stop",
+        action="store_true",
+        help="instead: images/s and work per image of the engine with early stop off and on, same images",
+    )
+    p.add_argument(
         "--ray",
         action="store_true",
         help="instead: images/s of a Ray Data actor pool (bench --ray) with 1 and 2 workers, same images",
@@ -124,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     other_cfg = dataclasses.replace(cfg, inpaint_scope=other)
     models = load_models(cfg.models, zoo)
     images = [make_scene(s, *args.size)[0] for s in range(args.images)]
+    if args.early_stop:
+        from .early_stop import throughput_with_and_without
+
+        return throughput_with_and_without(models, cfg, images, args.repeats, args.json)
     run_engine(models, cfg, images[:1])  # warm-up: first-call costs are not throughput
     run_engine(models, other_cfg, images[:1])
 

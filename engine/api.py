@@ -14,7 +14,7 @@ import asyncio
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Union
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Mapping, Union
 
 import numpy as np
 from PIL import Image
@@ -26,6 +26,7 @@ from .core import EngineClosed, EngineCore
 from .io import LoadedImage, from_pil, from_pixels, read_image
 from .models.load import load_models
 from .protocols import Models
+from .result import IterationUpdate
 
 # what segment accepts: a path, uint8 [H, W, 3] RGB pixels, a PIL image, or an image already loaded
 ImageInput = Union[str, Path, np.ndarray, Image.Image, LoadedImage]
@@ -117,7 +118,12 @@ class IntEngine:
         )
 
     def submit(
-        self, image: ImageInput, source: str | None = None, block: bool = False, **options: Any
+        self,
+        image: ImageInput,
+        source: str | None = None,
+        block: bool = False,
+        on_iteration: Callable[[IterationUpdate], None] | None = None,
+        **options: Any,
     ) -> "Future[pipeline.Result]":
         """Queue one image; its ``Future`` completes with the ``Result`` (or the image's error).
 
@@ -126,10 +132,25 @@ class IntEngine:
         bad ones raise ConfigError here. A path is read here, so a missing file raises at once.
         Raises ``EngineBusy`` when the queue is full (``block=True`` waits for room instead) and
         ``EngineClosed`` after ``close``. ``future.cancel()`` takes the image out at the next tick.
+        ``on_iteration`` gets each iteration's ``IterationUpdate`` as it lands, on the core's
+        thread (keep it short: the next tick waits for it; what it raises fails the image).
         """
         cfg = request_config(self.config, **options) if options else self.config
         loaded = self.load(image, source)
-        return self.core.submit(lambda: _steps(loaded, cfg), block=block)
+        return self.core.submit(lambda: _steps(loaded, cfg, on_iteration), block=block)
+
+    def iterations(self, image: ImageInput, **options: Any) -> "IterationStream":
+        """For asyncio, each iteration as it lands: ``async for item in engine.iterations(image)``
+        yields an ``IterationUpdate`` per iteration run, then the ``Result`` (eq 13's choice), and
+        raises the image's error if it fails. The image is submitted here (call it on the event
+        loop's thread), so a full queue or a bad option raises before anything is streamed.
+        Leaving the loop early (``break``, a cancelled task, a client gone) cancels the request:
+        the image leaves the core at its next tick."""
+        loop = asyncio.get_running_loop()
+        updates: asyncio.Queue = asyncio.Queue()
+        future = self.submit(image, on_iteration=lambda u: loop.call_soon_threadsafe(updates.put_nowait, u), **options)
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(updates.put_nowait, None))
+        return IterationStream(future, updates)
 
     async def segment_async(self, image: ImageInput, **options: Any) -> pipeline.Result:
         """``submit`` for asyncio: awaits the result; cancelling the awaiting task (a timeout, a
@@ -146,6 +167,7 @@ class IntEngine:
         self,
         images: Iterable[ImageInput | tuple[str, Any]] | Mapping[str, Any],
         load: Callable[[Any, str], LoadedImage] | None = None,
+        on_iteration: Callable[[str, IterationUpdate], None] | None = None,
     ) -> Iterator[tuple[str, pipeline.Result | Exception]]:
         """Segment many images through the scheduler (``config.max_in_flight`` at once, one
         batch per model per tick). Yields ``(key, Result)`` as images finish, in completion
@@ -162,6 +184,8 @@ class IntEngine:
         what it raises is that item's error. With it, a named pair's image may be anything it
         takes: e.g. ``self.read(path, keep_original=True)`` to keep the pixels for overlays, or
         a reader that checks a ground truth first.
+
+        ``on_iteration(key, update)`` gets each image's iterations as they land (``submit``'s).
         """
         items = images.items() if isinstance(images, Mapping) else images
         read = load or self.load
@@ -173,7 +197,8 @@ class IntEngine:
             else:
                 image = item
                 key = item.path if isinstance(item, LoadedImage) else str(item) if isinstance(item, (str, Path)) else str(index)
-            return key, lambda: _steps(read(image, key), cfg)
+            each = None if on_iteration is None else (lambda update: on_iteration(key, update))
+            return key, lambda: _steps(read(image, key), cfg, each)
 
         yield from self.run_jobs(job(i, item) for i, item in enumerate(items))
 
@@ -204,7 +229,31 @@ class IntEngine:
         self.last_stats = self.core.loop.stats
 
 
-def _steps(image: LoadedImage, cfg: EngineConfig) -> pipeline.Steps:
+class IterationStream:
+    """An image's iterations as they land (``IntEngine.iterations``): async-iterable, once."""
+
+    def __init__(self, future: Future, updates: asyncio.Queue) -> None:
+        self.future, self._updates = future, updates
+
+    def __aiter__(self) -> AsyncIterator[IterationUpdate | pipeline.Result]:
+        return self._items()
+
+    async def _items(self) -> AsyncIterator[IterationUpdate | pipeline.Result]:
+        try:
+            while (update := await self._updates.get()) is not None:
+                yield update
+            yield self.future.result()
+        finally:
+            self.future.cancel()  # a no-op once it is done
+
+    def cancel(self) -> None:
+        """Give up on the image: it leaves the core at its next tick."""
+        self.future.cancel()
+
+
+def _steps(
+    image: LoadedImage, cfg: EngineConfig, on_iteration: Callable[[IterationUpdate], None] | None = None
+) -> pipeline.Steps:
     """``image``'s step generator (``pipeline.image_steps``) under ``cfg``: the one place outside
     the pipeline and the scheduler where an image becomes steps (masks at its original size)."""
-    return pipeline.image_steps(image.pixels, cfg, image.path, image.original_size, image.conversions)
+    return pipeline.image_steps(image.pixels, cfg, image.path, image.original_size, image.conversions, on_iteration)

@@ -37,6 +37,24 @@ def binarise(mask: torch.Tensor, threshold: float) -> torch.Tensor:
     return mask >= threshold
 
 
-def mask_change(previous: torch.Tensor, current: torch.Tensor) -> float:
-    """Mean absolute change between two iterations' masks (used by the early stop)."""
-    return float((previous.to(torch.float64) - current.to(torch.float64)).abs().mean())
+def iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    """IoU of two bool [H, W] masks; 1 when both are empty (nothing changed)."""
+    union = int((a | b).sum())
+    return float(int((a & b).sum()) / union) if union else 1.0
+
+
+def stop_reason(
+    iteration: int, picks: tuple[str, str], segmentations: tuple[torch.Tensor, torch.Tensor], min_iterations: int, stop_iou: float
+) -> str | None:
+    """SPEC "Early stop": why an image stops after ``iteration`` (0-based), or None to go on.
+
+    It stops when ``iteration >= min_iterations``, its pick A_i^u equals A_{i-1}^u (``picks``:
+    previous, current) and IoU(M_i^bin, M_{i-1}^bin) >= ``stop_iou`` (``segmentations``: bool
+    [H, W], previous, current).
+    """
+    if iteration < min_iterations or picks[0] != picks[1]:
+        return None
+    overlap = iou(*segmentations)
+    if overlap < stop_iou:
+        return None
+    return f"converged after iteration {iteration}: pick {picks[1]!r} unchanged, IoU {overlap:.4f} >= {stop_iou:g}"

@@ -48,18 +48,18 @@ def to_rle(binary: np.ndarray) -> dict:
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
-def trace_boxes(trace: ImageTrace, size: tuple[int, int]) -> tuple[np.ndarray, str]:
-    """The merged boxes (float32 [N, 4], x0 y0 x1 y1) of the iteration whose mask was kept
-    (``trace.final_iteration``, eq 13), in the pixels of the image at ``size`` (H, W), and that
-    iteration's picked name ("" when nothing ran).
+def trace_boxes(trace: ImageTrace, size: tuple[int, int], iteration: int | None = None) -> tuple[np.ndarray, str]:
+    """The merged boxes (float32 [N, 4], x0 y0 x1 y1) of ``iteration`` (default: the one whose mask
+    was kept, ``trace.final_iteration``, eq 13), in the pixels of the image at ``size`` (H, W),
+    and that iteration's picked name ("" when nothing ran).
 
     The trace's boxes are in the padded working frame; its views tile that frame, so their
     extent gives it, and ``centred_region`` (the padding's own rule) where the image lies in it.
     """
     if not trace.iterations:
         return np.zeros((0, 4), np.float32), ""
-    k = trace.final_iteration if 0 <= trace.final_iteration < len(trace.iterations) else -1
-    it = trace.iterations[k]
+    k = trace.final_iteration if iteration is None else iteration
+    it = trace.iterations[k if 0 <= k < len(trace.iterations) else -1]
     h, w = (int(s) for s in trace.working_size)
     boxes = np.asarray(it.boxes, np.float64).reshape(-1, 4)
     if it.views:
@@ -86,16 +86,21 @@ def result_overlay(result: Result, image: np.ndarray) -> np.ndarray:
 
 
 def save_result(
-    result: Result, folder: str | Path, what: Iterable[str] | str = DEFAULT_SAVE, image: np.ndarray | None = None
+    result: Result,
+    folder: str | Path,
+    what: Iterable[str] | str = DEFAULT_SAVE,
+    image: np.ndarray | None = None,
+    already: Iterable[str] = (),
 ) -> list[Path]:
     """Write ``what`` (``SAVE_CHOICES``) and ``trace.json`` into ``folder``; returns the paths.
 
     ``image`` (uint8 [H, W, 3], the original pixels) is needed for ``overlay``; when None the
     file ``trace.source`` is read again. Iteration masks are written at the image's size, as
     ``iterations/0.png`` ... one per iteration run. ``trace.json`` goes first out and last in, so
-    an interrupted write never looks complete.
+    an interrupted write never looks complete. ``already``: names of ``what`` whose files were
+    written as the run went (the CLI's ``iterations``, through ``save_iteration``): not rewritten.
     """
-    what = check_save(what)
+    what, already = check_save(what), set(already)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / TRACE_FILE).unlink(missing_ok=True)
@@ -116,18 +121,33 @@ def save_result(
             write_png(path, result_overlay(result, image))
         elif name == "rle":
             write_json(path, to_rle(result.binary))
-        else:
-            path.mkdir(exist_ok=True)
-            for old in path.glob("*.png"):  # an earlier run's extra iterations would read as this run's
-                old.unlink()
-            for k, m in enumerate(result.iteration_masks):
-                write_png(path / f"{k}.png", mask_to_uint8(to_original_size(np.asarray(m, np.float32), size)))
-            for k, seg in enumerate(result.iteration_segmentations):  # what eq 13 chose among
-                binary = to_original_size(np.asarray(seg, np.float32), size) >= 0.5
-                write_png(path / f"{k}_binary.png", binary.astype(np.uint8) * 255)
+        elif name not in already:
+            clear_iterations(folder)
+            for k, (m, seg) in enumerate(zip(result.iteration_masks, result.iteration_segmentations)):
+                soft = to_original_size(np.asarray(m, np.float32), size)
+                binary = to_original_size(np.asarray(seg, np.float32), size) >= 0.5  # what eq 13 chose among
+                save_iteration(folder, k, soft, binary)
         written.append(path)
     write_json(folder / TRACE_FILE, result.trace.to_dict())
     return written + [folder / TRACE_FILE]
+
+
+def clear_iterations(folder: str | Path) -> Path:
+    """``folder/iterations``, made and emptied: an earlier run's extra iterations would read as this run's."""
+    path = Path(folder) / ITERATIONS_DIR
+    path.mkdir(parents=True, exist_ok=True)
+    for old in path.glob("*.png"):
+        old.unlink()
+    return path
+
+
+def save_iteration(folder: str | Path, k: int, soft: np.ndarray, binary: np.ndarray) -> None:
+    """Iteration ``k``'s soft map (float32 [H, W]) and segmentation (bool [H, W]), at the image's
+    size, as ``iterations/<k>.png`` and ``iterations/<k>_binary.png`` (``Result.save``'s files;
+    the CLI writes them as each iteration lands)."""
+    path = Path(folder) / ITERATIONS_DIR
+    write_png(path / f"{k}.png", mask_to_uint8(soft))
+    write_png(path / f"{k}_binary.png", np.asarray(binary, bool).astype(np.uint8) * 255)
 
 
 def is_saved(folder: str | Path, what: Iterable[str] | str) -> bool:

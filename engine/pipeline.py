@@ -25,7 +25,7 @@ from .config import EngineConfig
 from .io import LoadedImage, clear_padding, crop_to_region, pad_to_aspect, padding_note, to_original_size
 from .mining import NameWeights, view_gains
 from .protocols import Models
-from .result import Result
+from .result import IterationUpdate, Result
 from .trace import ImageTrace, IterationTrace, StepRecorder, call_range, cuda_sync
 
 T = TypeVar("T")
@@ -276,8 +276,11 @@ def image_steps(
     source: str = "<array>",
     original_size: tuple[int, int] | None = None,
     conversions: tuple[str, ...] = (),
+    on_iteration: Callable[[IterationUpdate], None] | None = None,
 ) -> Generator[ModelCall, Reply, Result]:
-    """INT on one image (uint8 [H, W, 3] at working size): I iterations, then eq 13.
+    """INT on one image (uint8 [H, W, 3] at working size): I iterations (fewer with
+    ``early_stop``), then eq 13. ``on_iteration`` is called with each iteration's
+    ``IterationUpdate`` as it lands (on the driver's thread; what it raises fails the image).
 
     Randomness (the inpainting noise, the VLM's sampling) comes from ``cfg.seed`` only: the same
     image, config and models give the same masks, whatever drives the calls.
@@ -303,20 +306,15 @@ def image_steps(
         soft, segmented = clear_padding(soft, region), clear_padding(segmented, region)
         rec.mark = time.perf_counter()
         x = reweight(x, original, soft, cfg, rec)  # step 10
-        tr = rec.trace
-        trace.iterations.append(tr)
+        trace.iterations.append(rec.trace)
         softs.append(np.ascontiguousarray(crop_to_region(soft, region)))  # working size, unpadded
         segmentations.append(np.ascontiguousarray(crop_to_region(segmented, region)))
-        # the change is measured on the image's pixels only, not diluted by the padding
-        stop = (
-            cfg.early_stop_tol is not None
-            and previous is not None
-            and trace.iterations[-2].pick == tr.pick
-            and fuse.mask_change(torch.from_numpy(softs[-2]), torch.from_numpy(softs[-1])) < cfg.early_stop_tol
-        )
         previous = soft
-        if stop:
-            trace.stopped_early = True
+        if on_iteration is not None:
+            binary_i = to_original_size(segmentations[-1].astype(np.float32), original_size) >= 0.5
+            on_iteration(IterationUpdate(i, to_original_size(softs[-1], original_size), binary_i, trace))
+        if cfg.early_stop and i > 0 and (reason := early_stop_reason(trace, segmentations, cfg)):
+            trace.stopped_early, trace.stop_reason = True, reason
             break
     best, _ = fuse.final_mask([torch.from_numpy(m) for m in segmentations])  # eq 13, among the segmentations
     trace.final_iteration = best
@@ -324,6 +322,14 @@ def image_steps(
     binary = to_original_size(segmentations[best].astype(np.float32), original_size) >= 0.5
     trace.seconds_total = time.perf_counter() - start
     return Result(soft_full, binary, softs, trace, segmentations)
+
+
+def early_stop_reason(trace: ImageTrace, segmentations: list[np.ndarray], cfg: EngineConfig) -> str | None:
+    """SPEC "Early stop" on the last two iterations (``fuse.stop_reason``), measured on the
+    image's own pixels (the segmentations are unpadded)."""
+    picks = (trace.iterations[-2].pick, trace.iterations[-1].pick)
+    masks_ = (torch.from_numpy(segmentations[-2]), torch.from_numpy(segmentations[-1]))
+    return fuse.stop_reason(len(trace.iterations) - 1, picks, masks_, cfg.min_iterations, cfg.stop_iou)
 
 
 def drive(

@@ -55,6 +55,7 @@ class ImageTrace:
     iterations: list[IterationTrace] = field(default_factory=list)
     final_iteration: int = -1
     stopped_early: bool = False
+    stop_reason: str = ""  # why it stopped before ``iterations`` (SPEC "Early stop"); empty if it ran them all
     seconds_total: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:

@@ -27,6 +27,8 @@ def _config(args: argparse.Namespace):
         overrides.append(f"seed={args.seed}")
     if args.device:
         overrides.append(f"models.device={args.device}")
+    if getattr(args, "early_stop", False):
+        overrides.append("early_stop=true")
     cfg = apply_overrides(cfg, overrides) if overrides else cfg
     check_options(cfg.models)
     return cfg
@@ -84,13 +86,17 @@ def _output_dirs(images: list[str], out: Path) -> list[Path]:
     return dirs
 
 
+EARLY_STOP_HELP = "stop an image once its pick and segmentation stop changing (stop_iou, min_iterations; SPEC)"
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags ``_config`` reads: --task, --preset, --config, --iterations, --seed, --device,
-    --ablation, --set."""
+    """The flags ``_config`` reads: --task, --preset, --config, --iterations, --early-stop, --seed,
+    --device, --ablation, --set."""
     parser.add_argument("--task", help='task-generic prompt, e.g. "camouflaged animal"')
-    parser.add_argument("--preset", help="cod | polyp | skin | gensam | promac")
+    parser.add_argument("--preset", help="cod | polyp | skin | fast | gensam | promac")
     parser.add_argument("--config", help="YAML or JSON EngineConfig")
     parser.add_argument("--iterations", type=int)
+    parser.add_argument("--early-stop", action="store_true", help=EARLY_STOP_HELP)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--ablation", action="append", metavar="SWITCH=on|off", help="hcg, psnm, pnm or smg on/off")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import FATAL, _config, _models_dir, _output_dirs, expand_inputs
+from .common import EARLY_STOP_HELP, FATAL, _config, _models_dir, _output_dirs, expand_inputs
 
 
 def _fatal(message: str) -> int:
@@ -99,14 +99,17 @@ def cmd_segment(args: argparse.Namespace) -> int:
     failed: list[tuple[str, str]] = []
     bar = tqdm(total=len(todo), unit="img", disable=args.quiet)
     # keyed by the image's index: the same file given twice has two output folders
-    results = engine.segment_many(((str(i), images[i]) for i in todo), load=read) if engine else iter(())
+    # iterations are written as they land (the first one empties the folder's iterations/)
+    streamed = ("iterations",) if "iterations" in what else ()
+    each = (lambda key, update: update.save(folders[int(key)])) if streamed else None
+    results = engine.segment_many(((str(i), images[i]) for i in todo), load=read, on_iteration=each) if engine else iter(())
     for key, outcome in results:
         i = int(key)
         original = originals.pop(key, None)
         bar.update(1)
         if not isinstance(outcome, Exception):
             try:  # the same writer as Result.save; a folder that cannot be written fails that image only
-                outcome.save(folders[i], what, image=original)
+                outcome.save(folders[i], what, image=original, already=streamed)
                 continue
             except (OSError, ValueError) as err:
                 outcome = err
@@ -152,10 +155,11 @@ def add_parser(sub) -> None:
         help="write into a non-empty --out, skipping images whose folder holds every --save output",
     )
     seg.add_argument("--task", help='task-generic prompt, e.g. "camouflaged animal"')
-    seg.add_argument("--preset", help="cod | polyp | skin | gensam | promac")
+    seg.add_argument("--preset", help="cod | polyp | skin | fast | gensam | promac")
     seg.add_argument("--config", help="YAML or JSON EngineConfig (e.g. an earlier run's OUT/config.yaml)")
     seg.add_argument("--models", help="folder with vlm/ inpaint/ detector/ segmenter/ clip/ (default: the tiny zoo)")
     seg.add_argument("--iterations", type=int)
+    seg.add_argument("--early-stop", action="store_true", help=EARLY_STOP_HELP)
     seg.add_argument("--seed", type=int)
     seg.add_argument("--device", help="cpu, cuda, cuda:1, ...")
     seg.add_argument(

@@ -279,7 +279,7 @@ def test_compare_prints_a_row_per_run(tiny_zoo, tmp_path, capsys):
         *FAST,
     ]
     assert main(base + ["--out", str(tmp_path / "a")]) == 0
-    assert main(base + ["--out", str(tmp_path / "b"), "--ablation", "smg=off"]) == 0
+    assert main(base + ["--out", str(tmp_path / "b"), "--ablation", "smg=off", "--iterations", "2", "--early-stop"]) == 0
     capsys.readouterr()
     assert main(["bench", "--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--compare-out", str(tmp_path / "cmp")]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -288,6 +288,11 @@ def test_compare_prints_a_row_per_run(tiny_zoo, tmp_path, capsys):
         s = json.loads((tmp_path / run / "summary.json").read_text())
         assert line.startswith(f"| {tmp_path / run} | Synthetic | 2 |")
         assert all(f"{s[k]:.3f}" in line for k in ("MAE", "Sm", "Dice", "IoU"))
+        assert f"| {s['iterations_per_image']['mean']:.2f} |" in line  # iterations per image, side by side
+    a, b = (json.loads((tmp_path / r / "summary.json").read_text())["iterations_per_image"] for r in ("a", "b"))
+    assert a == {"mean": 1.0, "histogram": {"1": 2}}
+    assert sum(b["histogram"].values()) == 2 and set(b["histogram"]) <= {"1", "2"}  # early stop: 2 at most
+    assert "Iterations per image: mean 1.00 (1: 2 images)." in (tmp_path / "a" / "summary.md").read_text()
     assert (tmp_path / "cmp" / "compare.tex").is_file() and (tmp_path / "cmp" / "compare.csv").is_file()
 
 

@@ -110,3 +110,15 @@ def test_config_show_names_the_preset_its_views_and_its_boxes(capsys):
     assert "# preset promac: ProMaC" in out and "What differs" in out
     assert "# views per iteration: whole, top, bottom, left, right (5)" in out
     assert "# boxes for SAM: the VLM's own P_B box, no GroundingDINO" in out and "box_source: vlm" in out
+
+
+def test_early_stop_flag_and_the_fast_preset(capsys):
+    from int_engine.config import EngineConfig
+
+    assert main(["config", "show", "--early-stop", "--iterations", "5"]) == 0
+    shown = capsys.readouterr().out
+    assert "early_stop: true" in shown and "stop_iou: 0.95" in shown and "min_iterations: 1" in shown
+    assert main(["config", "show", "--preset", "fast"]) == 0
+    assert "early_stop: true" in capsys.readouterr().out
+    assert main(["config", "show"]) == 0
+    assert "early_stop: false" in capsys.readouterr().out and EngineConfig().early_stop is False
