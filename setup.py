@@ -92,7 +92,7 @@ setup(
     python_requires=">=3.10",
     packages=list(PACKAGES),
     package_dir=PACKAGES,
-    package_data={"int_engine": ["py.typed", "models/real_configs/*.json"]},
+    package_data={"int_engine": ["py.typed", "models/real_configs/*.json"], "int_engine.service": ["page.html"]},
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",

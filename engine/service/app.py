@@ -1,4 +1,6 @@
-"""The HTTP service: ``POST /v1/segment``, ``/healthz``, ``/readyz``, ``/metrics``, on FastAPI.
+"""The HTTP service: ``POST /v1/segment`` (streamed per iteration with ``?stream=true``,
+``service.stream``), ``/`` (a page that shows the stream), ``/healthz``, ``/readyz``,
+``/metrics``, on FastAPI.
 
 Requests go to ``IntEngine.submit``: every request in flight shares the engine core's model
 batches, whatever its task. The app parses and checks a request (``upload``), waits for its
@@ -15,10 +17,11 @@ import hmac
 import io
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from importlib import resources
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
@@ -28,8 +31,13 @@ from ..core import EngineBusy, EngineClosed
 from ..errors import ConfigError, IntEngineError
 from ..io import mask_to_uint8
 from .metrics import ServiceMetrics
-from .schemas import READY_RESPONSES, SEGMENT_REQUEST_BODY, SEGMENT_RESPONSES
+from .schemas import READY_RESPONSES, SEGMENT_PARAMETERS, SEGMENT_REQUEST_BODY, SEGMENT_RESPONSES
+from .stream import MEDIA_TYPE as STREAM_MEDIA_TYPE
+from .stream import events, wants_stream
 from .upload import Limits, RequestError, decode_image, read_upload
+
+PAGE = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")  # one file, its own JS
+NO_BUFFERING = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # events reach the client as they are sent
 
 if TYPE_CHECKING:
     from ..api import IntEngine
@@ -105,6 +113,42 @@ def authorised(request: Request, api_key: str | None) -> bool:
     return hmac.compare_digest(given.encode(), api_key.encode())
 
 
+async def accept(request: Request, settings: ServiceSettings, working: dict[str, Any], draining: bool) -> Any:
+    """A segmentation request's ``(image, options)``, or the error response that refuses it."""
+    if not authorised(request, settings.api_key):
+        return _error(401, "missing or wrong API key (Authorization: Bearer KEY or X-API-Key: KEY)")
+    if draining:
+        return _error(503, "shutting down: no new requests")
+    try:
+        image, options = await read_upload(request, settings.limits)
+        return await run_in_threadpool(decode_image, image, settings.limits, working), options
+    except RequestError as err:
+        return _error(err.status, err.message)
+
+
+def submit(start: Callable[..., Any], accepted: tuple[Any, dict[str, Any]], retry_after_s: int) -> Any:
+    """``start(image, **options)`` (``IntEngine.submit`` or ``.iterations``), or the error
+    response for a bad option, a full queue or a closing engine."""
+    image, options = accepted
+    try:
+        return start(image, **options)
+    except ConfigError as err:
+        return _error(422, str(err))
+    except EngineBusy as err:
+        return _error(429, str(err), {"Retry-After": str(retry_after_s)})
+    except EngineClosed as err:
+        return _error(503, str(err))
+
+
+async def _counted(body: AsyncIterator[bytes], state: Any) -> AsyncIterator[bytes]:
+    """``body``, with ``state.active`` decremented once it ends (however it ends)."""
+    try:
+        async for chunk in body:
+            yield chunk
+    finally:
+        state.active -= 1
+
+
 def create_app(engine: "IntEngine", settings: ServiceSettings | None = None) -> FastAPI:
     """The FastAPI app around a loaded ``IntEngine``; ``app.state.draining = True`` makes it
     answer 503 to new work (the server sets it on SIGTERM)."""
@@ -119,6 +163,10 @@ def create_app(engine: "IntEngine", settings: ServiceSettings | None = None) -> 
     app.state.draining = False
     app.state.active = 0  # segmentation requests being answered (a drain waits for them)
     app.state.metrics = metrics
+
+    @app.get("/", response_class=HTMLResponse, responses={200: {"description": "a page that streams a segmentation"}})
+    async def page() -> HTMLResponse:
+        return HTMLResponse(PAGE)
 
     @app.get("/healthz", responses={200: {"description": "the process is alive"}})
     async def healthz() -> dict[str, str]:
@@ -135,7 +183,9 @@ def create_app(engine: "IntEngine", settings: ServiceSettings | None = None) -> 
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/segment", responses=SEGMENT_RESPONSES, openapi_extra={"requestBody": SEGMENT_REQUEST_BODY})
+    extra = {"requestBody": SEGMENT_REQUEST_BODY, "parameters": SEGMENT_PARAMETERS}
+
+    @app.post("/v1/segment", responses=SEGMENT_RESPONSES, openapi_extra=extra)
     async def segment(request: Request) -> Response:
         t0 = time.perf_counter()
         app.state.active += 1  # one event loop: no lock needed
@@ -148,24 +198,19 @@ def create_app(engine: "IntEngine", settings: ServiceSettings | None = None) -> 
         return response
 
     async def _segment(request: Request) -> Response:
-        if not authorised(request, settings.api_key):
-            return _error(401, "missing or wrong API key (Authorization: Bearer KEY or X-API-Key: KEY)")
-        if app.state.draining:
-            return _error(503, "shutting down: no new requests")
+        accepted = await accept(request, settings, working, app.state.draining)
+        if isinstance(accepted, Response):
+            return accepted
+        streaming = wants_stream(request)
+        submitted = submit(engine.iterations if streaming else engine.submit, accepted, settings.retry_after_s)
+        if isinstance(submitted, Response):
+            return submitted
+        if streaming:
+            app.state.active += 1  # until the stream ends; the request's own count ends on return
+            body = events(submitted, settings.timeout_s, result_json, lambda r: metrics.observe_stages(stage_seconds(r)))
+            return StreamingResponse(_counted(body, app.state), media_type=STREAM_MEDIA_TYPE, headers=NO_BUFFERING)
         try:
-            image, options = await read_upload(request, settings.limits)
-            loaded = await run_in_threadpool(decode_image, image, settings.limits, working)
-            future = engine.submit(loaded, **options)
-        except RequestError as err:
-            return _error(err.status, err.message)
-        except ConfigError as err:
-            return _error(422, str(err))
-        except EngineBusy as err:
-            return _error(429, str(err), {"Retry-After": str(settings.retry_after_s)})
-        except EngineClosed as err:
-            return _error(503, str(err))
-        try:
-            result = await _wait(request, future, settings.timeout_s)
+            result = await _wait(request, submitted, settings.timeout_s)
         except asyncio.TimeoutError:
             return _error(504, f"no result within {settings.timeout_s:g} s; the request was cancelled")
         except ClientGone:

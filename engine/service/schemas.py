@@ -92,3 +92,20 @@ READY_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "ready"},
     503: {"description": "not ready", "content": {"application/json": {"schema": ERROR_SCHEMA}}},
 }
+# ?stream=true (or Accept: text/event-stream): the answer as Server-Sent Events (service/stream.py)
+SEGMENT_RESPONSES[200]["content"]["text/event-stream"] = {
+    "schema": {
+        "type": "string",
+        "description": "events: 'iteration' per iteration (iteration, pick, boxes, binary_rle), then 'result' "
+        "(the JSON a plain request gets) or 'error' ({error: {status, message}})",
+    }
+}
+SEGMENT_PARAMETERS = [
+    {
+        "name": "stream",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "boolean"},
+        "description": "stream each iteration as it lands (Server-Sent Events)",
+    }
+]
