@@ -139,6 +139,7 @@ setup(
             "uvicorn>=0.29",
             "python-multipart>=0.0.9",
             "prometheus_client>=0.20",
+            "playwright>=1.40",  # drives the system's Chromium for the page's browser test
         ],
     },
     entry_points={"console_scripts": ["int-engine = int_engine.cli:main"]},
