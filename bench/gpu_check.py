@@ -8,7 +8,7 @@ Checks (each figure and its bound in one JSON; exit 1 when a check fails its bou
   installed), each in float32 and float16 (TensorRT also bfloat16);
 - ``vllm``: the VLM's scores under vLLM against transformers, when vLLM is installed;
 - ``mining``: the Triton kernel against ``mining.mine`` in the engine's own dtypes (float32
-  scores, float64 history: ``mining.mining_dtypes``);
+  scores, float64 history: ``kernels.miner.mining_dtypes``);
 - ``sdpa``: which fused attention kernel SAM's image encoder ran (profiler kernel names);
 - ``memory``: the device memory in use beyond torch's allocator after loading every role (NVML,
   else ``torch.cuda.mem_get_info``): CUDA context, onnxruntime pools, cuDNN workspaces;
@@ -194,7 +194,8 @@ def check_runtimes(ctx: Context, compile_too: bool) -> dict[str, Any]:
 def check_mining(ctx: Context) -> dict[str, Any]:
     """The fused kernel against ``mine`` on a [256, 16, 64] tick in the dtypes the engine gives it."""
     from int_engine.kernels import mine_fused, uses_triton
-    from int_engine.mining import mine, mining_dtypes
+    from int_engine.kernels.miner import mining_dtypes
+    from int_engine.mining import mine
 
     s_dtype, h_dtype = mining_dtypes(torch.device(ctx.device))
     b = 256 if ctx.cuda else 8
