@@ -35,6 +35,7 @@ from .schemas import READY_RESPONSES, SEGMENT_PARAMETERS, SEGMENT_REQUEST_BODY, 
 from .stream import MEDIA_TYPE as STREAM_MEDIA_TYPE
 from .stream import events, wants_stream
 from .upload import Limits, RequestError, decode_image, read_upload
+from .v2 import add_v2_routes
 
 PAGE = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")  # one file, its own JS
 NO_BUFFERING = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # events reach the client as they are sent
@@ -224,6 +225,7 @@ def create_app(engine: "IntEngine", settings: ServiceSettings | None = None) -> 
             return Response(_png(result.binary.astype("uint8") * 255), media_type="image/png")
         return JSONResponse(result_json(result))
 
+    add_v2_routes(app, engine, settings)  # the Open Inference Protocol v2 beside /v1 (service/v2.py)
     return app
 
 
