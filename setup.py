@@ -126,6 +126,8 @@ setup(
         "trt": ["tensorrt>=10.0"],
         # int-engine serve: the HTTP service (int_engine.service)
         "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "prometheus_client>=0.20"],
+        # int_engine.client: the typed HTTP client (Client, AsyncClient) for a running service
+        "client": ["httpx>=0.27"],
         # int-engine serve --ray: the same app as a Ray Serve deployment, one replica per GPU
         "ray": ["ray[data,serve]==2.60.0"],
         "dev": [
