@@ -334,6 +334,12 @@ REQUEST_OPTIONS = ("task", "preset", "iterations", "seed", "ablation")
 ABLATION_SWITCHES = ("hcg", "psnm", "pnm", "smg")
 
 
+def largest_preset_iterations() -> int:
+    """The most iterations a preset (or the default config) runs: polyp's 6 (paper §4.1); the
+    default of ``int-engine serve --max-iterations``."""
+    return max([EngineConfig().iterations] + [p.fields.get("iterations", 0) for p in PRESETS.values()])
+
+
 def request_config(base: EngineConfig, **options: Any) -> EngineConfig:
     """The config of one request: ``base`` with the request's algorithm options applied, in
     the order preset < task / iterations / seed < ablation. ``ablation`` maps switches

@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..config import largest_preset_iterations
 from .common import FATAL, _config, _models_dir, add_config_flags
 
 
@@ -41,13 +42,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not api_key:
             print(f"error: {args.api_key_file}: the API key file is empty", file=sys.stderr)
             return FATAL
-    settings = ServiceSettings(
-        timeout_s=args.timeout,
-        api_key=api_key,
-        limits=Limits(max_body_bytes=args.max_body_mb * 1024 * 1024, max_pixels=args.max_pixels),
-    )
+    problem = _check_limit_flags(args, api_key)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return FATAL
     try:
         cfg = _config(args)
+        settings = ServiceSettings(
+            timeout_s=args.timeout,
+            api_key=api_key,
+            limits=Limits(
+                max_body_bytes=args.max_body_mb * 1024 * 1024,
+                max_pixels=args.max_pixels,
+                # by default a request may ask for what any preset runs, or for what this server runs
+                max_iterations=args.max_iterations or max(largest_preset_iterations(), cfg.iterations),
+                max_task_chars=args.max_task_chars,
+                upload_timeout_s=args.upload_timeout,
+            ),
+            metrics_auth=args.metrics_auth,
+        )
         models_dir = _models_dir(args, cfg)
         if args.ray:  # the replicas load the models, each its own; this process only deploys them
             return _serve_on_ray(args, cfg, models_dir, settings)
@@ -56,6 +69,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return FATAL
     return serve(engine, settings, host=args.host, port=args.port, grace_s=args.grace)
+
+
+def _check_limit_flags(args: argparse.Namespace, api_key: str | None) -> str | None:
+    """What is wrong with --max-iterations / --max-task-chars / --upload-timeout / --metrics-auth, if anything."""
+    if args.max_iterations is not None and args.max_iterations < 1:
+        return f"--max-iterations must be >= 1, got {args.max_iterations}"
+    if args.max_task_chars < 1:
+        return f"--max-task-chars must be >= 1, got {args.max_task_chars}"
+    if not args.upload_timeout > 0:
+        return f"--upload-timeout must be > 0 seconds, got {args.upload_timeout}"
+    if args.metrics_auth and api_key is None:
+        return "--metrics-auth needs --api-key-file (the key /metrics then asks for)"
+    return None
 
 
 def _check_ray_flags(args: argparse.Namespace) -> str | None:
@@ -115,6 +141,20 @@ def add_parser(sub) -> None:
     p.add_argument("--api-key-file", help="require this key (Authorization: Bearer KEY or X-API-Key)")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image accepted (413 beyond)")
     p.add_argument("--max-body-mb", type=int, default=32, help="largest request body in MiB (413 beyond)")
+    most = largest_preset_iterations()
+    p.add_argument(
+        "--max-iterations",
+        type=int,
+        help=f"most iterations a request may ask for (422 beyond; default: {most}, the most any preset runs, or --iterations if more)",
+    )
+    p.add_argument("--max-task-chars", type=int, default=200, help="longest task a request may name (422 beyond)")
+    p.add_argument(
+        "--upload-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a request's headers, then its body, may take to arrive (408 and the connection closed beyond)",
+    )
+    p.add_argument("--metrics-auth", action="store_true", help="/metrics asks for the --api-key-file key too (default: open)")
     ray = p.add_argument_group("Ray Serve (--ray; the [ray] extra)")
     ray.add_argument("--ray", action="store_true", help="serve on Ray Serve: replicas, each with its own engine")
     ray.add_argument("--replicas", type=int, default=1, help="fixed replica count (one per GPU when --device cuda)")

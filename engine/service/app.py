@@ -5,8 +5,9 @@
 Requests go to ``IntEngine.submit``: every request in flight shares the engine core's model
 batches, whatever its task. The app parses and checks a request (``upload``), waits for its
 future with the service's timeout, and answers with the result or a JSON error naming the
-problem: 400 bad image / body, 401 no or wrong API key, 413 too large, 415 wrong content type,
-422 bad or unknown option, 429 queue full (``Retry-After``), 503 shutting down, 504 timed out.
+problem: 400 bad image / body, 401 no or wrong API key, 408 body too slow (``--upload-timeout``),
+413 too large, 415 wrong content type, 422 bad or unknown option or one over the server's limits
+(``upload.check_request_limits``), 429 queue full (``Retry-After``), 503 shutting down, 504 timed out.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ..core import EngineBusy, EngineClosed
 from ..errors import ConfigError, IntEngineError
 from ..io import mask_to_uint8
 from .metrics import ServiceMetrics
-from .schemas import READY_RESPONSES, SEGMENT_PARAMETERS, SEGMENT_REQUEST_BODY, SEGMENT_RESPONSES
+from .schemas import METRICS_RESPONSES, READY_RESPONSES, SEGMENT_PARAMETERS, SEGMENT_RESPONSES, segment_request_body
 from .stream import MEDIA_TYPE as STREAM_MEDIA_TYPE
 from .stream import events, wants_stream
 from .upload import Limits, RequestError, decode_image, read_upload
@@ -47,12 +48,14 @@ if TYPE_CHECKING:
 @dataclass
 class ServiceSettings:
     """timeout_s: per request, from arrival to answer; api_key: required as ``Authorization:
-    Bearer KEY`` or ``X-API-Key: KEY`` when set; limits: body bytes and image pixels."""
+    Bearer KEY`` or ``X-API-Key: KEY`` when set (by ``/metrics`` too when ``metrics_auth``);
+    limits: what one request may cost (body bytes and seconds, image pixels, iterations, ...)."""
 
     timeout_s: float = 300.0
     api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
     retry_after_s: int = 1
+    metrics_auth: bool = False
 
 
 class ClientGone(Exception):
@@ -105,6 +108,10 @@ def result_json(result) -> dict[str, Any]:
     }
 
 
+NO_KEY = "missing or wrong API key (Authorization: Bearer KEY or X-API-Key: KEY)"
+CLOSE = {"Connection": "close"}  # after a 408 or 413 the rest of the body is not read: the connection ends
+
+
 def authorised(request: Request, api_key: str | None) -> bool:
     """Whether the request carries ``api_key`` (``Authorization: Bearer KEY`` or ``X-API-Key``)."""
     if api_key is None:
@@ -117,14 +124,14 @@ def authorised(request: Request, api_key: str | None) -> bool:
 async def accept(request: Request, settings: ServiceSettings, working: dict[str, Any], draining: bool) -> Any:
     """A segmentation request's ``(image, options)``, or the error response that refuses it."""
     if not authorised(request, settings.api_key):
-        return _error(401, "missing or wrong API key (Authorization: Bearer KEY or X-API-Key: KEY)")
+        return _error(401, NO_KEY)
     if draining:
         return _error(503, "shutting down: no new requests")
     try:
         image, options = await read_upload(request, settings.limits)
         return await run_in_threadpool(decode_image, image, settings.limits, working), options
     except RequestError as err:
-        return _error(err.status, err.message)
+        return _error(err.status, err.message, CLOSE if err.status in (408, 413) else None)
 
 
 def submit(start: Callable[..., Any], accepted: tuple[Any, dict[str, Any]], retry_after_s: int) -> Any:
@@ -180,11 +187,13 @@ def create_app(engine: "IntEngine", settings: ServiceSettings | None = None) -> 
             return _error(503, reason)
         return {"ready": True, "queue_depth": core.queue_depth, "in_flight": core.in_flight}
 
-    @app.get("/metrics", responses={200: {"description": "Prometheus text format", "content": {"text/plain": {}}}})
-    async def prometheus() -> Response:
+    @app.get("/metrics", responses=METRICS_RESPONSES)
+    async def prometheus(request: Request) -> Response:
+        if settings.metrics_auth and not authorised(request, settings.api_key):
+            return _error(401, NO_KEY)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    extra = {"requestBody": SEGMENT_REQUEST_BODY, "parameters": SEGMENT_PARAMETERS}
+    extra = {"requestBody": segment_request_body(settings.limits), "parameters": SEGMENT_PARAMETERS}
 
     @app.post("/v1/segment", responses=SEGMENT_RESPONSES, openapi_extra=extra)
     async def segment(request: Request) -> Response:

@@ -1,9 +1,12 @@
 """The service's OpenAPI pieces: the JSON shapes of a result and an error, the statuses it
-answers with, and ``POST /v1/segment``'s request body (multipart or JSON)."""
+answers with, and ``POST /v1/segment``'s request body (multipart or JSON), whose bounds are the
+server's own limits (``segment_request_body``)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from .upload import SEED_MAGNITUDE, Limits
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -34,18 +37,26 @@ RESULT_SCHEMA = {
         "final_iteration": {"type": "integer"},
     },
 }
-OPTION_PROPERTIES = {
-    "task": {"type": "string", "minLength": 1},
-    "preset": {"type": "string", "enum": ["cod", "polyp", "skin", "gensam", "promac"]},
-    "iterations": {"type": "integer", "minimum": 1, "maximum": 16},
-    "seed": {"type": "integer"},
-}
+
+
+def option_properties(limits: Limits) -> dict[str, Any]:
+    """The per-request options' schemas, bounded as ``upload.check_request_limits`` bounds them."""
+    return {
+        "task": {"type": "string", "minLength": 1, "maxLength": limits.max_task_chars},
+        "preset": {"type": "string", "enum": ["cod", "polyp", "skin", "gensam", "promac"]},
+        "iterations": {"type": "integer", "minimum": 1, "maximum": limits.max_iterations},
+        "seed": {"type": "integer", "minimum": -SEED_MAGNITUDE, "maximum": SEED_MAGNITUDE},
+    }
+
+
+OPTION_PROPERTIES = option_properties(Limits())  # the default server's
 STATUSES = {
     400: "bad image or body",
     401: "missing or wrong API key",
+    408: "body not received within the server's upload timeout (the connection is closed)",
     413: "body or image too large",
     415: "content type is neither multipart/form-data nor application/json",
-    422: "bad or unknown option",
+    422: "bad or unknown option, or one over the server's limits (e.g. iterations over --max-iterations)",
     429: "queue full: retry after Retry-After seconds",
     499: "client closed the connection (the answer is never received)",
     500: "engine failure (a model or engine fault)",
@@ -59,34 +70,46 @@ SEGMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
 SEGMENT_RESPONSES |= {
     code: {"description": text, "content": {"application/json": {"schema": ERROR_SCHEMA}}} for code, text in STATUSES.items()
 }
-SEGMENT_REQUEST_BODY = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "required": ["image"],
-                "additionalProperties": False,
-                "properties": {
-                    "image": {"type": "string", "format": "binary"},
-                    **OPTION_PROPERTIES,
-                    "ablation": {"type": "string", "description": "e.g. pnm=off,hcg=on"},
-                },
-            }
+
+
+def segment_request_body(limits: Limits) -> dict[str, Any]:
+    """``POST /v1/segment``'s request body, multipart or JSON, its options within ``limits``."""
+    options = option_properties(limits)
+    return {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "image": {"type": "string", "format": "binary"},
+                        **options,
+                        "ablation": {"type": "string", "description": "e.g. pnm=off,hcg=on"},
+                    },
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "image": {"type": "string", "format": "byte"},
+                        **options,
+                        "ablation": {"type": "object", "additionalProperties": {"type": "boolean"}},
+                    },
+                }
+            },
         },
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "required": ["image"],
-                "additionalProperties": False,
-                "properties": {
-                    "image": {"type": "string", "format": "byte"},
-                    **OPTION_PROPERTIES,
-                    "ablation": {"type": "object", "additionalProperties": {"type": "boolean"}},
-                },
-            }
-        },
-    },
+    }
+
+
+SEGMENT_REQUEST_BODY = segment_request_body(Limits())  # the default server's
+METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Prometheus text format", "content": {"text/plain": {}}},
+    401: {"description": "missing or wrong API key (--metrics-auth)", "content": {"application/json": {"schema": ERROR_SCHEMA}}},
 }
 READY_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "ready"},

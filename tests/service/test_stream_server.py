@@ -20,7 +20,7 @@ from int_engine.models.cache import ensure_tiny_zoo  # noqa: E402
 @pytest.fixture(scope="module")
 def server():
     ensure_tiny_zoo()
-    proc = ServerProcess(["--iterations", "3"])
+    proc = ServerProcess(["--iterations", "3", "--max-iterations", "12"])  # the mid-stream leaver asks for 12
     try:
         proc.wait_ready()
         yield proc
