@@ -35,6 +35,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from ..client import Client, ClientResult, ServiceError
 from ..config import EngineConfig, apply_overrides
 from .synthetic import make_scene
 
@@ -125,13 +126,13 @@ class ServerProcess:
 @dataclass
 class LevelRun:
     """One level's sweep: statuses and client-side latencies in request order, wall seconds,
-    and the response bodies of the 200s (checked against the library after timing)."""
+    and the results of the 200s (checked against the library after timing)."""
 
     concurrency: int
     statuses: list[int]
     latencies: list[float]
     wall_s: float
-    bodies: dict[int, bytes]
+    results: dict[int, ClientResult]
 
     @property
     def ok(self) -> int:
@@ -139,16 +140,17 @@ class LevelRun:
 
 
 def sweep(url: str, data: list[bytes], concurrency: int, requests: int, timeout_s: float) -> LevelRun:
-    """``concurrency`` clients, each with its own keep-alive connection and one request in
-    flight, send request k = 0, 1, ... (image ``k % len(data)``) until ``requests`` are answered."""
+    """``concurrency`` clients (``int_engine.client.Client``, no retry: a 429 is counted as
+    answered), each with its own keep-alive connection and one request in flight, send request
+    k = 0, 1, ... (image ``k % len(data)``) until ``requests`` are answered."""
     statuses, latencies = [0] * requests, [0.0] * requests
-    bodies: dict[int, bytes] = {}
+    results: dict[int, ClientResult] = {}
     lock, next_k = threading.Lock(), [0]
     start = threading.Barrier(concurrency + 1)
     errors: list[BaseException] = []
 
     def client() -> None:
-        with httpx.Client(base_url=url, timeout=timeout_s) as http:
+        with Client(url, timeout=timeout_s, retries=0) as client:
             start.wait()
             while True:
                 with lock:
@@ -158,15 +160,13 @@ def sweep(url: str, data: list[bytes], concurrency: int, requests: int, timeout_
                     return
                 t0 = time.perf_counter()
                 try:
-                    r = http.post("/v1/segment", files={"image": ("scene.png", data[k % len(data)], "image/png")})
+                    # the masks are decoded when first used: after timing, when checked
+                    results[k], statuses[k] = client.segment(data[k % len(data)]), 200
+                except ServiceError as err:  # an error answer: its status
+                    statuses[k] = err.status
                 except httpx.HTTPError as err:  # no answer at all: recorded as status 0
                     errors.append(err)
-                    latencies[k] = time.perf_counter() - t0
-                    continue
                 latencies[k] = time.perf_counter() - t0
-                statuses[k] = r.status_code
-                if r.status_code == 200:
-                    bodies[k] = r.content  # parsed after timing: the client's JSON work stays out of the sweep
 
     threads = [threading.Thread(target=client, name=f"client-{i}", daemon=True) for i in range(concurrency)]
     for t in threads:
@@ -178,7 +178,7 @@ def sweep(url: str, data: list[bytes], concurrency: int, requests: int, timeout_
     wall = time.perf_counter() - t0
     if errors:
         print(f"  {len(errors)} request(s) without an answer, e.g. {type(errors[0]).__name__}: {errors[0]}", file=sys.stderr)
-    return LevelRun(concurrency, statuses, latencies, wall, bodies)
+    return LevelRun(concurrency, statuses, latencies, wall, results)
 
 
 def process_cpu_s(pid: int) -> float | None:
@@ -405,8 +405,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # the service and the library ran the same images with the same config: same masks
     want = [r.to_rle() for r in results]
-    answered = [(k, json.loads(body)) for n in args.levels for run in runs[n] for k, body in run.bodies.items()]
-    same = sum(body["binary_rle"] == want[k] for k, body in answered)
+    answered = [(k, result) for n in args.levels for run in runs[n] for k, result in run.results.items()]
+    same = sum(result.to_rle() == want[k] for k, result in answered)
     levels = [level_figures(runs[n], side[n], args.requests) for n in args.levels]
     figures = {
         "zoo": str(zoo),
