@@ -12,7 +12,8 @@ Outputs (all of them unless the request's ``outputs`` names some): ``binary_rle`
 COCO RLE JSON of eq 13's segmentation, as ``/v1/segment``'s ``binary_rle``), ``soft_mask``
 UINT8 [H, W] (its soft map, round(255 m)), ``picks`` BYTES [n] (the picked name per iteration),
 ``final_iteration`` INT32 [1]. The response's parameters carry ``task`` and ``seconds_<stage>``.
-Every problem is a ``RequestError`` (400 bad body / tensor / image, 413 too large, 422 bad option).
+Every problem is a ``RequestError`` (400 bad body / tensor / image, 413 too large, 422 bad option
+or one over the server's ``upload.Limits``, as on /v1).
 """
 
 from __future__ import annotations
@@ -163,39 +164,39 @@ def read_request(body: bytes, limits: Limits, working: dict[str, Any]) -> InferR
     (max_side, min_side, max_aspect), as ``upload.decode_image`` takes it."""
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
-        raise RequestError(400, f"body is not valid JSON: {err}") from None
+    except (ValueError, RecursionError) as err:  # also a 5000-digit number, a 100000-deep nesting
+        raise RequestError(400, f"body is not valid JSON: {shown(str(err), 200)}") from None
     if not isinstance(data, dict):
         raise RequestError(400, f"the inference request must be a JSON object, got {type(data).__name__}")
     request_id = data.get("id")
     if request_id is not None and not isinstance(request_id, str):
-        raise RequestError(400, f'"id" must be a string, got {request_id!r}')
+        raise RequestError(400, f'"id" must be a string, got {type(request_id).__name__}')
     inputs = data.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise RequestError(400, f'"inputs" must hold one tensor, {INPUT!r} (BYTES [1] or UINT8 [H, W, 3])')
     image = _image(inputs[0], limits, working)
-    return InferRequest(image, _options(data.get("parameters")), _outputs(data.get("outputs")), request_id)
+    return InferRequest(image, _options(data.get("parameters"), limits), _outputs(data.get("outputs")), request_id)
 
 
 def _image(tensor: dict[str, Any], limits: Limits, working: dict[str, Any]) -> LoadedImage:
     name, dtype, shape, values = (tensor.get(k) for k in ("name", "datatype", "shape", "data"))
     if name != INPUT:
-        raise RequestError(400, f"unknown input {name!r}: the model's one input is {INPUT!r}")
+        raise RequestError(400, f"unknown input {shown(name)}: the model's one input is {INPUT!r}")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise RequestError(400, f'input "shape" must be a list of non-negative integers, got {shape!r}')
+        raise RequestError(400, f'input "shape" must be a list of non-negative integers, got {shown(shape)}')
     if not isinstance(values, list):
         raise RequestError(400, 'input "data" must be a list (the tensor\'s elements, row-major)')
     if dtype == "BYTES":
         return _encoded_image(shape, values, limits, working)
     if dtype == "UINT8":
         return _pixels(shape, values, limits, working)
-    raise RequestError(400, f"input datatype {dtype!r}: send BYTES (the image file in base64) or UINT8 [H, W, 3]")
+    raise RequestError(400, f"input datatype {shown(dtype)}: send BYTES (the image file in base64) or UINT8 [H, W, 3]")
 
 
 def _encoded_image(shape: list[int], values: list[Any], limits: Limits, working: dict[str, Any]) -> LoadedImage:
     flat = _flatten(values, limit=2)
     if math.prod(shape) != 1 or len(flat) != 1 or not isinstance(flat[0], str):
-        raise RequestError(400, f"a BYTES image is one element (shape [1]), the file in base64; got shape {shape}")
+        raise RequestError(400, f"a BYTES image is one element (shape [1]), the file in base64; got shape {shown(shape)}")
     try:
         encoded = base64.b64decode(flat[0], validate=True)
     except (binascii.Error, ValueError) as err:
@@ -206,7 +207,7 @@ def _encoded_image(shape: list[int], values: list[Any], limits: Limits, working:
 def _pixels(shape: list[int], values: list[Any], limits: Limits, working: dict[str, Any]) -> LoadedImage:
     dims = shape[1:] if len(shape) == 4 and shape[0] == 1 else shape
     if len(dims) != 3 or dims[2] != 3 or dims[0] < 1 or dims[1] < 1:
-        raise RequestError(400, f"a UINT8 image is [H, W, 3] RGB (or [1, H, W, 3]), got shape {shape}")
+        raise RequestError(400, f"a UINT8 image is [H, W, 3] RGB (or [1, H, W, 3]), got shape {shown(shape)}")
     h, w = dims[0], dims[1]
     if h * w > limits.max_pixels:
         raise RequestError(413, f"image is {w}x{h} = {w * h:,} pixels, over the {limits.max_pixels:,}-pixel limit")
@@ -217,7 +218,7 @@ def _pixels(shape: list[int], values: list[Any], limits: Limits, working: dict[s
     if arr.dtype.kind not in "iu":
         raise RequestError(400, f"UINT8 data must be integers, got {arr.dtype.kind!r} values ({arr.dtype})")
     if arr.size != h * w * 3:
-        raise RequestError(400, f"UINT8 data has {arr.size:,} values; shape {shape} needs {h * w * 3:,}")
+        raise RequestError(400, f"UINT8 data has {arr.size:,} values; shape {shown(shape)} needs {h * w * 3:,}")
     if arr.size and (arr.min() < 0 or arr.max() > 255):
         raise RequestError(400, "UINT8 data must lie in 0..255")
     return from_pixels(arr.astype(np.uint8).reshape(h, w, 3), source="<upload>", **working)
@@ -239,15 +240,17 @@ def _flatten(values: list[Any], limit: int) -> list[Any]:
     return out
 
 
-def _options(parameters: Any) -> dict[str, Any]:
+def _options(parameters: Any, limits: Limits) -> dict[str, Any]:
+    """The request options from the request's parameters, checked as /v1's fields are
+    (``upload.parse_options``: values, and the server's limits on iterations, task, seed)."""
     if parameters is None:
         return {}
     if not isinstance(parameters, dict):
         raise RequestError(400, f'"parameters" must be an object, got {type(parameters).__name__}')
     unknown = sorted(set(parameters) - set(REQUEST_OPTIONS))
     if unknown:
-        raise RequestError(422, f"unknown parameter {unknown[0]!r}; allowed: {', '.join(REQUEST_OPTIONS)}")
-    return parse_options(parameters)
+        raise RequestError(422, f"unknown parameter {shown(unknown[0])}; allowed: {', '.join(REQUEST_OPTIONS)}")
+    return parse_options(parameters, limits)
 
 
 def _outputs(requested: Any) -> tuple[str, ...]:
@@ -258,8 +261,14 @@ def _outputs(requested: Any) -> tuple[str, ...]:
     names = [o.get("name") for o in requested]
     unknown = [n for n in names if n not in OUTPUTS]
     if unknown:
-        raise RequestError(400, f"unknown output {unknown[0]!r}; the model's outputs: {', '.join(OUTPUTS)}")
+        raise RequestError(400, f"unknown output {shown(unknown[0])}; the model's outputs: {', '.join(OUTPUTS)}")
     return tuple(dict.fromkeys(names))
+
+
+def shown(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error never echoes a huge value whole."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def stage_seconds(result: Any) -> dict[str, float]:

@@ -3,10 +3,12 @@ same app and over the same ``IntEngine``: ``GET /v2`` (server metadata), ``/v2/h
 ``/v2/health/ready``, ``/v2/models/int-engine`` (model metadata), ``/v2/models/int-engine/ready``
 and ``POST /v2/models/int-engine/infer``. The tensors are read and written by ``service.oip``.
 
-Inference answers as ``/v1/segment`` does, each error as the protocol's ``{"error": message}``:
-400 bad body, tensor or image, 401 no or wrong API key, 404 another model, 413 too large, 422 bad
-or unknown option (or an image the engine cannot segment), 429 queue full (``Retry-After``), 500
-engine failure, 503 shutting down, 504 timed out; a client that leaves has its image cancelled.
+Inference answers as ``/v1/segment`` does, under the same limits (``upload.Limits``: body bytes
+and upload seconds, image pixels, iterations, task length, seed), each error as the protocol's
+``{"error": message}``: 400 bad body, tensor or image, 401 no or wrong API key, 404 another model,
+408 body too slow, 413 too large, 422 bad or unknown option or one over the limits (or an image
+the engine cannot segment), 429 queue full (``Retry-After``), 500 engine failure, 503 shutting
+down, 504 timed out; a client that leaves has its image cancelled.
 Health and metadata need no API key, as ``/healthz`` and ``/readyz`` do not.
 
 ``service.app`` mounts these routes, so this module does not import it (no import cycle): the
@@ -38,9 +40,10 @@ from .oip import (
     infer_response,
     model_metadata,
     read_request,
+    shown,
     stage_seconds,
 )
-from .upload import Limits, RequestError
+from .upload import Limits, RequestError, read_body
 
 if TYPE_CHECKING:
     from ..api import IntEngine
@@ -50,6 +53,7 @@ INFER_STATUSES = {
     400: "bad body, tensor or image",
     401: "missing or wrong API key",
     404: "no such model (this server holds int-engine)",
+    408: "body not received within the server's upload timeout (the connection is closed)",
     413: "body or image too large",
     422: "bad or unknown option (parameters), or an image the engine cannot segment",
     429: "queue full: retry after Retry-After seconds",
@@ -85,19 +89,13 @@ def authorised(request: Request, api_key: str | None) -> bool:
     return hmac.compare_digest(given.encode(), api_key.encode())
 
 
-async def read_body(request: Request, limits: Limits) -> bytes:
-    """The body, read in chunks up to ``limits.max_body_bytes`` (413 beyond; the declared
-    Content-Length is checked first); 400 when empty."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
-        raise RequestError(413, f"body of {int(declared):,} bytes is over the {limits.max_body_bytes:,}-byte limit")
+async def read_json_body(request: Request, limits: Limits) -> bytes:
+    """The body, read by ``upload.read_body`` (413 over ``limits.max_body_bytes``, 408 slower than
+    ``limits.upload_timeout_s``, 499 client gone); 400 when empty or in Triton's binary tensor
+    extension (not supported)."""
     if "inference-header-content-length" in request.headers:
         raise RequestError(400, "the binary tensor data extension is not supported: send the tensors as JSON")
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limits.max_body_bytes:
-            raise RequestError(413, f"body is over the {limits.max_body_bytes:,}-byte limit")
+    body = await read_body(request, limits)
     if not body:
         raise RequestError(400, "empty body: send an inference request (JSON)")
     return body
@@ -183,11 +181,11 @@ def add_v2_routes(app: FastAPI, engine: "IntEngine", settings: "ServiceSettings"
         if app.state.draining:
             return error(503, "shutting down: no new requests")
         try:
-            body = await read_body(request, settings.limits)
+            body = await read_json_body(request, settings.limits)
             wanted = await run_in_threadpool(read_request, body, settings.limits, working)
             future = engine.submit(wanted.image, **wanted.options)
-        except RequestError as err:
-            return error(err.status, err.message)
+        except RequestError as err:  # after a 408 or 413 the rest of the body is not read: the connection ends
+            return error(err.status, err.message, {"Connection": "close"} if err.status in (408, 413) else None)
         except ConfigError as err:
             return error(422, str(err))
         except EngineBusy as err:
@@ -203,4 +201,4 @@ def add_v2_routes(app: FastAPI, engine: "IntEngine", settings: "ServiceSettings"
 
 
 def _no_model(name: str) -> JSONResponse:
-    return error(404, f"no model {name!r}: this server holds {MODEL_NAME!r}")
+    return error(404, f"no model {shown(name)}: this server holds {MODEL_NAME!r}")

@@ -227,6 +227,11 @@ def test_parameters_are_the_request_options_and_outputs_can_be_chosen(engine):
         ({**GOOD, "parameters": {"colour": "red"}}, 422, "unknown parameter"),
         ({**GOOD, "parameters": {"iterations": "many"}}, 422, "iterations"),
         ({**GOOD, "parameters": {"ablation": "pnm=maybe"}}, 422, "ablation"),
+        ({**GOOD, "parameters": {"iterations": 7}}, 422, "--max-iterations"),  # /v1's limits hold
+        ({**GOOD, "parameters": {"seed": 10**30}}, 422, "seed"),
+        ({**GOOD, "parameters": {"task": "frog" * 100}}, 422, "task"),
+        (b'{"inputs": [' + b"1" * 5000 + b"]}", 400, "not valid JSON"),
+        (b"[" * 100_000, 400, "not valid JSON"),
     ],
 )
 def test_each_bad_request_gets_its_status_in_the_protocols_error_shape(engine, body, status, words):

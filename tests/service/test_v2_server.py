@@ -1,9 +1,13 @@
 """The Open Inference Protocol v2 through a real socket (``int-engine serve``, uvicorn on loopback,
 the tiny zoo), with the typed client: ``/v1/segment`` and ``/v2/models/int-engine/infer`` give
 the same masks for the same images, equal to the library's; a bad input gets the protocol's
-error shape."""
+error shape; /v1's limits hold on v2 (iterations over --max-iterations, a stalled upload)."""
 
 from __future__ import annotations
+
+import select
+import socket
+import time
 
 import numpy as np
 import pytest
@@ -22,7 +26,7 @@ from int_engine.models.cache import ensure_tiny_zoo  # noqa: E402
 @pytest.fixture(scope="module")
 def server():
     zoo = ensure_tiny_zoo()
-    proc = ServerProcess(["--models", str(zoo), "--iterations", "2"])
+    proc = ServerProcess(["--models", str(zoo), "--iterations", "2", "--max-iterations", "4", "--upload-timeout", "3"])
     try:
         proc.wait_ready()
         yield proc.url, zoo
@@ -58,3 +62,26 @@ def test_a_bad_input_gets_the_protocols_error_shape(server):
     with Client(url, protocol="v2") as client, pytest.raises(ServiceError) as err:
         client.segment(png_bytes(make_scene(0, 48, 64)[0]), preset="nope")
     assert err.value.status == 422 and "preset" in err.value.message
+
+
+def test_v1s_limits_hold_on_v2_iterations_and_a_stalled_upload(server):
+    url, _ = server
+    with Client(url, protocol="v2") as client, pytest.raises(ServiceError) as err:
+        client.segment(png_bytes(make_scene(0, 48, 64)[0]), iterations=5)
+    assert err.value.status == 422 and "--max-iterations" in err.value.message
+    port = int(url.rsplit(":", 1)[1])
+    head = b"POST /v2/models/int-engine/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2000000\r\n\r\n{"
+    said, t0 = b"", time.monotonic()
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(head)
+        while time.monotonic() - t0 < 30:  # one byte every 0.5 s of a declared 2 MB, until the server closes
+            if select.select([s], [], [], 0.5)[0]:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                said += chunk
+            else:
+                s.sendall(b" ")
+    seconds = time.monotonic() - t0
+    assert said.startswith(b"HTTP/1.1 408") and b"connection: close" in said.lower(), said[:300]
+    assert b'{"error":"body not received within 3 s' in said and seconds < 3 + 4, seconds
