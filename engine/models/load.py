@@ -31,6 +31,7 @@ log = get_logger("models")
 BACKENDS: dict[tuple[str, str], str] = {
     ("vlm", "hf"): "vlm_hf:HFLlavaVLM",
     ("vlm", "vllm"): "vlm_vllm:VLLMLlavaVLM",
+    ("vlm", "openai"): "vlm_openai:OpenAILlavaVLM",
     ("inpaint", "sd"): "inpaint_sd:SDInpainter",
     ("inpaint", "telea"): "inpaint_telea:TeleaInpainter",
     ("detector", "gdino"): "detect_gdino:GroundingDinoDetector",
