@@ -22,6 +22,9 @@ from .presets import PRESETS, Preset
 __all__ = ["PRESETS", "Preset"]  # re-exported: the presets are data in presets.py
 
 ROLES = ("vlm", "inpaint", "detector", "segmenter", "clip")
+# |seed| bound: each random stream's seed is seed * 1_000_003 + ... (pipeline.request_seed), which
+# must stay a 64-bit integer for torch's generators (a seed of 1e30 crashed the inpainter)
+SEED_MAGNITUDE = 2**32 - 1
 SPLITS = ("whole", "halves_h", "halves_v", "quarters")
 # eq 11's normalisation of the views' CLIP scores (masks.normalise_weights); promac = the authors' code
 MASK_WEIGHTINGS = ("promac", "softmax", "minmax")
@@ -233,6 +236,8 @@ class EngineConfig:
     def validate(self) -> None:
         if self.iterations < 1:
             raise ConfigError(f"iterations must be >= 1, got {self.iterations}")
+        if not -SEED_MAGNITUDE <= self.seed <= SEED_MAGNITUDE:
+            raise ConfigError(f"seed must be between {-SEED_MAGNITUDE} and {SEED_MAGNITUDE}, got {self.seed}")
         if not 0.0 < self.stop_iou <= 1.0 or self.min_iterations < 1:
             raise ConfigError(f"need 0 < stop_iou <= 1 and min_iterations >= 1, got {self.stop_iou}, {self.min_iterations}")
         if not self.trim_heap_every_s >= 0:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .upload import SEED_MAGNITUDE, Limits
+from ..config import PRESETS, SEED_MAGNITUDE
+from .upload import Limits
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -43,7 +44,7 @@ def option_properties(limits: Limits) -> dict[str, Any]:
     """The per-request options' schemas, bounded as ``upload.check_request_limits`` bounds them."""
     return {
         "task": {"type": "string", "minLength": 1, "maxLength": limits.max_task_chars},
-        "preset": {"type": "string", "enum": ["cod", "polyp", "skin", "gensam", "promac"]},
+        "preset": {"type": "string", "enum": list(PRESETS)},
         "iterations": {"type": "integer", "minimum": 1, "maximum": limits.max_iterations},
         "seed": {"type": "integer", "minimum": -SEED_MAGNITUDE, "maximum": SEED_MAGNITUDE},
     }

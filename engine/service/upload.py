@@ -20,12 +20,8 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 from starlette.requests import ClientDisconnect, Request
 
-from ..config import ABLATION_SWITCHES, PRESETS, REQUEST_OPTIONS, largest_preset_iterations
+from ..config import ABLATION_SWITCHES, PRESETS, REQUEST_OPTIONS, SEED_MAGNITUDE, largest_preset_iterations
 from ..io import LoadedImage, from_pil
-
-# |seed| bound: the engine derives each random stream's seed as seed * 1_000_003 + ..., which
-# must stay a 64-bit integer for torch's generators (a larger seed failed in the inpainter: 500)
-SEED_MAGNITUDE = 2**32 - 1
 
 
 class RequestError(Exception):

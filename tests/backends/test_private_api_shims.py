@@ -15,6 +15,9 @@ loudly, naming the name and the version, when the name is gone.
 - Ray: ``ray.init(_temp_dir=, _node_ip_address=)`` and
   ``ray.serve._private.replica.add_port_to_grpc_server``, only in ``service/ray_runtime.py``; its
   version and behaviour tests are tests/service/test_ray_runtime.py.
+- uvicorn: its HTTP protocols' ``cycle`` and the cycle's ``response_complete`` / ``more_body``
+  (``service/server.header_limited`` bounds the headers' time and size; uvicorn has no setting
+  for either), only in ``service/server.py``; pinned below.
 - starlette ``Request._body``: nowhere (the multipart form is parsed from a public
   ``Request(scope, receive)``).
 """
@@ -39,6 +42,7 @@ SCANNED = ("engine", "kernels", "bench")  # the package's source folders
 OPEN_CLIP_SHIM = "engine/backends/open_clip_shim.py"
 HF_CACHE_SHIM = "engine/backends/hf_cache_shim.py"
 RAY_SHIM = "engine/service/ray_runtime.py"
+UVICORN_SHIM = "engine/service/server.py"
 # Private name (a regular expression over the source text) -> the only files that may hold it.
 # Add an entry for every private name of another library the engine comes to use, with its shim.
 PRIVATE_NAMES: dict[str, set[str]] = {
@@ -56,6 +60,9 @@ PRIVATE_NAMES: dict[str, set[str]] = {
     r"\b_node_ip_address\b": {RAY_SHIM},
     r"\badd_port_to_grpc_server\b": {RAY_SHIM},  # ray.serve._private.replica
     r"\._body\b": set(),  # starlette's Request._body
+    r"\.cycle\b": {UVICORN_SHIM},  # uvicorn's HTTP protocols: the request being answered
+    r"\.response_complete\b": {UVICORN_SHIM},
+    r"\.more_body\b": {UVICORN_SHIM},
 }
 
 
@@ -222,3 +229,15 @@ def test_the_kernel_reduces_with_its_own_combine_functions():
     if mf.triton is None:
         pytest.skip("triton is not installed")
     assert {f.fn.__module__ for f in (mf._MAX, mf._MIN, mf._SUM)} == {"int_engine.kernels.mine_fused"}
+
+
+def test_uvicorn_is_the_pinned_version_with_the_internals_header_limited_uses():
+    from uvicorn.protocols.http import h11_impl, httptools_impl
+
+    assert metadata.version("uvicorn") == pinned("uvicorn"), "uvicorn moved: check service/server.header_limited"
+    for module, protocol in ((h11_impl, "H11Protocol"), (httptools_impl, "HttpToolsProtocol")):
+        cycle = inspect.signature(module.RequestResponseCycle.__init__).parameters
+        source = inspect.getsource(module.RequestResponseCycle) + inspect.getsource(getattr(module, protocol))
+        assert "self.cycle" in source, f"{module.__name__}.{protocol} has no .cycle"
+        assert "self.response_complete" in source and "self.more_body" in source, module.__name__
+        assert "scope" in cycle, module.__name__

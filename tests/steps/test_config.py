@@ -132,3 +132,10 @@ def test_bad_config_files_name_the_file_and_problem(tmp_path, text, message):
 def test_bad_override():
     with pytest.raises(ConfigError, match="key=value"):
         apply_overrides(EngineConfig(), ["iterations"])
+
+
+def test_a_seed_beyond_32_bits_is_refused_before_any_model_sees_it():
+    # request_seed multiplies it by 1_000_003: a 1e30 seed crashed the inpainter's generator
+    with pytest.raises(ConfigError, match="seed must be between -4294967295 and 4294967295"):
+        EngineConfig(seed=10**30)
+    assert EngineConfig(seed=2**32 - 1).seed == 2**32 - 1
