@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 import io
 import time
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from .. import __version__
 from ..core import EngineBusy, EngineClosed
 from ..errors import ConfigError, IntEngineError
 from ..io import mask_to_uint8
+from .common import ClientGone, authorised, wait_for
 from .metrics import ServiceMetrics
 from .schemas import METRICS_RESPONSES, READY_RESPONSES, SEGMENT_PARAMETERS, SEGMENT_RESPONSES, segment_request_body
 from .stream import MEDIA_TYPE as STREAM_MEDIA_TYPE
@@ -56,30 +56,6 @@ class ServiceSettings:
     limits: Limits = field(default_factory=Limits)
     retry_after_s: int = 1
     metrics_auth: bool = False
-
-
-class ClientGone(Exception):
-    """The client closed the connection before its result was ready."""
-
-
-async def _wait(request: Request, future, timeout_s: float):
-    """The future's result, polling every 0.5 s whether the client is still there. On timeout
-    (asyncio.TimeoutError) or a disconnect (ClientGone) the future is cancelled, so the image
-    leaves the scheduler at its next tick instead of computing for nobody."""
-    loop = asyncio.get_running_loop()
-    wrapped = asyncio.wrap_future(future)  # cancelling it cancels the core's future
-    deadline = loop.time() + timeout_s
-    while True:
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            wrapped.cancel()
-            raise asyncio.TimeoutError
-        done, _ = await asyncio.wait({wrapped}, timeout=min(0.5, remaining))
-        if done:
-            return wrapped.result()
-        if await request.is_disconnected():
-            wrapped.cancel()
-            raise ClientGone
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -110,15 +86,6 @@ def result_json(result) -> dict[str, Any]:
 
 NO_KEY = "missing or wrong API key (Authorization: Bearer KEY or X-API-Key: KEY)"
 CLOSE = {"Connection": "close"}  # after a 408 or 413 the rest of the body is not read: the connection ends
-
-
-def authorised(request: Request, api_key: str | None) -> bool:
-    """Whether the request carries ``api_key`` (``Authorization: Bearer KEY`` or ``X-API-Key``)."""
-    if api_key is None:
-        return True
-    bearer = request.headers.get("authorization", "")
-    given = bearer[7:] if bearer.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-    return hmac.compare_digest(given.encode(), api_key.encode())
 
 
 async def accept(request: Request, settings: ServiceSettings, working: dict[str, Any], draining: bool) -> Any:
@@ -220,7 +187,7 @@ def create_app(engine: "IntEngine", settings: ServiceSettings | None = None) -> 
             body = events(submitted, settings.timeout_s, result_json, lambda r: metrics.observe_stages(stage_seconds(r)))
             return StreamingResponse(_counted(body, app.state), media_type=STREAM_MEDIA_TYPE, headers=NO_BUFFERING)
         try:
-            result = await _wait(request, submitted, settings.timeout_s)
+            result = await wait_for(request, submitted, settings.timeout_s)
         except asyncio.TimeoutError:
             return _error(504, f"no result within {settings.timeout_s:g} s; the request was cancelled")
         except ClientGone:

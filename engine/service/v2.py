@@ -12,13 +12,12 @@ down, 504 timed out; a client that leaves has its image cancelled.
 Health and metadata need no API key, as ``/healthz`` and ``/readyz`` do not.
 
 ``service.app`` mounts these routes, so this module does not import it (no import cycle): the
-API-key check and the wait for a result follow ``app.authorised`` and ``app._wait``.
+API-key check and the wait for a result are ``service.common``'s, as ``/v1``'s are.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import time
 from typing import TYPE_CHECKING, Any
@@ -30,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from .. import __version__
 from ..core import EngineBusy, EngineClosed
 from ..errors import ConfigError, IntEngineError
+from .common import ClientGone, authorised, wait_for
 from .oip import (
     ERROR,
     INFER_REQUEST,
@@ -80,15 +80,6 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> J
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def authorised(request: Request, api_key: str | None) -> bool:
-    """Whether the request carries ``api_key``: ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``."""
-    if api_key is None:
-        return True
-    bearer = request.headers.get("authorization", "")
-    given = bearer[7:] if bearer.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-    return hmac.compare_digest(given.encode(), api_key.encode())
-
-
 async def read_json_body(request: Request, limits: Limits) -> bytes:
     """The body, read by ``upload.read_body`` (413 over ``limits.max_body_bytes``, 408 slower than
     ``limits.upload_timeout_s``, 499 client gone); 400 when empty or in Triton's binary tensor
@@ -104,21 +95,13 @@ async def read_json_body(request: Request, limits: Limits) -> bytes:
 async def result_or_error(request: Request, future: Any, timeout_s: float) -> Any:
     """The future's ``Result``, or the error response: 504 after ``timeout_s``, 499 when the
     client is gone (both cancel the image: it leaves the scheduler at its next tick), 422 when the
-    image fails in the engine, 500 for an engine fault. Polls the connection every 0.5 s."""
-    loop = asyncio.get_running_loop()
-    wrapped = asyncio.wrap_future(future)  # cancelling it cancels the core's future
-    deadline = loop.time() + timeout_s
-    while not wrapped.done():
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            wrapped.cancel()
-            return error(504, f"no result within {timeout_s:g} s; the request was cancelled")
-        await asyncio.wait({wrapped}, timeout=min(0.5, remaining))
-        if not wrapped.done() and await request.is_disconnected():
-            wrapped.cancel()
-            return error(499, "client disconnected; the request was cancelled")  # nobody reads it
+    image fails in the engine, 500 for an engine fault."""
     try:
-        return wrapped.result()
+        return await wait_for(request, future, timeout_s)
+    except asyncio.TimeoutError:
+        return error(504, f"no result within {timeout_s:g} s; the request was cancelled")
+    except ClientGone:
+        return error(499, "client disconnected; the request was cancelled")  # nobody reads it
     except IntEngineError as err:  # the image failed in the engine: that request's answer
         return error(422, f"the image could not be segmented: {err}")
     except Exception as err:  # a model or engine fault, not the request's: said as such
