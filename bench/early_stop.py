@@ -26,9 +26,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..api import IntEngine
 from ..config import EngineConfig, preset_config
-from ..loop import EngineLoop
-from ..pipeline import image_steps
 from ..protocols import Models
 from ..work import work_delta, work_of
 
@@ -46,19 +45,23 @@ class Run:
 
 
 def run_all(models: Models, cfg: EngineConfig, images: list[np.ndarray]) -> Run:
-    """Every image through one engine loop under ``cfg`` (``max_in_flight`` at once)."""
-    loop = EngineLoop(models, cfg)
+    """Every image through an ``IntEngine`` on ``models`` under ``cfg`` (``segment_many``:
+    ``max_in_flight`` at once, the engine's own loop)."""
+    engine = IntEngine(cfg, models=models)
     before = work_of(models)
-    out = dict(loop.run((i, (lambda im=im: image_steps(im, cfg))) for i, im in enumerate(images)))
-    failed = {i: r for i, r in out.items() if isinstance(r, Exception)}
+    try:
+        out = dict(engine.segment_many((str(i), im) for i, im in enumerate(images)))
+    finally:
+        engine.core.close()  # the models stay open: the next setting runs on them
+    failed = {k: r for k, r in out.items() if isinstance(r, Exception)}
     if failed:
-        raise RuntimeError(f"early-stop bench: image {min(failed)} failed: {failed[min(failed)]}")
-    results = [out[i] for i in range(len(images))]
+        key = min(failed, key=int)
+        raise RuntimeError(f"early-stop bench: image {key} failed: {failed[key]}")
+    results = [out[str(i)] for i in range(len(images))]
     n = len(images)
     work = {k: v / n for k, v in work_delta(before, work_of(models)).items()}
-    return Run(
-        [r.binary for r in results], [len(r.trace.iterations) for r in results], sum(loop.stats.request_counts.values()) / n, work
-    )
+    requests = sum(engine.last_stats.request_counts.values()) / n
+    return Run([r.binary for r in results], [len(r.trace.iterations) for r in results], requests, work)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
