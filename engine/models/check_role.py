@@ -74,6 +74,13 @@ def _vlm_vllm(role: str, path: Path, options: dict[str, Any]) -> tuple[str, list
     return vlm_vllm.FORMAT, _present(role, path, vlm_vllm.EXPECTED_FILES, vlm_vllm.FORMAT)
 
 
+def _vlm_openai(role: str, path: Path, options: dict[str, Any]) -> tuple[str, list[Path]]:
+    # the weights are the server's: only LLaVA's config, tokenizer and processor files are local
+    from ..backends import vlm_openai
+
+    return vlm_openai.FORMAT, _present(role, path, vlm_openai.EXPECTED_FILES, vlm_openai.FORMAT)
+
+
 def _inpaint_sd(role: str, path: Path, options: dict[str, Any]) -> tuple[str, list[Path]]:
     from ..backends import inpaint_sd
 
@@ -106,6 +113,7 @@ def _clip_open(role: str, path: Path, options: dict[str, Any]) -> tuple[str, lis
 FILE_CHECKS: dict[tuple[str, str], Callable[[str, Path, dict], tuple[str, list[Path]]]] = {
     ("vlm", "hf"): _vlm_hf,
     ("vlm", "vllm"): _vlm_vllm,
+    ("vlm", "openai"): _vlm_openai,
     ("inpaint", "sd"): _inpaint_sd,
     ("detector", "gdino"): _detector_gdino,
     ("segmenter", "sam"): _segmenter_sam,
