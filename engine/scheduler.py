@@ -73,10 +73,10 @@ class TickStats:
     calls: dict[str, int] = field(default_factory=dict)
     request_counts: dict[str, int] = field(default_factory=dict)
 
-    def count(self, call: ModelCall) -> None:
-        """One call of ``call``'s kind carrying its requests."""
-        self.calls[call.label] = self.calls.get(call.label, 0) + 1
-        self.request_counts[call.label] = self.request_counts.get(call.label, 0) + call.size
+    def count(self, label: str, requests: int) -> None:
+        """One ``role.method`` call carrying ``requests`` requests."""
+        self.calls[label] = self.calls.get(label, 0) + 1
+        self.request_counts[label] = self.request_counts.get(label, 0) + requests
 
 
 class Scheduler:
@@ -145,7 +145,8 @@ class Scheduler:
         for jobs in groups.values():
             for chunk in self._chunks(jobs):
                 batch = Batch(tuple(chunk))
-                self.stats.count(batch.merged)
+                # counted from the sizes: the executor concatenates the items once, when it runs them
+                self.stats.count(chunk[0].call.label, sum(batch.sizes))
                 batches.append(batch)
         return TickPlan(self.stats.ticks, tuple(batches))
 
