@@ -20,6 +20,8 @@ from typing import Sequence
 
 import torch
 
+from .llava_common import join_answer, llava_chat_text
+
 # An image token to split texts at: (its text, its id), or None to tokenise whole texts.
 ImageSplit = tuple[str, int] | None
 
@@ -132,3 +134,32 @@ class ExpandedIds:
             )
         rows = [expand_image_tokens(ids, self.image_id, expansion) for ids in token_ids(tok, texts, self.image)]
         return pad_rows(rows, tok.pad_token_id, padding_side)
+
+
+class LlavaText:
+    """The texts and ids LLaVA-1.5's vLLM backends build, in-process and served alike (those
+    ``HFLlavaVLM`` builds); the class using it holds ``processor``, ``tokenizer``, ``chat_format``."""
+
+    processor: object
+    tokenizer: object
+    chat_format: str
+
+    def chat_text(self, prompt: str) -> str:
+        """The full model input for one user prompt about one image, up to "ASSISTANT:"."""
+        return llava_chat_text(self.processor, prompt, self.chat_format)
+
+    def score_text(self, prompt: str, answer: str) -> str:
+        """One scoring row's text."""
+        return join_answer(self.chat_text(prompt), answer)
+
+    @property
+    def image_split(self) -> ImageSplit:
+        """The image token texts are split at in "llava_v1" (``HFLlavaVLM.image_split``), else None."""
+        if self.chat_format != "llava_v1":
+            return None
+        token = self.processor.image_token
+        return token, self.tokenizer.convert_tokens_to_ids(token)
+
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """The ids for ``texts``, one image token per "<image>" (vLLM expands it)."""
+        return token_ids(self.tokenizer, texts, self.image_split)

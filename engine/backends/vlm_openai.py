@@ -57,11 +57,10 @@ from .llava_common import (
     chat_texts,
     distinct_rows,
     join_answer,
-    llava_chat_text,
     scoring_texts,
 )
 from .llava_image import complete_processor, pad_to_square, processor_fill
-from .llava_tokens import ImageSplit, answer_token_ids, token_ids
+from .llava_tokens import ImageSplit, LlavaText, answer_token_ids, token_ids
 from .vllm_http import ServerClient, ServerError, api_key, api_root
 
 if TYPE_CHECKING:
@@ -96,7 +95,7 @@ OPTION_TYPES: dict[str, Any] = {
 }
 
 
-class OpenAILlavaVLM:
+class OpenAILlavaVLM(LlavaText):
     """The ``VLM`` protocol on a vLLM server's chat completions API: one HTTP request per row.
 
     ``calls`` counts the ``generate`` / ``score`` calls that reached the server, ``client.sent``
@@ -197,25 +196,6 @@ class OpenAILlavaVLM:
         self.close()
 
     # ---- text --------------------------------------------------------------------------------
-
-    def chat_text(self, prompt: str) -> str:
-        """The full model input for one prompt about one image, up to "ASSISTANT:" (``vlm_vllm``'s)."""
-        return llava_chat_text(self.processor, prompt, self.chat_format)
-
-    def score_text(self, prompt: str, answer: str) -> str:
-        return join_answer(self.chat_text(prompt), answer)
-
-    @property
-    def image_split(self) -> ImageSplit:
-        """The image token texts are split at in "llava_v1" (``VLLMLlavaVLM.image_split``), else None."""
-        if self.chat_format != "llava_v1":
-            return None
-        token = self.processor.image_token
-        return token, self.tokenizer.convert_tokens_to_ids(token)
-
-    def token_ids(self, texts: list[str]) -> list[list[int]]:
-        """The ids the in-process backend hands vLLM for ``texts`` (one image token per image)."""
-        return token_ids(self.tokenizer, texts, self.image_split)
 
     def server_text(self, text: str) -> str:
         """``text`` as sent: the joiner after the image token (``image_joiner``)."""

@@ -45,13 +45,11 @@ from .llava_common import (
     chat_format_of,
     chat_texts,
     distinct_rows,
-    join_answer,
-    llava_chat_text,
     refuse_float32_overflow,
     scoring_texts,
 )
 from .llava_image import complete_processor, pad_to_square, processor_fill
-from .llava_tokens import ImageSplit, answer_token_ids, token_ids
+from .llava_tokens import LlavaText, answer_token_ids
 from .vllm_options import engine_kwargs, engine_option_types
 from .vlm_hf import EXPECTED_FILES
 
@@ -68,7 +66,7 @@ SHUTDOWN_TIMEOUT_S = 30
 _open_in_process: int | None = None
 
 
-class VLLMLlavaVLM:
+class VLLMLlavaVLM(LlavaText):
     """The ``VLM`` protocol on a vLLM ``LLM``: one engine call per ``generate`` / ``score``.
 
     ``calls`` counts the engine calls made, so a caller can check the batching.
@@ -200,28 +198,6 @@ class VLLMLlavaVLM:
         self.close()
 
     # ---- text --------------------------------------------------------------------------------
-
-    def chat_text(self, prompt: str) -> str:
-        """The full model input for one user prompt about one image, up to "ASSISTANT:"
-        (the same text ``HFLlavaVLM.chat_text`` builds)."""
-        return llava_chat_text(self.processor, prompt, self.chat_format)
-
-    def score_text(self, prompt: str, answer: str) -> str:
-        """One scoring row's text (``HFLlavaVLM.score_text``)."""
-        return join_answer(self.chat_text(prompt), answer)
-
-    @property
-    def image_split(self) -> ImageSplit:
-        """The image token texts are split at in "llava_v1" (``HFLlavaVLM.image_split``), else None."""
-        if self.chat_format != "llava_v1":
-            return None
-        token = self.processor.image_token
-        return token, self.tokenizer.convert_tokens_to_ids(token)
-
-    def token_ids(self, texts: list[str]) -> list[list[int]]:
-        """The ids vLLM is handed for ``texts``, one image token per "<image>" (vLLM expands it):
-        those ``HFLlavaVLM.token_ids`` gives."""
-        return token_ids(self.tokenizer, texts, self.image_split)
 
     def _answer_ids(self, prompt_texts: list[str], full_texts: list[str]) -> list[list[int]]:
         """Each answer's token ids: those of the full text after its shared prefix with the
