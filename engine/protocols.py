@@ -50,6 +50,22 @@ class SegmentRequest:
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
 
 
+@dataclass(frozen=True)
+class ConceptRequest:
+    """One concept-segmentation call (SAM 3): every instance of the noun phrase ``text`` in
+    ``image``, guided by exemplar boxes in its pixel coordinates.
+
+    positives: float32 [N, 4] (x0, y0, x1, y1) boxes showing the concept, N may be 0;
+    negatives: float32 [M, 4] boxes showing what is *not* the concept (SAM 3's negative
+    exemplars, ``input_boxes_labels`` 0), M may be 0.
+    """
+
+    image: np.ndarray
+    text: str
+    positives: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    negatives: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+
+
 @runtime_checkable
 class VLM(Protocol):
     """A vision-language model (LLaVA-1.5): free text out, and teacher-forced scores."""
@@ -121,6 +137,19 @@ class Segmenter(Protocol):
 
 
 @runtime_checkable
+class ConceptSegmenter(Protocol):
+    """Concept segmenter (SAM 3): a noun phrase in, every matching instance out. An optional role
+    that, when configured, replaces detection and segmentation (steps 7-8) for each view."""
+
+    def segment_concepts(self, requests: Sequence[ConceptRequest], threshold: float) -> list[np.ndarray]:
+        """One float32 [H, W] probability in [0, 1] per request: the pixel-wise maximum of the
+        mask probabilities of the instances whose score (SAM 3's detection score times its
+        presence score) is at least ``threshold``; all zeros when none is. The binary mask is
+        ``probability > SEGMENTER_THRESHOLD``, as a ``Segmenter``'s."""
+        ...
+
+
+@runtime_checkable
 class Clip(Protocol):
     """CLIP: global image-text similarity (eq 10) and a spatial similarity map (eq 9)."""
 
@@ -182,3 +211,4 @@ class Models:
     segmenter: Segmenter
     clip: Clip
     miner: Miner = field(default_factory=cpu_miner)
+    concept: ConceptSegmenter | None = None  # optional: SAM 3 in place of steps 7-8
