@@ -3,28 +3,22 @@
 Loads a local diffusers directory laid out like ``stabilityai/stable-diffusion-2-inpainting``
 (or the tiny zoo's copy of it), offline, without safety checker.
 
-Geometry: every job is fitted into one ``size x size`` working square so that all jobs
-of a call share one batch. With ``fit="pad"`` (default) a view keeps its aspect ratio:
-it is resized so that its longer side is ``size`` and the rest of the square is filled
-by reflecting the view (the model sees plausible context there and is never asked to
-paint it: the mask is 0 in the padding). With ``fit="stretch"`` the view is resized to
-the square, distorting elongated views but using every working pixel. Either way the
-result is cropped, resized back to the input size and composited, so that pixels
-outside the (binarised, optionally dilated) mask are exactly the input's.
+Geometry (``inpaint_square``): every job is fitted into one ``size x size`` working square so
+that all jobs of a call share one batch, ``fit="pad"`` (default, aspect kept, reflected padding
+the model is never asked to paint) or ``"stretch"``; the result is cropped, resized back to the
+input size and composited, so that pixels outside the (binarised, optionally dilated) mask are
+exactly the input's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Self, Sequence
+from typing import Self
 
-import cv2
 import numpy as np
 import torch
 
 from ..models.checks import require_files
-from .inpaint_jobs import binary_mask, check_jobs
 from .inpaint_sd_load import (
     EXPECTED,
     FORMAT,
@@ -35,6 +29,7 @@ from .inpaint_sd_load import (
     configure_pipeline,
     working_size,
 )
+from .inpaint_square import SquareInpainter
 
 # Masked images per VAE-encoder pass: diffusers encodes them one by one when every job has its
 # own generator; a few at a time keeps a 512 px batch's activations near 1 GB.
@@ -72,16 +67,6 @@ def prepared_latents(pipe, image: torch.Tensor, mask: torch.Tensor, generators: 
     return {"latents": noise, "masked_image_latents": pipe.vae.config.scaling_factor * torch.cat(samples)}
 
 
-@dataclass(frozen=True)
-class _Fit:
-    """Where a job's view sits in the working square: resized to (h, w) at offset (top, left)."""
-
-    h: int
-    w: int
-    top: int
-    left: int
-
-
 # Jobs per pipeline call on CUDA by default. SD2-inpainting at 512 px in float16: the UNet's
 # weights are 1.7 GB (865M parameters), the VAE's 0.17 GB, the text encoder's 0.7 GB; with
 # classifier-free guidance a job is 2 UNet rows, and one row at 64 x 64 latents with SDPA needs
@@ -93,15 +78,17 @@ class _Fit:
 CUDA_MAX_BATCH = 8
 
 
-def memory_bounds(device: str, max_batch: int | None, vae_slicing: bool | None) -> tuple[int, bool]:
+def memory_bounds(
+    device: str, max_batch: int | None, vae_slicing: bool | None, cuda_max_batch: int = CUDA_MAX_BATCH
+) -> tuple[int, bool]:
     """The (max_batch, vae_slicing) a backend on ``device`` runs with: the given values, or
-    where None, ``CUDA_MAX_BATCH`` and slicing on CUDA, one batch and no slicing on CPU (host
+    where None, ``cuda_max_batch`` jobs and slicing on CUDA, one batch and no slicing on CPU (host
     memory is the bound there, and one batch is fastest)."""
     cuda = str(device).startswith("cuda")
-    return (CUDA_MAX_BATCH if cuda else 0) if max_batch is None else max_batch, cuda if vae_slicing is None else vae_slicing
+    return (cuda_max_batch if cuda else 0) if max_batch is None else max_batch, cuda if vae_slicing is None else vae_slicing
 
 
-class SDInpainter:
+class SDInpainter(SquareInpainter):
     """Batched SD-inpainting. Build with :meth:`load`; call :meth:`inpaint`."""
 
     def __init__(
@@ -178,73 +165,7 @@ class SDInpainter:
         attach_runtime(pipe, runtime, artifacts, p, device)
         return cls(pipe, device, size, steps, guidance_scale, dilate, fit, max_batch, runtime)
 
-    # -- geometry ---------------------------------------------------------------------------
-
-    def _placement(self, height: int, width: int) -> _Fit:
-        s = self.size
-        if self.fit == "stretch":
-            return _Fit(s, s, 0, 0)
-        scale = s / max(height, width)
-        h, w = max(1, round(height * scale)), max(1, round(width * scale))
-        return _Fit(h, w, (s - h) // 2, (s - w) // 2)
-
-    def _to_square(self, image: np.ndarray, mask: np.ndarray, f: _Fit) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 [H, W, 3] + bool [H, W] -> float32 [S, S, 3] in [0, 1] + float32 [S, S] in {0, 1}."""
-        s = self.size
-        shrink = f.h < image.shape[0]
-        img = cv2.resize(image, (f.w, f.h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
-        # Any working pixel touched by the mask is masked, so a thin mask never vanishes.
-        m = cv2.resize(mask.astype(np.float32), (f.w, f.h), interpolation=cv2.INTER_AREA) > 0
-        if (f.h, f.w) != (s, s):
-            pads = (f.top, s - f.h - f.top, f.left, s - f.w - f.left)
-            img = cv2.copyMakeBorder(img, *pads, borderType=cv2.BORDER_REFLECT_101)
-            m = np.pad(m, ((pads[0], pads[1]), (pads[2], pads[3])))
-        return img.astype(np.float32) / 255.0, m.astype(np.float32)
-
-    @staticmethod
-    def _from_square(out: np.ndarray, f: _Fit, height: int, width: int) -> np.ndarray:
-        """float [S, S, 3] in [0, 1] -> uint8 [H, W, 3]: crop the view, resize it back."""
-        crop = out[f.top : f.top + f.h, f.left : f.left + f.w]
-        crop = cv2.resize(crop, (width, height), interpolation=cv2.INTER_CUBIC)
-        return np.clip(np.rint(crop * 255.0), 0, 255).astype(np.uint8)
-
     # -- inference ----------------------------------------------------------------------------
-
-    def inpaint(
-        self,
-        images: Sequence[np.ndarray],
-        masks: Sequence[np.ndarray],
-        prompts: Sequence[str],
-        negative_prompts: Sequence[str],
-        seeds: Sequence[int],
-    ) -> list[np.ndarray]:
-        """Fill ``masks[j]`` (float32 [H, W], > 0.5 = fill) of ``images[j]`` (uint8 [H, W, 3])
-        guided by ``prompts[j]`` / ``negative_prompts[j]``, noise from ``seeds[j]``.
-
-        Returns one uint8 [H, W, 3] per job. Jobs with an empty mask come back unchanged
-        and cost nothing; all others run in one batched pipeline call (or ``max_batch``-sized
-        calls), each with its own ``torch.Generator`` so that batch-mates do not matter.
-        """
-        check_jobs(ROLE, images, masks, prompts, negative_prompts, seeds)
-        outputs = [np.array(im, copy=True) for im in images]
-        bins, jobs = [], []
-        for j, mk in enumerate(masks):
-            bins.append(binary_mask(mk, self.dilate))
-            if bins[j].any():
-                jobs.append(j)
-        chunk = self.max_batch or max(1, len(jobs))
-        for start in range(0, len(jobs), chunk):
-            part = jobs[start : start + chunk]
-            filled = self._run(
-                [images[j] for j in part],
-                [bins[j] for j in part],
-                [prompts[j] for j in part],
-                [negative_prompts[j] for j in part],
-                [seeds[j] for j in part],
-            )
-            for j, f in zip(part, filled):
-                outputs[j] = np.where(bins[j][..., None], f, images[j])
-        return outputs
 
     def _run(
         self,
@@ -255,10 +176,7 @@ class SDInpainter:
         seeds: list[int],
     ) -> list[np.ndarray]:
         """One pipeline call over B jobs -> B uint8 [H, W, 3] model outputs (not yet composited)."""
-        fits = [self._placement(*im.shape[:2]) for im in images]
-        squares = [self._to_square(im, m, f) for im, m, f in zip(images, bins, fits)]
-        image_t = torch.from_numpy(np.stack([sq[0] for sq in squares])).permute(0, 3, 1, 2)  # [B, 3, S, S]
-        mask_t = torch.from_numpy(np.stack([sq[1] for sq in squares]))[:, None]  # [B, 1, S, S]
+        fits, image_t, mask_t = self._squares(images, bins)  # [B, 3, S, S], [B, 1, S, S]
         # CPU generators: the same seed gives the same noise on every device.
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
         with torch.inference_mode():

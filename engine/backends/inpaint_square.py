@@ -1,0 +1,134 @@
+"""The working-square part every diffusion inpainting backend shares (``inpaint_sd.SDInpainter``,
+``inpaint_diffusers.DiffusersInpainter``): jobs checked and their masks binarised, empty masks
+skipped, the rest run in batches of at most ``max_batch`` jobs, each view fitted into one
+``size x size`` square and the model's square cropped, resized back and composited so that
+pixels outside the mask are exactly the input's.
+
+Geometry: with ``fit="pad"`` a view keeps its aspect ratio: it is resized so that its longer
+side is ``size`` and the rest of the square is filled by reflecting the view (the model sees
+plausible context there and is never asked to paint it: the mask is 0 in the padding). With
+``fit="stretch"`` the view is resized to the square, distorting elongated views but using
+every working pixel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from .inpaint_jobs import binary_mask, check_jobs
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Where a job's view sits in the working square: resized to (h, w) at offset (top, left)."""
+
+    h: int
+    w: int
+    top: int
+    left: int
+
+
+class SquareInpainter:
+    """Base of the square-working diffusion inpainters. A subclass sets ``role`` (class attribute)
+    and, per instance, ``size`` (working square side), ``fit`` ("pad" | "stretch"), ``dilate``
+    (mask growth in input pixels) and ``max_batch`` (jobs per model call, 0 = all), and
+    implements ``_run`` (one model call over B jobs)."""
+
+    role = "inpaint"
+    size: int
+    fit: str
+    dilate: int
+    max_batch: int
+
+    # -- geometry ---------------------------------------------------------------------------
+
+    def _placement(self, height: int, width: int) -> Fit:
+        s = self.size
+        if self.fit == "stretch":
+            return Fit(s, s, 0, 0)
+        scale = s / max(height, width)
+        h, w = max(1, round(height * scale)), max(1, round(width * scale))
+        return Fit(h, w, (s - h) // 2, (s - w) // 2)
+
+    def _to_square(self, image: np.ndarray, mask: np.ndarray, f: Fit) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 [H, W, 3] + bool [H, W] -> float32 [S, S, 3] in [0, 1] + float32 [S, S] in {0, 1}."""
+        s = self.size
+        shrink = f.h < image.shape[0]
+        img = cv2.resize(image, (f.w, f.h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+        # Any working pixel touched by the mask is masked, so a thin mask never vanishes.
+        m = cv2.resize(mask.astype(np.float32), (f.w, f.h), interpolation=cv2.INTER_AREA) > 0
+        if (f.h, f.w) != (s, s):
+            pads = (f.top, s - f.h - f.top, f.left, s - f.w - f.left)
+            img = cv2.copyMakeBorder(img, *pads, borderType=cv2.BORDER_REFLECT_101)
+            m = np.pad(m, ((pads[0], pads[1]), (pads[2], pads[3])))
+        return img.astype(np.float32) / 255.0, m.astype(np.float32)
+
+    @staticmethod
+    def _from_square(out: np.ndarray, f: Fit, height: int, width: int) -> np.ndarray:
+        """float [S, S, 3] in [0, 1] -> uint8 [H, W, 3]: crop the view, resize it back."""
+        crop = out[f.top : f.top + f.h, f.left : f.left + f.w]
+        crop = cv2.resize(crop, (width, height), interpolation=cv2.INTER_CUBIC)
+        return np.clip(np.rint(crop * 255.0), 0, 255).astype(np.uint8)
+
+    def _squares(self, images: list[np.ndarray], bins: list[np.ndarray]) -> tuple[list[Fit], torch.Tensor, torch.Tensor]:
+        """B jobs -> their fits, images float32 [B, 3, S, S] in [0, 1] (a channels-last view of the
+        stacked squares) and masks float32 [B, 1, S, S] in {0, 1}."""
+        fits = [self._placement(*im.shape[:2]) for im in images]
+        squares = [self._to_square(im, m, f) for im, m, f in zip(images, bins, fits)]
+        image = torch.from_numpy(np.stack([sq[0] for sq in squares])).permute(0, 3, 1, 2)
+        mask = torch.from_numpy(np.stack([sq[1] for sq in squares]))[:, None]
+        return fits, image, mask
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def inpaint(
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        prompts: Sequence[str],
+        negative_prompts: Sequence[str],
+        seeds: Sequence[int],
+    ) -> list[np.ndarray]:
+        """Fill ``masks[j]`` (float32 [H, W], > 0.5 = fill) of ``images[j]`` (uint8 [H, W, 3])
+        guided by ``prompts[j]`` / ``negative_prompts[j]``, noise from ``seeds[j]``.
+
+        Returns one uint8 [H, W, 3] per job. Jobs with an empty mask come back unchanged
+        and cost nothing; all others run in one batched model call (or ``max_batch``-sized
+        calls), each with its own ``torch.Generator`` so that batch-mates do not matter.
+        """
+        check_jobs(self.role, images, masks, prompts, negative_prompts, seeds)
+        outputs = [np.array(im, copy=True) for im in images]
+        bins, jobs = [], []
+        for j, mk in enumerate(masks):
+            bins.append(binary_mask(mk, self.dilate))
+            if bins[j].any():
+                jobs.append(j)
+        chunk = self.max_batch or max(1, len(jobs))
+        for start in range(0, len(jobs), chunk):
+            part = jobs[start : start + chunk]
+            filled = self._run(
+                [images[j] for j in part],
+                [bins[j] for j in part],
+                [prompts[j] for j in part],
+                [negative_prompts[j] for j in part],
+                [seeds[j] for j in part],
+            )
+            for j, f in zip(part, filled):
+                outputs[j] = np.where(bins[j][..., None], f, images[j])
+        return outputs
+
+    def _run(
+        self,
+        images: list[np.ndarray],
+        bins: list[np.ndarray],
+        prompts: list[str],
+        negative_prompts: list[str],
+        seeds: list[int],
+    ) -> list[np.ndarray]:
+        """One model call over B jobs -> B uint8 [H, W, 3] model outputs (not yet composited)."""
+        raise NotImplementedError
