@@ -1,7 +1,7 @@
 """Qwen-VL boxes into the engine's box frame: pure functions, shared by the Qwen VLM backends.
 
 The engine reads a P_B box with ``prompts.parse_box`` in ONE frame, LLaVA-1.5's: fractions
-(0-1) of the view padded to a centred square (S = max(w, h); ``patches.square_frame``), mapped
+(0-1) of the view padded to a centred square (S = max(w, h), the view at ``io.centred_region``, as ``patches.square_frame``), mapped
 back to view pixels by ``patches.normalised_box_to_view``. Qwen models write boxes in their own:
 
 - Qwen2.5-VL (``model_type`` "qwen2_5_vl"): absolute pixels of its RESIZED input, the image the
@@ -22,7 +22,7 @@ import re
 
 import numpy as np
 
-from ..patches import square_frame
+from ..io import centred_region
 
 FAMILIES = ("qwen2_5_vl", "qwen3_vl")
 # Qwen3-VL's relative coordinates run 0..QWEN3_SCALE over the image.
@@ -72,7 +72,8 @@ def qwen_box_to_view(
 def view_box_to_engine(box: np.ndarray | tuple[float, ...], width: int, height: int) -> tuple[float, float, float, float]:
     """View pixels (x0, y0, x1, y1) -> the engine's frame: fractions of the view padded to a
     centred square (the inverse of ``patches.normalised_box_to_view``), each in [0, 1]."""
-    side, top, left = square_frame(height, width)
+    side = max(height, width)
+    top, left, _, _ = centred_region(height, width, (side, side))  # where patches.square_frame puts it
     x0, y0, x1, y1 = (float(v) for v in box)
     return ((x0 + left) / side, (y0 + top) / side, (x1 + left) / side, (y1 + top) / side)
 
