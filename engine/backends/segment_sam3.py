@@ -1,0 +1,233 @@
+"""SAM 3 (transformers' ``Sam3Model``) as the engine's ``ConceptSegmenter``.
+
+On disk: a transformers SAM 3 directory as ``facebook/sam3`` ships it (config.json, the
+safetensors weights, the processor's image settings and the CLIP tokenizer), loaded offline
+with ``Sam3Model.from_pretrained`` and ``Sam3Processor.from_pretrained``.
+
+A call runs the vision backbone once per distinct image (``image_batch`` images per pass), then
+the text, geometry, DETR and mask heads over the requests, ``max_batch`` per pass, each request
+reading its image's features. Requests with exemplar boxes and requests without run in separate
+passes: SAM 3's geometry encoder adds a CLS token to every prompt of a pass with boxes, so a
+box-less request batched with boxed ones would not be the request the model sees alone. Within
+a pass the box lists are padded to the longest with label -10, SAM 3's padding (``box_mask``),
+as ``Sam3Processor`` pads them.
+
+Scores and masks are those of ``Sam3Processor.post_process_instance_segmentation``: a query's
+score is sigmoid(pred_logits) * sigmoid(presence_logits), its mask probability
+sigmoid(pred_masks) resized bilinearly to the image; the request's probability is the pixel-wise
+maximum over the queries scoring at least ``threshold`` (the post-processing keeps ``>``; the
+two differ only for a score exactly equal to the threshold).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ..errors import ConfigError, ModelLoadError
+from ..models.checks import require_files
+from ..protocols import ConceptRequest
+
+ROLE = "concept"
+FORMAT = "hf-sam3"
+EXPECTED = (
+    "config.json",
+    "model.safetensors|model.safetensors.index.json",
+    "processor_config.json|preprocessor_config.json",
+    "tokenizer.json|vocab.json",
+)
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+BOX_PAD = -10  # SAM 3's label (and Sam3Processor's coordinate) for a padded box
+UPSAMPLE_CHUNK = 16  # instance masks resized to the image at a time (bounds memory at threshold 0)
+
+
+class Sam3ConceptSegmenter:
+    """``ConceptSegmenter`` on transformers' SAM 3.
+
+    model: a ``Sam3Model`` in float32 (half precision runs under autocast, so the scores and
+    masks that are thresholded come out of float32 heads). processor: its ``Sam3Processor``.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        processor,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+        image_batch: int = 4,
+        max_batch: int = 8,
+    ) -> None:
+        self.model = model
+        self.processor = processor
+        self.device = device
+        self.dtype = dtype
+        self.image_batch = max(1, int(image_batch))
+        self.max_batch = max(1, int(max_batch))
+        # int_engine.work: images through the vision backbone; requests through the heads
+        self.work = {"encoder_images": 0, "requests": 0}
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        device: str = "cpu",
+        dtype: str = "float32",
+        *,
+        image_batch: int = 4,
+        max_batch: int = 8,
+    ) -> "Sam3ConceptSegmenter":
+        """Load the SAM 3 directory ``path`` offline.
+
+        image_batch: images per vision-backbone pass (the published ViT at 1008 px holds about
+        1 GB of activations per image in float32). max_batch: requests per pass of the text,
+        geometry, DETR and mask heads (each carries a copy of its image's FPN features, about
+        110 MB at 1008 px in float32).
+        """
+        root = require_files(ROLE, path, EXPECTED, FORMAT)
+        if dtype not in DTYPES:
+            raise ConfigError(f"{ROLE}: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        try:
+            from transformers import Sam3Model, Sam3Processor
+
+            processor = Sam3Processor.from_pretrained(root, local_files_only=True)
+            model = Sam3Model.from_pretrained(root, local_files_only=True, dtype=torch.float32)
+            model.to(torch.device(device)).eval()
+        except Exception as err:  # any library failure is a load failure of this path
+            raise ModelLoadError(f"{ROLE}: cannot load {FORMAT} from {root}: {err}") from err
+        return cls(model, processor, torch.device(device), DTYPES[dtype], image_batch, max_batch)
+
+    def segment_concepts(self, requests: Sequence[ConceptRequest], threshold: float) -> list[np.ndarray]:
+        """One float32 [H, W] probability in [0, 1] per request, at its image's size: the
+        pixel-wise maximum of the mask probabilities of the instances scoring >= ``threshold``
+        (detection score x presence score); zeros when none does."""
+        for req in requests:
+            _check(req)
+        if not requests:
+            return []
+        image_of, images = _distinct_images(requests)
+        out: list[np.ndarray | None] = [None] * len(requests)
+        with torch.inference_mode(), self._autocast():
+            features, positions = self._encode(images)
+            boxed = [i for i, r in enumerate(requests) if len(r.positives) + len(r.negatives)]
+            plain = [i for i, r in enumerate(requests) if not len(r.positives) + len(r.negatives)]
+            for group in (plain, boxed):
+                for start in range(0, len(group), self.max_batch):
+                    idx = group[start : start + self.max_batch]
+                    rows = torch.tensor([image_of[i] for i in idx], device=self.device)
+                    outputs = self._heads([requests[i] for i in idx], features, positions, rows)
+                    for k, i in enumerate(idx):
+                        out[i] = _probability(outputs, k, requests[i].image.shape[:2], threshold)
+                    self.work["requests"] += len(idx)
+        return out  # type: ignore[return-value]
+
+    def _autocast(self):
+        half = self.dtype != torch.float32
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=half)
+
+    def _encode(self, images: list[np.ndarray]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The FPN features of ``images`` ([B, C, h, w] per level) and the levels' position
+        encodings ([1, C, h, w]: they depend on the level's shape only, the same for every image)."""
+        levels: list[list[torch.Tensor]] = []
+        positions: list[torch.Tensor] = []
+        for start in range(0, len(images), self.image_batch):
+            chunk = images[start : start + self.image_batch]
+            pixels = self.processor.image_processor(images=chunk, return_tensors="pt", input_data_format="channels_last")
+            pixels = pixels["pixel_values"]
+            vision = self.model.get_vision_features(pixel_values=pixels.to(self.device))
+            levels.append(list(vision.fpn_hidden_states))
+            positions = [p[:1] for p in vision.fpn_position_encoding]
+            self.work["encoder_images"] += len(chunk)
+        return [torch.cat(level) for level in zip(*levels)], positions
+
+    def _heads(
+        self, requests: list[ConceptRequest], features: list[torch.Tensor], positions: list[torch.Tensor], rows: torch.Tensor
+    ):
+        """One ``Sam3Model`` pass over ``requests``, each on its image's features (``rows``)."""
+        from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+        n = len(requests)
+        vision = Sam3VisionEncoderOutput(
+            fpn_hidden_states=tuple(level.index_select(0, rows) for level in features),
+            fpn_position_encoding=tuple(p.expand(n, -1, -1, -1) for p in positions),
+        )
+        text = self.processor(text=[r.text for r in requests], return_tensors="pt")
+        inputs = {"input_ids": text["input_ids"].to(self.device), "attention_mask": text["attention_mask"].to(self.device)}
+        if any(len(r.positives) + len(r.negatives) for r in requests):
+            boxes, labels = _exemplars(requests)
+            inputs.update(input_boxes=boxes.to(self.device), input_boxes_labels=labels.to(self.device))
+        return self.model(vision_embeds=vision, **inputs)
+
+
+def _exemplars(requests: Sequence[ConceptRequest]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each request's positive then negative boxes as SAM 3 takes them: float32 [B, N, 4]
+    (cx, cy, w, h) divided by the image's width and height, and int64 [B, N] labels 1 / 0,
+    padded to the longest list with ``BOX_PAD`` (coordinates and label)."""
+    longest = max(len(r.positives) + len(r.negatives) for r in requests)
+    boxes = torch.full((len(requests), longest, 4), float(BOX_PAD), dtype=torch.float32)
+    labels = torch.full((len(requests), longest), BOX_PAD, dtype=torch.int64)
+    for k, r in enumerate(requests):
+        xyxy = np.concatenate([np.asarray(r.positives, np.float32).reshape(-1, 4), np.asarray(r.negatives, np.float32).reshape(-1, 4)])
+        if not len(xyxy):
+            continue
+        h, w = r.image.shape[:2]
+        t = torch.from_numpy(xyxy) / torch.tensor([w, h, w, h], dtype=torch.float32)
+        boxes[k, : len(t)] = torch.stack([(t[:, 0] + t[:, 2]) / 2, (t[:, 1] + t[:, 3]) / 2, t[:, 2] - t[:, 0], t[:, 3] - t[:, 1]], -1)
+        labels[k, : len(r.positives)] = 1
+        labels[k, len(r.positives) : len(t)] = 0
+    return boxes, labels
+
+
+def instance_scores(outputs, k: int) -> torch.Tensor:
+    """Request ``k``'s query scores, float32 [Q]: sigmoid(logit) x sigmoid(presence logit)."""
+    scores = outputs.pred_logits[k].float().sigmoid()
+    if outputs.presence_logits is not None:
+        scores = scores * outputs.presence_logits[k].float().sigmoid()
+    return scores
+
+
+def _probability(outputs, k: int, size: tuple[int, int], threshold: float) -> np.ndarray:
+    """float32 [H, W]: the maximum over request ``k``'s kept queries of their mask
+    probabilities resized (bilinear, half-pixel centres) to ``size``; zeros when none is kept."""
+    keep = torch.nonzero(instance_scores(outputs, k) >= threshold).flatten()
+    best = torch.zeros(tuple(size), dtype=torch.float32, device=outputs.pred_masks.device)
+    for start in range(0, len(keep), UPSAMPLE_CHUNK):
+        masks = outputs.pred_masks[k, keep[start : start + UPSAMPLE_CHUNK]].float().sigmoid()
+        masks = F.interpolate(masks[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
+        best = torch.maximum(best, masks.amax(0))
+    return best.cpu().numpy()
+
+
+def _distinct_images(requests: Sequence[ConceptRequest]) -> tuple[list[int], list[np.ndarray]]:
+    """Each request's row among the call's distinct images (the same array, or equal pixels)."""
+    rows: dict[object, int] = {}
+    images: list[np.ndarray] = []
+    image_of = []
+    for r in requests:
+        key = rows.get(id(r.image))
+        if key is None:
+            digest = (r.image.shape, hashlib.blake2b(np.ascontiguousarray(r.image).data, digest_size=16).digest())
+            key = rows.get(digest)
+            if key is None:
+                key = rows[digest] = len(images)
+                images.append(r.image)
+            rows[id(r.image)] = key
+        image_of.append(key)
+    return image_of, images
+
+
+def _check(req: ConceptRequest) -> None:
+    image = req.image
+    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+        got = getattr(image, "shape", type(image).__name__), getattr(image, "dtype", None)
+        raise ValueError(f"{ROLE}: expected a uint8 [H, W, 3] RGB image, got {got}")
+    for name in ("positives", "negatives"):
+        boxes = np.asarray(getattr(req, name))
+        if boxes.size and (boxes.ndim != 2 or boxes.shape[1] != 4):
+            raise ValueError(f"{ROLE}: {name} must be [N, 4] boxes, got {boxes.shape}")
+    if not isinstance(req.text, str) or not req.text.strip():
+        raise ValueError(f"{ROLE}: the concept text must be a non-empty string, got {req.text!r}")
