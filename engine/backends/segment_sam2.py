@@ -46,6 +46,8 @@ EXPECTED = (
 )
 MODEL_TYPES = ("sam2", "sam2_video")  # the image model, and the video repositories it reads
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# One prompt: (its image's row, box [4] or None, points [P, 2] or None, labels int64 [P] or None).
+Prompt = tuple[int, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
 
 
 class Sam2Segmenter:
@@ -151,10 +153,9 @@ class Sam2Segmenter:
             self.work["encoder_images"] += len(chunk)
         return [torch.cat(level) for level in zip(*levels)]
 
-    def _prompts(self, req: SegmentRequest, row: int) -> list[tuple[int, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]]:
-        """A request's prompts as (image row, box [4] or None, points [P, 2] or None, labels [P]
-        int64 or None), coordinates in the processor's ``target_size`` frame: one per box, each
-        with all the points; one with the points alone when there is no box."""
+    def _prompts(self, req: SegmentRequest, row: int) -> list[Prompt]:
+        """A request's prompts (``Prompt``), coordinates in the processor's ``target_size`` frame:
+        one per box, each with all the points; one with the points alone when there is no box."""
         h, w = req.image.shape[:2]
         scale = torch.tensor([self.target_size / w, self.target_size / h], dtype=torch.float32)
         points = labels = None
@@ -166,11 +167,11 @@ class Sam2Segmenter:
         boxes = (torch.as_tensor(np.asarray(req.boxes, np.float32).reshape(-1, 2, 2)) * scale).reshape(-1, 4)
         return [(row, box, points, labels) for box in boxes]
 
-    def _decode(self, features: list[torch.Tensor], prompts: list[list[tuple]]) -> list[torch.Tensor]:
+    def _decode(self, features: list[torch.Tensor], prompts: list[list[Prompt]]) -> list[torch.Tensor]:
         """Each request's chosen low-res mask logits, float32 [n_r, h, w], its prompts decoded in
         passes with every other request's prompts of the same shape (module docstring)."""
         flat = [(r, k, p) for r, request in enumerate(prompts) for k, p in enumerate(request)]
-        groups: dict[tuple[bool, int], list[tuple[int, int, tuple]]] = {}
+        groups: dict[tuple[bool, int], list[tuple[int, int, Prompt]]] = {}
         for r, k, p in flat:
             groups.setdefault((p[1] is not None, 0 if p[2] is None else len(p[2])), []).append((r, k, p))
         out: list[list[torch.Tensor | None]] = [[None] * len(request) for request in prompts]
@@ -182,7 +183,7 @@ class Sam2Segmenter:
                     out[r][k] = logits
         return [torch.stack(request) for request in out]  # type: ignore[arg-type]
 
-    def _decode_pass(self, features: list[torch.Tensor], part: list[tuple], has_box: bool, n_points: int) -> torch.Tensor:
+    def _decode_pass(self, features: list[torch.Tensor], part: list[Prompt], has_box: bool, n_points: int) -> torch.Tensor:
         """One ``Sam2Model`` pass over prompts of one shape, each on its image's embeddings;
         returns the chosen mask logits float32 [N, h, w]."""
         rows = torch.tensor([p[0] for p in part], device=self.device)

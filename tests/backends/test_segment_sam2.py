@@ -85,7 +85,9 @@ def mixed_requests() -> list[SegmentRequest]:
         SegmentRequest(SQUARE),
         SegmentRequest(WIDE, boxes=np.array([[10, 5, 150, 50], [0, 0, 60, 30]], np.float32)),
         SegmentRequest(TALL, points=np.array([[35, 100]], np.float32), labels=np.array([1])),
-        SegmentRequest(TALL, boxes=np.array([[5, 20, 60, 140]], np.float32), points=np.array([[30, 60]], np.float32), labels=np.array([1])),
+        SegmentRequest(
+            TALL, boxes=np.array([[5, 20, 60, 140]], np.float32), points=np.array([[30, 60]], np.float32), labels=np.array([1])
+        ),
         SegmentRequest(SQUARE.copy(), boxes=BOX_B),  # equal pixels: encoded once with SQUARE
     ]
 
@@ -118,7 +120,11 @@ def test_mixed_batch_equals_one_by_one(segmenter, library):
 
 def test_several_boxes_are_the_maximum_of_single_boxes(segmenter):
     a, b, both = segmenter.segment(
-        [SegmentRequest(SQUARE, boxes=BOX_A), SegmentRequest(SQUARE, boxes=BOX_B), SegmentRequest(SQUARE, boxes=np.concatenate([BOX_A, BOX_B]))]
+        [
+            SegmentRequest(SQUARE, boxes=BOX_A),
+            SegmentRequest(SQUARE, boxes=BOX_B),
+            SegmentRequest(SQUARE, boxes=np.concatenate([BOX_A, BOX_B])),
+        ]
     )
     assert np.abs(a - b).max() > 0.1
     np.testing.assert_allclose(both, np.maximum(a, b), atol=1e-5, rtol=0)
@@ -141,7 +147,9 @@ def test_multimask_choice_takes_the_highest_iou_score(segmenter, library):
 
 def test_single_mask_option_matches_the_library(sam2_dir, library):
     single = Sam2Segmenter.load(sam2_dir, multimask_output=False)
-    req = SegmentRequest(WIDE, boxes=np.array([[10, 5, 150, 50]], np.float32), points=np.array([[80, 30]], np.float32), labels=np.array([1]))
+    req = SegmentRequest(
+        WIDE, boxes=np.array([[10, 5, 150, 50]], np.float32), points=np.array([[80, 30]], np.float32), labels=np.array([1])
+    )
     (got,) = single.segment([req])
     np.testing.assert_allclose(got, reference(library, req, multimask=False), atol=1e-5, rtol=0)
 
