@@ -1,0 +1,258 @@
+"""Any diffusers inpainting pipeline as an ``Inpainter``, loaded through ``AutoPipelineForInpainting``.
+
+A local diffusers directory (``model_index.json`` + one folder per component) is loaded offline
+by ``AutoPipelineForInpainting``, which maps the class ``model_index.json`` names to its
+inpainting pipeline: an inpainting checkpoint's own class (``StableDiffusionInpaintPipeline``,
+``StableDiffusionXLInpaintPipeline``, ...) or a text-to-image one's inpainting sibling
+(``StableDiffusion3Pipeline`` -> ``StableDiffusion3InpaintPipeline``, ``FluxPipeline`` ->
+``FluxInpaintPipeline``). A class the mapping lacks (``FluxFillPipeline`` in diffusers 0.42) is
+loaded as itself when its ``__call__`` takes ``image`` and ``mask_image``.
+
+Jobs run as in ``inpaint_sd`` (``inpaint_square``): each view fitted into one working square,
+bounded batches of ``max_batch`` jobs, one CPU ``torch.Generator`` per job seeded with its seed
+(the pipelines draw every job's noise and VAE samples from its own generator, so a job's output
+does not depend on its batch-mates), the result composited so that pixels outside the mask are
+the input's. The pipeline is called as documented (``prompt``, ``negative_prompt``, ``image``,
+``mask_image``, ``strength``, ``generator``, ...), keeping only the arguments its ``__call__``
+takes (Flux has no negative prompt). For ``StableDiffusionInpaintPipeline`` with a 9-channel
+UNet at strength 1 the masked images go through the VAE in batches (``inpaint_sd.prepared_latents``),
+as the ``sd`` backend does; other pipelines encode them one job at a time, as diffusers does
+with a list of generators.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, ModelLoadError
+from ..models.checks import require_files
+from .inpaint_sd import memory_bounds, prepared_latents
+from .inpaint_sd_load import DTYPES, SCHEDULERS, check_options, configure_pipeline
+from .inpaint_square import SquareInpainter
+
+ROLE = "inpaint"
+FORMAT = "diffusers inpainting pipeline (AutoPipelineForInpainting)"
+_WEIGHTS = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.bin",
+    "diffusion_pytorch_model.fp16.safetensors",
+    "diffusion_pytorch_model.safetensors.index.json",
+)
+EXPECTED = (
+    "model_index.json",
+    "unet/config.json|transformer/config.json",
+    "|".join(f"{d}/{w}" for d in ("unet", "transformer") for w in _WEIGHTS),
+    "vae/config.json",
+    "|".join(f"vae/{w}" for w in _WEIGHTS),
+    "scheduler/scheduler_config.json",
+)
+# Jobs per pipeline call on CUDA by default: SDXL / SD3 work at 1024 px (128 x 128 latents), 4x
+# the latent pixels of SD2's 512 px, with a 2.6B UNet (SDXL) or a 2B MMDiT (SD3 medium); two
+# jobs (4 rows with guidance) is SD2's 8 jobs scaled by the latent area. Not measured on a GPU.
+CUDA_MAX_BATCH = 2
+
+
+def read_index(p: Path) -> tuple[str, dict[str, list]]:
+    """``model_index.json``'s pipeline class and components, name -> [library, class] (nulls for
+    an absent one); ``ModelLoadError`` if it does not parse or names no class."""
+    try:
+        index = json.loads((p / "model_index.json").read_text())
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{ROLE}: {p}/model_index.json is not a diffusers pipeline index: {err}") from err
+    if not isinstance(index, dict) or not isinstance(index.get("_class_name"), str):
+        raise ModelLoadError(f"{ROLE}: {p}/model_index.json names no pipeline class (_class_name)")
+    return index["_class_name"], {k: v for k, v in index.items() if isinstance(v, list) and len(v) == 2}
+
+
+def check_components(p: Path) -> None:
+    """Every component ``model_index.json`` names (not null) has its folder under ``p``."""
+    _, components = read_index(p)
+    missing = [f"{name}/" for name, (lib, _) in components.items() if lib is not None and not (p / name).is_dir()]
+    if missing:
+        raise ModelLoadError(f"{ROLE}: {p} is not a complete {FORMAT} directory: missing {', '.join(missing)}")
+
+
+def from_pretrained(p: Path, dtype: str, variant: str | None):
+    """The inpainting pipeline of directory ``p``, offline: ``AutoPipelineForInpainting``, or where
+    its mapping lacks the class ``model_index.json`` names, that class itself (``DiffusionPipeline``)."""
+    import diffusers
+
+    name, components = read_index(p)
+    options = dict(dtype=DTYPES[dtype], variant=variant, local_files_only=True)
+    # components the index leaves out (SD3 without T5: text_encoder_3 / tokenizer_3 null) are
+    # passed as None, as diffusers documents for loading SD3 without T5
+    options.update({name: None for name, (lib, _) in components.items() if lib is None})
+    if "safety_checker" in components:  # SD 1.x / 2.x: no safety checker, as the sd backend
+        options.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    try:
+        return diffusers.AutoPipelineForInpainting.from_pretrained(p, **options)
+    except ValueError as err:
+        if "can't find a pipeline linked to" not in str(err):
+            raise
+    cls = getattr(diffusers, name, None)
+    if cls is None or "mask_image" not in inspect.signature(cls.__call__).parameters:
+        raise ModelLoadError(f"{ROLE}: {p}: AutoPipelineForInpainting maps no inpainting pipeline to {name}")
+    return cls.from_pretrained(p, **options)
+
+
+def build_pipeline(p: Path, device: str, dtype: str, scheduler: str | None, variant: str | None):
+    """The pipeline of ``p`` on ``device`` with the ``scheduler`` named (None: the checkpoint's),
+    no watermark; any library failure, or a pipeline that takes no mask, is a ``ModelLoadError``."""
+    try:
+        import diffusers
+
+        pipe = from_pretrained(p, dtype, variant)
+        if scheduler is not None:
+            pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
+        pipe = pipe.to(device)
+    except ModelLoadError:
+        raise
+    except Exception as err:  # any library failure is a load failure of this path
+        raise ModelLoadError(f"{ROLE}: cannot load {FORMAT} from {p}: {err}") from err
+    if "mask_image" not in inspect.signature(pipe.__call__).parameters:
+        raise ModelLoadError(f"{ROLE}: {p}: {type(pipe).__name__} is not an inpainting pipeline (no mask_image)")
+    if getattr(pipe, "watermark", None) is not None:  # SDXL's invisible watermark, when installed
+        pipe.watermark = None
+    return pipe
+
+
+def denoiser(pipe) -> torch.nn.Module:
+    """The pipeline's denoising network: its ``unet``, else its ``transformer``."""
+    return pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
+
+
+def working_size(pipe, size: int | None, p: Path) -> int:
+    """The working square's side: ``size``, or None for the checkpoint's native one (denoiser
+    sample_size x VAE scale: 1024 for SDXL and SD3); refused unless a positive multiple of the
+    VAE's scale times the transformer's patch size (1 for a UNet)."""
+    config = denoiser(pipe).config
+    multiple = pipe.vae_scale_factor * int(getattr(config, "patch_size", None) or 1)
+    if size is None:
+        size = int(config.sample_size) * pipe.vae_scale_factor
+    if size < multiple or size % multiple:
+        raise ConfigError(f"{ROLE}: size must be a positive multiple of {multiple} for {p}, got {size}")
+    return size
+
+
+class DiffusersInpainter(SquareInpainter):
+    """Batched inpainting with any diffusers inpainting pipeline. Build with :meth:`load`; call :meth:`inpaint`."""
+
+    def __init__(
+        self,
+        pipe,
+        device: str,
+        size: int,
+        steps: int,
+        guidance_scale: float,
+        strength: float,
+        dilate: int,
+        fit: str,
+        max_batch: int,
+    ) -> None:
+        self.pipe = pipe
+        self.device = device
+        self.size = size
+        self.steps = steps
+        self.guidance_scale = guidance_scale
+        self.strength = strength
+        self.dilate = dilate
+        self.fit = fit
+        self.max_batch = max_batch
+        self.accepts = set(inspect.signature(pipe.__call__).parameters)  # what its __call__ takes
+        # running totals (int_engine.work): denoiser evaluations x latent pixels, jobs the model ran
+        self.work = {"unet_latent_pixels": 0, "inpaint_jobs": 0}
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        device: str = "cpu",
+        dtype: str = "float32",
+        *,
+        size: int | None = None,
+        steps: int = 20,
+        guidance_scale: float = 7.5,
+        strength: float = 1.0,
+        dilate: int = 0,
+        fit: str = "pad",
+        max_batch: int | None = None,
+        vae_slicing: bool | None = None,
+        scheduler: str | None = None,
+        variant: str | None = None,
+        enable_xformers: bool = False,
+    ) -> Self:
+        """Load a diffusers pipeline directory as its inpainting pipeline, offline.
+
+        size: side of the working square in pixels, a multiple of the VAE's scale (times the
+        transformer's patch size); None takes the checkpoint's native size (denoiser sample_size x
+        VAE scale). steps: denoising steps. guidance_scale: classifier-free guidance (<= 1 turns
+        it and the negative prompt off; Flux's distilled guidance for Flux pipelines). strength:
+        how much of the masked region is noised, 1.0 = from pure noise (the diffusers defaults,
+        0.9999 for SDXL and 0.6 for SD3, keep some of the masked content). dilate, fit: as the
+        ``sd`` backend. max_batch: at most this many jobs per pipeline call (0 = all; results do
+        not depend on it); None = ``CUDA_MAX_BATCH`` on CUDA, all on CPU. vae_slicing: decode one
+        image at a time (None = on CUDA). scheduler: None keeps the checkpoint's, else one of
+        pndm / ddim / dpmsolver++ / euler (UNet pipelines). variant: e.g. "fp16".
+        enable_xformers: xformers attention instead of SDPA.
+        """
+        p = require_files(ROLE, path, EXPECTED, FORMAT)
+        check_components(p)
+        max_batch, vae_slicing = memory_bounds(device, max_batch, vae_slicing, CUDA_MAX_BATCH)
+        check_options(dtype, fit, steps, dilate, max_batch, scheduler, enable_xformers)
+        if not 0.0 < strength <= 1.0:
+            raise ConfigError(f"{ROLE}: strength must be in (0, 1], got {strength}")
+        pipe = build_pipeline(p, device, dtype, scheduler, variant)
+        size = working_size(pipe, size, p)
+        configure_pipeline(pipe, enable_xformers, vae_slicing)
+        return cls(pipe, device, size, steps, guidance_scale, strength, dilate, fit, max_batch)
+
+    def _prepared(self, image: torch.Tensor, mask: torch.Tensor, generators: list[torch.Generator]) -> dict:
+        """SD's batched masked-image VAE encode (``inpaint_sd.prepared_latents``) where it is the
+        pipeline's own computation: ``StableDiffusionInpaintPipeline``, 9-channel UNet, strength 1."""
+        from diffusers import StableDiffusionInpaintPipeline
+
+        pipe = self.pipe
+        if type(pipe) is StableDiffusionInpaintPipeline and pipe.unet.config.in_channels == 9 and self.strength == 1.0:
+            return prepared_latents(pipe, image, mask, generators, self.size)
+        return {}
+
+    def _run(
+        self,
+        images: list[np.ndarray],
+        bins: list[np.ndarray],
+        prompts: list[str],
+        negative_prompts: list[str],
+        seeds: list[int],
+    ) -> list[np.ndarray]:
+        """One pipeline call over B jobs -> B uint8 [H, W, 3] model outputs (not yet composited)."""
+        fits, image_t, mask_t = self._squares(images, bins)  # [B, 3, S, S], [B, 1, S, S]
+        # CPU generators: the same seed gives the same noise on every device.
+        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        args = dict(
+            prompt=list(prompts),
+            negative_prompt=list(negative_prompts) if self.guidance_scale > 1 else None,
+            image=image_t,
+            mask_image=mask_t,
+            height=self.size,
+            width=self.size,
+            num_inference_steps=self.steps,
+            guidance_scale=self.guidance_scale,
+            strength=self.strength,
+            generator=generators,
+            output_type="np",
+        )
+        with torch.inference_mode():
+            args.update(self._prepared(image_t, mask_t, generators))
+            result = self.pipe(**{k: v for k, v in args.items() if k in self.accepts}).images  # float32 [B, S, S, 3]
+        guided = getattr(self.pipe, "do_classifier_free_guidance", False)
+        evaluations = getattr(self.pipe, "num_timesteps", self.steps)
+        latent = self.size // self.pipe.vae_scale_factor
+        self.work["unet_latent_pixels"] += evaluations * len(images) * (2 if guided else 1) * latent**2
+        self.work["inpaint_jobs"] += len(images)
+        return [self._from_square(out, f, *im.shape[:2]) for out, f, im in zip(result, fits, images)]
