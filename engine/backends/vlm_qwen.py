@@ -68,11 +68,6 @@ class HFQwenVLM(QwenInputs):
         self.work = {"prefill_tokens": 0}
 
     @classmethod
-    def option_types(cls) -> dict[str, Any]:
-        """The options ``load`` takes, name -> type."""
-        return {"max_batch_size": int | None, "max_batch_tokens": int | None, "shared_prefix": bool, "box_frame": str}
-
-    @classmethod
     def load(
         cls,
         path: str | Path,
