@@ -49,8 +49,11 @@ UPSAMPLE_CHUNK = 16  # instance masks resized to the image at a time (bounds mem
 class Sam3ConceptSegmenter:
     """``ConceptSegmenter`` on transformers' SAM 3.
 
-    model: a ``Sam3Model`` in float32 (half precision runs under autocast, so the scores and
-    masks that are thresholded come out of float32 heads). processor: its ``Sam3Processor``.
+    model: a ``Sam3Model`` in float32. ``dtype`` float16 / bfloat16 runs the vision backbone (almost
+    all of the compute at 1008 px) under autocast and the text, geometry, DETR and mask heads in
+    float32 on float32 features: the scores and masks that are thresholded stay float32, and
+    torchvision's ``roi_align`` in the geometry encoder refuses autocast's mixed types on CPU.
+    processor: its ``Sam3Processor``.
     """
 
     def __init__(
@@ -111,7 +114,7 @@ class Sam3ConceptSegmenter:
             return []
         image_of, images = _distinct_images(requests)
         out: list[np.ndarray | None] = [None] * len(requests)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode():
             features, positions = self._encode(images)
             boxed = [i for i, r in enumerate(requests) if len(r.positives) + len(r.negatives)]
             plain = [i for i, r in enumerate(requests) if not len(r.positives) + len(r.negatives)]
@@ -125,7 +128,7 @@ class Sam3ConceptSegmenter:
                     self.work["requests"] += len(idx)
         return out  # type: ignore[return-value]
 
-    def _autocast(self):
+    def _autocast(self) -> torch.autocast:
         half = self.dtype != torch.float32
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=half)
 
@@ -138,9 +141,10 @@ class Sam3ConceptSegmenter:
             chunk = images[start : start + self.image_batch]
             pixels = self.processor.image_processor(images=chunk, return_tensors="pt", input_data_format="channels_last")
             pixels = pixels["pixel_values"]
-            vision = self.model.get_vision_features(pixel_values=pixels.to(self.device))
-            levels.append(list(vision.fpn_hidden_states))
-            positions = [p[:1] for p in vision.fpn_position_encoding]
+            with self._autocast():
+                vision = self.model.get_vision_features(pixel_values=pixels.to(self.device))
+            levels.append([level.float() for level in vision.fpn_hidden_states])
+            positions = [p[:1].float() for p in vision.fpn_position_encoding]
             self.work["encoder_images"] += len(chunk)
         return [torch.cat(level) for level in zip(*levels)], positions
 
