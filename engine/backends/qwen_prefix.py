@@ -45,7 +45,11 @@ def score_shared(
     for pass_groups in prefix_passes(groups, prefix_lengths, lengths, vlm.max_batch_tokens, vlm.max_batch_size):
         rows = [r for g in pass_groups for r in g]
         scores[rows], p, a = score_pass(
-            vlm, [images[g[0]] for g in pass_groups], [prefixes[g[0]] for g in pass_groups], [answers[r] for r in rows], [len(g) for g in pass_groups]
+            vlm,
+            [images[g[0]] for g in pass_groups],
+            [prefixes[g[0]] for g in pass_groups],
+            [answers[r] for r in rows],
+            [len(g) for g in pass_groups],
         )
         prefix_tokens, answer_tokens = prefix_tokens + p, answer_tokens + a
     return prefix_tokens, answer_tokens

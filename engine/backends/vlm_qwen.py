@@ -92,7 +92,9 @@ class HFQwenVLM(QwenInputs):
                 raise ConfigError(f"{ROLE}: {name} must be >= 1, got {bound}")
         family = json.loads((p / "config.json").read_text()).get("model_type")
         if family not in FAMILIES:
-            raise ModelLoadError(f"{ROLE}: {p} is not a {FORMAT} directory: config.json model_type {family!r}, expected one of {', '.join(FAMILIES)}")
+            raise ModelLoadError(
+                f"{ROLE}: {p} is not a {FORMAT} directory: config.json model_type {family!r}, expected one of {', '.join(FAMILIES)}"
+            )
         refuse_float32_overflow(p, device, dtype)
         import transformers
 
@@ -141,9 +143,7 @@ class HFQwenVLM(QwenInputs):
             answers += self._generate_rows(images[rows], ids[rows], max_new_tokens, sampling)
         if self.box_frame == "native":
             return answers
-        return [
-            engine_box_text(a, self.family, im.shape[1], im.shape[0], self.input_size(im)) for a, im in zip(answers, images)
-        ]
+        return [engine_box_text(a, self.family, im.shape[1], im.shape[0], self.input_size(im)) for a, im in zip(answers, images)]
 
     def _generate_rows(self, images: list[np.ndarray], ids: list[list[int]], max_new_tokens: int, sampling) -> list[str]:
         """One pass of ``model.generate`` on pre-encoded images (``mm_encoder_outputs``)."""

@@ -56,7 +56,9 @@ SPECIAL_TOKENS = (
     "<|image_pad|>",
     "<|video_pad|>",
 )
-PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+PRETOKENIZE_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
 
 _CONTENT = (
     "{% if message['content'] is string %}{{ message['content'] }}"
@@ -170,7 +172,9 @@ def _config(tok: Qwen2Tokenizer, family: str):
         from transformers import Qwen2_5_VLConfig
 
         vision |= {"hidden_act": "silu", "window_size": 112, "fullatt_block_indexes": [1], "tokens_per_second": 2}
-        return Qwen2_5_VLConfig(text_config=_text_config(tok, family), vision_config=vision, tie_word_embeddings=False, **_ids(tok))
+        return Qwen2_5_VLConfig(
+            text_config=_text_config(tok, family), vision_config=vision, tie_word_embeddings=False, **_ids(tok)
+        )
     from transformers import Qwen3VLConfig
 
     vision |= {"hidden_act": "gelu_pytorch_tanh", "num_position_embeddings": 64, "deepstack_visual_indexes": [0]}
@@ -189,7 +193,9 @@ def processor_of(tok: Qwen2Tokenizer, family: str):
         from transformers import Qwen2_5_VLProcessor, Qwen2VLVideoProcessor
 
         videos = Qwen2VLVideoProcessor(size=size, **common)
-        return Qwen2_5_VLProcessor(image_processor=images, tokenizer=tok, video_processor=videos, chat_template=CHAT_TEMPLATES[family])
+        return Qwen2_5_VLProcessor(
+            image_processor=images, tokenizer=tok, video_processor=videos, chat_template=CHAT_TEMPLATES[family]
+        )
     from transformers import Qwen3VLProcessor, Qwen3VLVideoProcessor
 
     videos = Qwen3VLVideoProcessor(size=size, **common)
@@ -233,8 +239,8 @@ def build(out_dir: Path, seed: int = 0, scale: str = "tiny", family: str = "qwen
     model, tok = tiny_model(seed, family)
     model.save_pretrained(out_dir, safe_serialization=True)
     eos = [tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")]
-    GenerationConfig(
-        bos_token_id=eos[1], eos_token_id=eos, pad_token_id=tok.pad_token_id, do_sample=False
-    ).save_pretrained(out_dir)
+    GenerationConfig(bos_token_id=eos[1], eos_token_id=eos, pad_token_id=tok.pad_token_id, do_sample=False).save_pretrained(
+        out_dir
+    )
     _save_processor(processor_of(tok, family), out_dir)
     return {"format": FORMATS[family], "params": sum(p.numel() for p in model.parameters())}

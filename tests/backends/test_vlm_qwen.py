@@ -58,7 +58,10 @@ def reference_score(vlm: HFQwenVLM, image: np.ndarray, prompt: str, answer: str)
 
 def test_family_is_read_from_the_config(vlm):
     assert vlm.family == vlm.model.config.model_type
-    assert type(vlm.model).__name__ == {"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration", "qwen3_vl": "Qwen3VLForConditionalGeneration"}[vlm.family]
+    assert (
+        type(vlm.model).__name__
+        == {"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration", "qwen3_vl": "Qwen3VLForConditionalGeneration"}[vlm.family]
+    )
 
 
 def test_chat_text_is_chatml(vlm):
@@ -87,7 +90,10 @@ def test_image_tokens_match_the_processor(vlm):
         grid = vlm.processor.image_processor(images=[im], return_tensors="pt")["image_grid_thw"][0]
         merge = vlm.processor.image_processor.merge_size
         assert vlm.image_token_count(im) == int(grid.prod()) // merge**2
-        assert vlm.input_size(im) == (int(grid[1]) * vlm.processor.image_processor.patch_size, int(grid[2]) * vlm.processor.image_processor.patch_size)
+        assert vlm.input_size(im) == (
+            int(grid[1]) * vlm.processor.image_processor.patch_size,
+            int(grid[2]) * vlm.processor.image_processor.patch_size,
+        )
 
 
 SCORE_ROWS = [(0, 0, "frog"), (0, 0, "tree frog"), (1, 1, "a dog on the grass"), (1, 2, "cat"), (2, 1, "x"), (0, 0, "leaf")]
