@@ -175,12 +175,16 @@ def _exemplars(requests: Sequence[ConceptRequest]) -> tuple[torch.Tensor, torch.
     boxes = torch.full((len(requests), longest, 4), float(BOX_PAD), dtype=torch.float32)
     labels = torch.full((len(requests), longest), BOX_PAD, dtype=torch.int64)
     for k, r in enumerate(requests):
-        xyxy = np.concatenate([np.asarray(r.positives, np.float32).reshape(-1, 4), np.asarray(r.negatives, np.float32).reshape(-1, 4)])
+        xyxy = np.concatenate(
+            [np.asarray(r.positives, np.float32).reshape(-1, 4), np.asarray(r.negatives, np.float32).reshape(-1, 4)]
+        )
         if not len(xyxy):
             continue
         h, w = r.image.shape[:2]
         t = torch.from_numpy(xyxy) / torch.tensor([w, h, w, h], dtype=torch.float32)
-        boxes[k, : len(t)] = torch.stack([(t[:, 0] + t[:, 2]) / 2, (t[:, 1] + t[:, 3]) / 2, t[:, 2] - t[:, 0], t[:, 3] - t[:, 1]], -1)
+        boxes[k, : len(t)] = torch.stack(
+            [(t[:, 0] + t[:, 2]) / 2, (t[:, 1] + t[:, 3]) / 2, t[:, 2] - t[:, 0], t[:, 3] - t[:, 1]], -1
+        )
         labels[k, : len(r.positives)] = 1
         labels[k, len(r.positives) : len(t)] = 0
     return boxes, labels

@@ -66,9 +66,7 @@ SIZES = {
 def _train_tokenizer() -> CLIPTokenizer:
     """A CLIP-layout byte-level BPE tokenizer learnt on the engine's sentences."""
     bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    bpe.normalizer = normalizers.Sequence(
-        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
-    )
+    bpe.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
     bpe.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(CLIP_SPLIT), behavior="removed", invert=True),

@@ -148,8 +148,10 @@ def test_threshold_zero_keeps_every_instance_and_one_keeps_none(seg, reference, 
     scores = out.pred_logits[0].sigmoid() * out.presence_logits[0].sigmoid()
     size = req.image.shape[:2]
     every = F.interpolate(out.pred_masks.sigmoid(), size=size, mode="bilinear", align_corners=False)[0]
-    zero, one, top = seg.segment_concepts([req, req, req], 0.0)[:1] + seg.segment_concepts([req], 1.0) + seg.segment_concepts(
-        [req], float(scores.max())
+    zero, one, top = (
+        seg.segment_concepts([req, req, req], 0.0)[:1]
+        + seg.segment_concepts([req], 1.0)
+        + seg.segment_concepts([req], float(scores.max()))
     )
     assert np.abs(zero - every.amax(0).numpy()).max() <= TOL and zero.min() > 0
     assert float(scores.max()) < 1.0  # SAM 3 clamps its logits, so no score reaches 1
