@@ -44,27 +44,9 @@ def _text_encoders(vocab: dict[str, int]):
     return CLIPTextModel(config("quick_gelu")), CLIPTextModelWithProjection(config("gelu"))
 
 
-def build(out_dir: Path, seed: int = 0, scale: str = "tiny") -> dict:
-    """Write a randomly initialised SDXL-inpainting pipeline to ``out_dir`` (``scale``: "tiny" only).
-
-    Deterministic in ``seed``. Returns ``{"format": "diffusers-sdxl-inpaint", "params": N}`` with
-    N the parameter count of UNet + VAE + both text encoders.
-    """
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLInpaintPipeline, UNet2DConditionModel
-    from transformers import CLIPTokenizer
-
-    if scale != "tiny":
-        raise ValueError(f"inpaint: unknown SDXL zoo scale {scale!r}; scales are tiny")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-
-    vocab, merges = _train_clip_bpe(n_merges=600)
-    for name in ("tokenizer", "tokenizer_2"):
-        _write_tokenizer(out_dir / name, vocab, merges)
-    tokenizer = CLIPTokenizer.from_pretrained(out_dir / "tokenizer", local_files_only=True)
-    tokenizer_2 = CLIPTokenizer.from_pretrained(out_dir / "tokenizer_2", local_files_only=True)
-    text_encoder, text_encoder_2 = _text_encoders(vocab)
+def _unet_vae():
+    """SDXL's 9-channel inpainting UNet with "text_time" micro-conditioning and its VAE, tiny."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
     unet = UNet2DConditionModel(
         sample_size=16,
@@ -97,6 +79,32 @@ def build(out_dir: Path, seed: int = 0, scale: str = "tiny") -> dict:
         scaling_factor=0.13025,
         force_upcast=True,
     )
+    return unet, vae
+
+
+def build(out_dir: Path, seed: int = 0, scale: str = "tiny") -> dict:
+    """Write a randomly initialised SDXL-inpainting pipeline to ``out_dir`` (``scale``: "tiny" only).
+
+    Deterministic in ``seed``. Returns ``{"format": "diffusers-sdxl-inpaint", "params": N}`` with
+    N the parameter count of UNet + VAE + both text encoders.
+    """
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLInpaintPipeline
+    from transformers import CLIPTokenizer
+
+    if scale != "tiny":
+        raise ValueError(f"inpaint: unknown SDXL zoo scale {scale!r}; scales are tiny")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+
+    vocab, merges = _train_clip_bpe(n_merges=600)
+    for name in ("tokenizer", "tokenizer_2"):
+        _write_tokenizer(out_dir / name, vocab, merges)
+    tokenizer = CLIPTokenizer.from_pretrained(out_dir / "tokenizer", local_files_only=True)
+    tokenizer_2 = CLIPTokenizer.from_pretrained(out_dir / "tokenizer_2", local_files_only=True)
+    text_encoder, text_encoder_2 = _text_encoders(vocab)
+
+    unet, vae = _unet_vae()
     # The real checkpoint's scheduler (scheduler/scheduler_config.json of SDXL inpainting 0.1).
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
