@@ -20,14 +20,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .config import ROLES
+from .config import OPTIONAL_ROLES, ROLES
 from .protocols import Models
 
 # role (config.ROLES: the names in ModelsConfig, model calls, traces and work counters) ->
 # attribute of Models; "inpaint" and "mine" are spelled differently there. "mine" (negative
 # mining) is a role of the calls, not of ModelsConfig: it has no checkpoint to load.
 MINE_ROLE = "mine"
-ROLE_FIELD: dict[str, str] = {role: {"inpaint": "inpainter", MINE_ROLE: "miner"}.get(role, role) for role in (*ROLES, MINE_ROLE)}
+ROLE_FIELD: dict[str, str] = {
+    role: {"inpaint": "inpainter", MINE_ROLE: "miner"}.get(role, role) for role in (*ROLES, *OPTIONAL_ROLES, MINE_ROLE)
+}
 
 
 class CallKind(enum.Enum):
@@ -96,6 +98,7 @@ class Call(CallKind):
     DETECT = ("detector", "detect", "detect")  # step 7: boxes for the picked name
     SIMILARITY_MAPS = ("clip", "similarity_maps", "segment")  # step 8: CLIP point prompts
     SEGMENT = ("segmenter", "segment", "segment")  # step 8: SAM with points and boxes
+    SEGMENT_CONCEPTS = ("concept", "segment_concepts", "segment")  # steps 7-8 by SAM 3, when configured
     IMAGE_TEXT_SIMILARITY = ("clip", "image_text_similarity", "weight")  # step 9: mask weights
 
 

@@ -8,20 +8,22 @@ passed down explicitly; no step reads globals.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .config_dict import build, did_you_mean, merge
+from .config_dict import build, did_you_mean, merge, read_mapping
 from .errors import ConfigError
 from .presets import PRESETS, Preset
 
 __all__ = ["PRESETS", "Preset"]  # re-exported: the presets are data in presets.py
 
 ROLES = ("vlm", "inpaint", "detector", "segmenter", "clip")
+# Roles a run may add: "concept" (SAM 3) replaces steps 7-8's segmenter when its backend is not "none".
+OPTIONAL_ROLES = ("concept",)
+NO_BACKEND = "none"
 # |seed| bound: each random stream's seed is seed * 1_000_003 + ... (pipeline.request_seed), which
 # must stay a 64-bit integer for torch's generators (a seed of 1e30 crashed the inpainter)
 SEED_MAGNITUDE = 2**32 - 1
@@ -44,6 +46,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mask_combine": MASK_COMBINES,
     "segmentation": ("selected", "threshold"),
     "reweight_base": ("original", "current"),
+    "sam3_negatives": ("none", "mined"),
 }
 
 
@@ -77,13 +80,25 @@ class ModelsConfig:
     detector: RoleConfig = field(default_factory=lambda: RoleConfig("gdino"))
     segmenter: RoleConfig = field(default_factory=lambda: RoleConfig("sam"))
     clip: RoleConfig = field(default_factory=lambda: RoleConfig("open_clip"))
+    # optional: a concept segmenter (backend "sam3") in place of steps 7-8's SAM; "none": unused
+    concept: RoleConfig = field(default_factory=lambda: RoleConfig(NO_BACKEND))
     device: str = "cpu"
     dtype: str = "auto"
 
     def role(self, name: str) -> RoleConfig:
-        if name not in ROLES:
-            raise ConfigError(f"unknown model role {name!r}; roles are {', '.join(ROLES)}")
+        if name not in ROLES + OPTIONAL_ROLES:
+            raise ConfigError(f"unknown model role {name!r}; roles are {', '.join(ROLES + OPTIONAL_ROLES)}")
         return getattr(self, name)
+
+    @property
+    def uses_concept(self) -> bool:
+        """Whether a concept segmenter (SAM 3) replaces steps 7-8's segmenter."""
+        return self.concept.backend != NO_BACKEND
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The roles this config loads: the five, and ``concept`` when it has a backend."""
+        return ROLES + (("concept",) if self.uses_concept else ())
 
     def device_of(self, name: str) -> str:
         """The device role ``name`` runs on: its own ``device``, else ``models.device``."""
@@ -105,7 +120,7 @@ class ModelsConfig:
         """The distinct CUDA devices the roles run on, in role order ("cuda:0", "cuda:1"; plain
         "cuda" is the current device): what a timer synchronises (``trace.cuda_sync``), each of
         them, since a role on another GPU queues its work on that GPU's streams."""
-        return tuple(dict.fromkeys(d for d in map(self.device_of, ROLES) if d.startswith("cuda")))
+        return tuple(dict.fromkeys(d for d in map(self.device_of, self.roles) if d.startswith("cuda")))
 
 
 def auto_dtype(device: str) -> str:
@@ -154,6 +169,8 @@ class EngineConfig:
       "coverage": each pixel's weighted mean over the views covering it, then rescaled.
     - ``reweight_base``: eq 12's X. "original": X_{i+1} = w·(X ⊙ M_i) + (1 − w)·X_i (the paper's
       "applied to the original image", the authors' ``clipInputEMA``); "current": X_i ⊙ M_i.
+    - ``sam3_negatives`` (with ``models.concept``): "none"; "mined": the P_B boxes of the names
+      mining rejected go to the concept segmenter as negative exemplars (``concept.py``).
     - ``temperature`` / ``seed``: the VLM's decoding, greedy at 0 (the authors sample at 0.2; the
       paper reports the average of three trials); ``seed`` also seeds the inpainting noise.
     - ``max_side`` / ``min_side``: images are resized for processing so their long side is
@@ -205,6 +222,10 @@ class EngineConfig:
     binary_threshold: float = 0.5
     reweight_base: str = "original"
     reweight_w: float = 0.3
+    # with a concept segmenter (models.concept, SAM 3; not in the paper): the instances kept, and
+    # whether the boxes of the names mining rejected go to it as negative exemplars ("mined")
+    concept_threshold: float = 0.5
+    sam3_negatives: str = "none"
     # SPEC "Early stop" (off in the paper, whose authors always run every iteration): after
     # iteration i (0-based) >= min_iterations, stop when A_i^u == A_{i-1}^u and
     # IoU(M_i^bin, M_{i-1}^bin) >= stop_iou; eq 13 then chooses among the iterations that ran.
@@ -263,6 +284,8 @@ class EngineConfig:
             raise ConfigError(
                 f"need points_grid >= 1 and 0 < points_threshold <= 1, got {self.points_grid}, {self.points_threshold}"
             )
+        if not 0.0 <= self.concept_threshold <= 1.0:
+            raise ConfigError(f"concept_threshold must be in [0, 1], got {self.concept_threshold}")
         if not 0.0 <= self.reweight_w <= 1.0:
             raise ConfigError(f"reweight_w must be in [0, 1], got {self.reweight_w}")
         if self.eps <= 0:
@@ -291,19 +314,7 @@ class EngineConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> "EngineConfig":
         p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except OSError as err:
-            raise ConfigError(f"{p}: cannot read config: {err.strerror or err}") from None
-        try:
-            data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as err:
-            where = " ".join(str(err).split())  # YAML's message spans lines: one line, as every error here
-            raise ConfigError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {where}") from None
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: a config file must hold a mapping, got {type(data).__name__}")
+        data = read_mapping(p)
         preset = data.pop("preset", None)
         try:
             base = preset_config(str(preset)) if preset else cls()

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import typing
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from .errors import ConfigError
 
@@ -88,3 +92,22 @@ def build(cls: type, data: dict[str, Any], where: str) -> Any:
         return cls(**kwargs)
     except TypeError as err:
         raise ConfigError(f"{where}: {err}") from None
+
+
+def read_mapping(p: Path) -> dict[str, Any]:
+    """The mapping a YAML or JSON config file holds ({} when empty); ConfigError naming the file
+    when it cannot be read, does not parse or holds something else."""
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{p}: cannot read config: {err.strerror or err}") from None
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        where = " ".join(str(err).split())  # YAML's message spans lines: one line, as every error here
+        raise ConfigError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {where}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: a config file must hold a mapping, got {type(data).__name__}")
+    return data

@@ -18,6 +18,7 @@ from typing import Any, Callable, Generator, Sequence, TypeVar
 import numpy as np
 import torch
 
+from . import concept as concept_step
 from . import contrast as contrast_step
 from . import fuse, masks, patches, prompts
 from .calls import Call, ModelCall, Reply, run_model
@@ -188,6 +189,24 @@ def segment(it: Iteration, boxes: list[np.ndarray], pick: str, backgrounds: list
     return (yield from it.rec.ask(Call.SEGMENT.call((requests,))))
 
 
+def segment_concepts(
+    it: Iteration, proposals: list[prompts.ViewProposal], boxes: list[np.ndarray], pick: str
+) -> Step[list[np.ndarray]]:
+    """Steps 7-8 by a concept segmenter (``models.concept``, SAM 3; ``concept.py``): A_i^u as the
+    concept, step 7's boxes as positive exemplars and, with ``sam3_negatives: mined``, the P_B
+    boxes of the names step 6 rejected as negative ones. Returns each view's probability,
+    float32 [h_k, w_k], as ``segment``."""
+    cfg, tr = it.cfg, it.trace
+    negatives, names = np.zeros((0, 4), np.float32), []
+    if cfg.sam3_negatives == "mined":
+        negatives, names = concept_step.rejected_boxes(proposals, it.views, pick, np.asarray(tr.boxes, np.float32))
+    tr.concept_negatives = names
+    requests = concept_step.concept_requests(it.crops, it.views, boxes, negatives, pick)
+    for entry, req in zip(tr.views, requests):  # view pixels
+        entry["sam_boxes"], entry["negative_boxes"] = np.round(req.positives, 1).tolist(), np.round(req.negatives, 1).tolist()
+    return (yield from it.rec.ask(Call.SEGMENT_CONCEPTS.call((requests,), (cfg.concept_threshold,))))
+
+
 def weight(it: Iteration, view_masks: list[np.ndarray], pick: str) -> Step[tuple[np.ndarray, np.ndarray]]:
     """Step 9 (eq 10-11): CLIP weighs the views' masks. Returns the iteration's soft map M_i
     (float32 [H, W] in [0, 1]) and segmentation M_i^bin (bool [H, W])."""
@@ -258,7 +277,10 @@ def iteration_steps(
     boxes = yield from detect(it, proposals, pick)  # step 7
     backgrounds = [b for b in dict.fromkeys(p.background for p in proposals if p.background) if b != pick]
     it.trace.clip_backgrounds = backgrounds if cfg.clip_background else []
-    view_masks = yield from segment(it, boxes, pick, it.trace.clip_backgrounds)  # step 8
+    if cfg.models.uses_concept:  # steps 7-8 by SAM 3, not in the paper
+        view_masks = yield from segment_concepts(it, proposals, boxes, pick)
+    else:
+        view_masks = yield from segment(it, boxes, pick, it.trace.clip_backgrounds)  # step 8
     soft, segmented = yield from weight(it, view_masks, pick)  # step 9
     record_masks(it.trace, soft, segmented)
     rec.charge("weight")

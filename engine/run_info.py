@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .config import ROLES, EngineConfig
+from .config import EngineConfig
 
 CONFIG_FILE, ENV_FILE = "config.yaml", "env.json"
 PACKAGES = (
@@ -45,7 +45,7 @@ def resolved_config(cfg: EngineConfig, models_dir: str | Path | None) -> EngineC
     from .models.load import role_path
 
     models = cfg.models
-    for role in ROLES:
+    for role in models.roles:
         path = role_path(models, role, models_dir)
         if path is not None:
             rc = dataclasses.replace(models.role(role), path=str(Path(path).resolve()))
@@ -58,7 +58,7 @@ def checkpoint_hashes(cfg: EngineConfig) -> dict[str, str]:
     directory above the role's) records it; roles without one are left out. ``cfg``'s paths
     must be resolved (``resolved_config``)."""
     out: dict[str, str] = {}
-    for role in ROLES:
+    for role in cfg.models.roles:
         path = cfg.models.role(role).path
         if not path:
             continue
@@ -136,7 +136,7 @@ def environment(cfg: EngineConfig) -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    devices = {role: cfg.models.device_of(role) for role in ROLES}
+    devices = {role: cfg.models.device_of(role) for role in cfg.models.roles}
     return {
         "int_engine_version": __version__,
         "git_sha": git_sha(),

@@ -34,6 +34,7 @@ class IterationTrace:
     boxes: list[list[float]] = field(default_factory=list)
     box_scores: list[float] = field(default_factory=list)
     clip_backgrounds: list[str] = field(default_factory=list)  # the names whose map eq 9's Spatial CLIP subtracts
+    concept_negatives: list[str] = field(default_factory=list)  # the rejected names whose boxes SAM 3 got as negatives
     mask_similarity: list[float | None] = field(default_factory=list)
     mask_weights: list[float] = field(default_factory=list)
     selected_views: list[str] = field(default_factory=list)  # the views whose masks make M_i^bin (SPEC step 9)

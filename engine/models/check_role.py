@@ -9,13 +9,14 @@ sharded checkpoint's index names shards that exist. Weights are never read.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import ROLES, ModelsConfig
+from ..config import ModelsConfig
 from ..errors import ConfigError, ModelLoadError
 from .checks import require_files
 from .load import PATHLESS, backend_class, check_role_options, role_path
@@ -109,15 +110,28 @@ def _clip_open(role: str, path: Path, options: dict[str, Any]) -> tuple[str, lis
     return clip_open.FORMAT, _present(role, path, [clip_open.CONFIG_FILE, clip_open.WEIGHT_FILES], clip_open.FORMAT)
 
 
+def _hf_layout(module: str) -> Callable[[str, Path, dict], tuple[str, list[Path]]]:
+    """The check of a backend whose ``load`` requires its module's ``EXPECTED`` files."""
+
+    def check(role: str, path: Path, options: dict[str, Any]) -> tuple[str, list[Path]]:
+        backend = importlib.import_module(f"int_engine.backends.{module}")
+        return backend.FORMAT, _present(role, path, backend.EXPECTED, backend.FORMAT)
+
+    return check
+
+
 # (role, backend) of load.BACKENDS -> its check: (role, path, options) -> (format, files checked).
 FILE_CHECKS: dict[tuple[str, str], Callable[[str, Path, dict], tuple[str, list[Path]]]] = {
     ("vlm", "hf"): _vlm_hf,
     ("vlm", "vllm"): _vlm_vllm,
     ("vlm", "openai"): _vlm_openai,
+    ("vlm", "qwen"): _hf_layout("vlm_qwen"),
     ("inpaint", "sd"): _inpaint_sd,
     ("detector", "gdino"): _detector_gdino,
     ("segmenter", "sam"): _segmenter_sam,
+    ("segmenter", "sam2"): _hf_layout("segment_sam2"),
     ("clip", "open_clip"): _clip_open,
+    ("concept", "sam3"): _hf_layout("segment_sam3"),
 }
 
 
@@ -192,5 +206,5 @@ def check_role(cfg: ModelsConfig, role: str, models_dir: str | Path | None = Non
 
 
 def check_models(cfg: ModelsConfig, models_dir: str | Path | None = None) -> list[RoleCheck]:
-    """``check_role`` for every role, in ``ROLES`` order."""
-    return [check_role(cfg, role, models_dir) for role in ROLES]
+    """``check_role`` for every role of ``cfg.roles``, in that order."""
+    return [check_role(cfg, role, models_dir) for role in cfg.roles]

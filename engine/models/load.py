@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..calls import ROLE_FIELD
-from ..config import ROLES, ModelsConfig
+from ..config import ModelsConfig
 from ..errors import ConfigError, ModelLoadError
 from ..log import get_logger
 from ..protocols import Models
@@ -32,11 +32,14 @@ BACKENDS: dict[tuple[str, str], str] = {
     ("vlm", "hf"): "vlm_hf:HFLlavaVLM",
     ("vlm", "vllm"): "vlm_vllm:VLLMLlavaVLM",
     ("vlm", "openai"): "vlm_openai:OpenAILlavaVLM",
+    ("vlm", "qwen"): "vlm_qwen:HFQwenVLM",
     ("inpaint", "sd"): "inpaint_sd:SDInpainter",
     ("inpaint", "telea"): "inpaint_telea:TeleaInpainter",
     ("detector", "gdino"): "detect_gdino:GroundingDinoDetector",
     ("segmenter", "sam"): "segment_sam:SamSegmenter",
+    ("segmenter", "sam2"): "segment_sam2:Sam2Segmenter",
     ("clip", "open_clip"): "clip_open:OpenClipModel",
+    ("concept", "sam3"): "segment_sam3:Sam3ConceptSegmenter",
 }
 PATHLESS = {("inpaint", "telea")}
 
@@ -157,7 +160,7 @@ def check_role_options(cfg: ModelsConfig, role: str) -> None:
 
 def check_options(cfg: ModelsConfig) -> None:
     """Check every role's backend and options (see ``check_role_options``); loads nothing."""
-    for role in ROLES:
+    for role in cfg.roles:
         check_role_options(cfg, role)
 
 
@@ -191,11 +194,11 @@ def load_role(cfg: ModelsConfig, role: str, models_dir: str | Path | None = None
 
 
 def load_models(cfg: ModelsConfig, models_dir: str | Path | None = None) -> Models:
-    """Load every role (offline). Raises ConfigError on a bad option before any model is
+    """Load every role of ``cfg.roles`` (offline; ``concept`` only when it has a backend). Raises ConfigError on a bad option before any model is
     loaded, and ModelLoadError naming the role and path on a failed load."""
     check_options(cfg)
     offline()
-    roles = {ROLE_FIELD[role]: load_role(cfg, role, models_dir) for role in ROLES}
+    roles = {ROLE_FIELD[role]: load_role(cfg, role, models_dir) for role in cfg.roles}
     return Models(**roles, miner=load_miner(cfg))
 
 

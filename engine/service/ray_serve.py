@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType, ModuleType
 from typing import TYPE_CHECKING, Any
 
-from ..config import ROLES, EngineConfig
+from ..config import EngineConfig
 from ..log import get_logger
 from .ray_runtime import bind_replica_grpc_to_node_ip, connect, import_serve, init_local
 
@@ -66,7 +66,7 @@ class RaySettings:
 
 def cuda_devices(config: EngineConfig) -> list[str]:
     """The distinct CUDA devices the config's roles run on, in order ("cuda" counts as "cuda:0")."""
-    devices = {_cuda_index(config.models.device_of(role)) for role in ROLES}
+    devices = {_cuda_index(config.models.device_of(role)) for role in config.models.roles}
     return [f"cuda:{i}" for i in sorted(d for d in devices if d is not None)]
 
 
@@ -90,7 +90,7 @@ def replica_config(config: EngineConfig) -> EngineConfig:
     models = replace(
         config.models,
         device=moved(config.models.device) or config.models.device,
-        **{role: replace(config.models.role(role), device=moved(config.models.role(role).device)) for role in ROLES},
+        **{role: replace(config.models.role(role), device=moved(config.models.role(role).device)) for role in config.models.roles},
     )
     return replace(config, models=models)
 

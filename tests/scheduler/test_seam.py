@@ -14,7 +14,7 @@ from scheduler_scenes import WORLD, jobs, scenes  # every image-iteration of the
 import int_engine.calls as calls_module
 from int_engine.api import IntEngine
 from int_engine.calls import MINE_ROLE, ROLE_FIELD, Call, CallKind, ModelCall, run_model
-from int_engine.config import ROLES, EngineConfig
+from int_engine.config import OPTIONAL_ROLES, ROLES, EngineConfig, apply_overrides
 from int_engine.errors import ImageError
 from int_engine.io import write_png
 from int_engine.loop import EngineLoop
@@ -22,6 +22,7 @@ from int_engine.pipeline import drive, image_steps, run
 from int_engine.protocols import Models
 from int_engine.scheduler import Scheduler, _Job
 from int_engine.testing import scripted_models
+from int_engine.testing.concept import ScriptedConceptSegmenter
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,13 +40,14 @@ def waiting(kind: CallKind) -> _Job:
 def test_the_declaration_is_the_tick_order_and_names_every_role():
     assert [k.rank for k in Call] == list(range(len(Call)))
     assert Call.GENERATE.rank == 0 and Call.MINE.rank == 3 and Call.IMAGE_TEXT_SIMILARITY.rank == len(Call) - 1
-    # one role -> Models map, over config.ROLES and mining, naming Models' own fields
-    assert tuple(ROLE_FIELD) == (*ROLES, MINE_ROLE)
+    # one role -> Models map, over config.ROLES, the optional roles and mining, naming Models' own fields
+    assert tuple(ROLE_FIELD) == (*ROLES, *OPTIONAL_ROLES, MINE_ROLE)
     assert set(ROLE_FIELD.values()) == {f.name for f in dataclasses.fields(Models)}
     assert {k.role for k in Call} == set(ROLE_FIELD)  # every role is called, nothing else is
     hints = typing.get_type_hints(Models)
     for kind in Call:  # each declared method is a method of the role's protocol: mining too
-        assert callable(getattr(hints[kind.field], kind.method, None)), kind.label
+        protocol = [t for t in typing.get_args(hints[kind.field]) if t is not type(None)] or [hints[kind.field]]
+        assert callable(getattr(protocol[0], kind.method, None)), kind.label
     assert Call.MINE.field == "miner"
     assert Call.of("inpaint", "inpaint") is Call.INPAINT and Call.INPAINT.field == "inpainter"
 
@@ -114,17 +116,25 @@ def test_the_order_decides_the_batches_never_the_masks(monkeypatch):
     assert permuted[3] == "mine.mine" and len(permuted) == 3 + 5 + 7 + 8 + 7
 
 
-def test_every_call_of_a_two_iteration_image_is_declared_in_the_order_it_is_made():
+@pytest.mark.parametrize("concept", [False, True])
+def test_every_call_of_a_two_iteration_image_is_declared_in_the_order_it_is_made(concept):
+    """Every declared call is made (SAM and Spatial CLIP, or with ``models.concept`` the concept
+    segmenter in their place), each in the declared order, once per iteration."""
     cfg = EngineConfig(iterations=2)
+    models = scripted_models(WORLD)
+    if concept:
+        cfg = apply_overrides(cfg, ["models.concept.backend=sam3"])
+        models.concept = ScriptedConceptSegmenter(WORLD)
     made: list[ModelCall] = []
 
     def execute(models, call):
         made.append(call)
         return run_model(models, call)
 
-    drive(image_steps(scenes(1)[0], cfg), scripted_models(WORLD), execute)
+    drive(image_steps(scenes(1)[0], cfg), models, execute)
     assert all(isinstance(c.kind, Call) and c.kind.stage == c.stage for c in made)
-    assert {c.kind for c in made} == set(Call)  # no declared call is dead
+    replaced = {Call.SEGMENT, Call.SIMILARITY_MAPS} if concept else {Call.SEGMENT_CONCEPTS}
+    assert {c.kind for c in made} == set(Call) - replaced  # no declared call is dead
     per_iteration = [[]]
     for c in made:  # a call earlier in the order than the last one starts the next iteration
         if per_iteration[-1] and c.kind.rank <= per_iteration[-1][-1]:
