@@ -119,6 +119,11 @@ def build_pipeline(p: Path, device: str, dtype: str, scheduler: str | None, vari
         raise ModelLoadError(f"{ROLE}: {p}: {type(pipe).__name__} is not an inpainting pipeline (no mask_image)")
     if getattr(pipe, "watermark", None) is not None:  # SDXL's invisible watermark, when installed
         pipe.watermark = None
+    vae = getattr(pipe, "vae", None)
+    if dtype == "float32" and vae is not None and getattr(vae.config, "force_upcast", False):
+        # SDXL's VAE asks to be upcast to float32 around every decode; already float32, that is two
+        # no-op casts per call, each logging a diffusers warning
+        vae.register_to_config(force_upcast=False)
     return pipe
 
 

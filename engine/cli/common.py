@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..presets import PRESETS
+
 FATAL = 101
 
 
@@ -50,12 +52,13 @@ def _ablation(item: str) -> str:
 
 def _models_dir(args: argparse.Namespace, cfg) -> Path | None:
     from ..models.cache import TINY_WARNING, ensure_tiny_zoo
+    from ..models.zoo import zoo_lineup
 
     if args.models:
         return Path(args.models)
-    if all(cfg.models.role(r).path for r in ("vlm", "inpaint", "detector", "segmenter", "clip")):
+    if all(cfg.models.role(r).path for r in cfg.models.roles):
         return None
-    zoo = ensure_tiny_zoo()
+    zoo = ensure_tiny_zoo(lineup=zoo_lineup(cfg.models))
     print(TINY_WARNING.format(path=zoo), file=sys.stderr)
     return zoo
 
@@ -93,7 +96,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """The flags ``_config`` reads: --task, --preset, --config, --iterations, --early-stop, --seed,
     --device, --ablation, --set."""
     parser.add_argument("--task", help='task-generic prompt, e.g. "camouflaged animal"')
-    parser.add_argument("--preset", help="cod | polyp | skin | fast | gensam | promac")
+    parser.add_argument("--preset", help=" | ".join(PRESETS))
     parser.add_argument("--config", help="YAML or JSON EngineConfig")
     parser.add_argument("--iterations", type=int)
     parser.add_argument("--early-stop", action="store_true", help=EARLY_STOP_HELP)

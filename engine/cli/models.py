@@ -11,7 +11,7 @@ from .common import FATAL
 def cmd_models_tiny(args: argparse.Namespace) -> int:
     from ..models.zoo import build_tiny_zoo
 
-    manifest = build_tiny_zoo(args.out, seed=args.seed, scale=args.scale)
+    manifest = build_tiny_zoo(args.out, seed=args.seed, scale=args.scale, lineup=args.lineup)
     for role, m in manifest["models"].items():
         print(f"{role:10s} {m['format']:28s} {m['params']:>10,d} params  {m['build_seconds']:.1f}s")
     print(f"{args.scale} zoo written to {args.out}")
@@ -81,6 +81,12 @@ def add_parser(sub) -> None:
         help="small: ViT-B-sized SAM/CLIP, a 256 px SD UNet, ... for throughput measurements",
     )
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument(
+        "--lineup",
+        choices=("paper", "modern"),
+        default="paper",
+        help="paper: LLaVA-1.5, SD2, GroundingDINO, SAM, CLIP; modern: Qwen3-VL, SDXL, GroundingDINO, SAM 2.1, CLIP, SAM 3",
+    )
     tiny.set_defaults(func=cmd_models_tiny)
     verify = models.add_parser("verify", help="check a zoo against its manifest")
     verify.add_argument("dir")

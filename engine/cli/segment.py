@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..presets import PRESETS
 from .common import EARLY_STOP_HELP, FATAL, _config, _models_dir, _output_dirs, expand_inputs
 
 
@@ -155,7 +156,7 @@ def add_parser(sub) -> None:
         help="write into a non-empty --out, skipping images whose folder holds every --save output",
     )
     seg.add_argument("--task", help='task-generic prompt, e.g. "camouflaged animal"')
-    seg.add_argument("--preset", help="cod | polyp | skin | fast | gensam | promac")
+    seg.add_argument("--preset", help=" | ".join(PRESETS))
     seg.add_argument("--config", help="YAML or JSON EngineConfig (e.g. an earlier run's OUT/config.yaml)")
     seg.add_argument("--models", help="folder with vlm/ inpaint/ detector/ segmenter/ clip/ (default: the tiny zoo)")
     seg.add_argument("--iterations", type=int)

@@ -26,12 +26,13 @@ def cache_root() -> Path:
     return Path(os.environ.get("INT_ENGINE_CACHE") or user_cache_dir("int-engine"))
 
 
-def default_zoo_dir(seed: int = 0) -> Path:
-    return cache_root() / f"tiny-zoo-v{ZOO_VERSION}-seed{seed}"
+def default_zoo_dir(seed: int = 0, lineup: str = "paper") -> Path:
+    prefix = "tiny-zoo" if lineup == "paper" else f"tiny-{lineup}-zoo"
+    return cache_root() / f"{prefix}-v{ZOO_VERSION}-seed{seed}"
 
 
-def ensure_tiny_zoo(path: str | Path | None = None, seed: int = 0) -> Path:
-    """The tiny zoo's directory, built first if it is missing or incomplete.
+def ensure_tiny_zoo(path: str | Path | None = None, seed: int = 0, lineup: str = "paper") -> Path:
+    """The tiny zoo's directory (of ``lineup``: ``zoo.LINEUPS``), built first if it is missing or incomplete.
 
     It is built in a temporary sibling directory and renamed into place, so an
     interrupted build never leaves a half-written zoo that looks complete.
@@ -40,8 +41,8 @@ def ensure_tiny_zoo(path: str | Path | None = None, seed: int = 0) -> Path:
     run that pauses says why, and a WARNING line with where and how long once done, since a
     build in the middle of a run is worth seeing at the CLI's default level.
     """
-    target = Path(path) if path else default_zoo_dir(seed)
-    if is_complete_zoo(target, seed):
+    target = Path(path) if path else default_zoo_dir(seed, lineup)
+    if is_complete_zoo(target, seed, lineup=lineup):
         log.debug("tiny zoo: using %s", target)
         return target
     log.info("tiny zoo: none at %s; building it (first use, once)", target)
@@ -49,7 +50,7 @@ def ensure_tiny_zoo(path: str | Path | None = None, seed: int = 0) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".building-", dir=target.parent))
     try:
-        build_tiny_zoo(tmp, seed=seed)
+        build_tiny_zoo(tmp, seed=seed, lineup=lineup)
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)

@@ -75,6 +75,12 @@ def _vlm_vllm(role: str, path: Path, options: dict[str, Any]) -> tuple[str, list
     return vlm_vllm.FORMAT, _present(role, path, vlm_vllm.EXPECTED_FILES, vlm_vllm.FORMAT)
 
 
+def _vlm_qwen_vllm(role: str, path: Path, options: dict[str, Any]) -> tuple[str, list[Path]]:
+    if importlib.util.find_spec("vllm") is None:
+        raise ModelLoadError(f"{role}: the qwen_vllm backend needs vLLM (pip install 'int-engine[vllm]'), not installed")
+    return _hf_layout("vlm_qwen_vllm")(role, path, options)
+
+
 def _vlm_openai(role: str, path: Path, options: dict[str, Any]) -> tuple[str, list[Path]]:
     # the weights are the server's: only LLaVA's config, tokenizer and processor files are local
     from ..backends import vlm_openai
@@ -126,7 +132,9 @@ FILE_CHECKS: dict[tuple[str, str], Callable[[str, Path, dict], tuple[str, list[P
     ("vlm", "vllm"): _vlm_vllm,
     ("vlm", "openai"): _vlm_openai,
     ("vlm", "qwen"): _hf_layout("vlm_qwen"),
+    ("vlm", "qwen_vllm"): _vlm_qwen_vllm,
     ("inpaint", "sd"): _inpaint_sd,
+    ("inpaint", "diffusers"): _hf_layout("inpaint_diffusers"),
     ("detector", "gdino"): _detector_gdino,
     ("segmenter", "sam"): _segmenter_sam,
     ("segmenter", "sam2"): _hf_layout("segment_sam2"),

@@ -33,8 +33,8 @@ from .corpus import tokenizer_corpus
 
 # CLIP's pre-tokeniser: special tokens, contractions, letter runs, single digits, punctuation runs.
 _CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
-_BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
-_MAX_LEN = 77  # CLIP's context length; the text encoder's position table has this many rows
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+MAX_LEN = 77  # CLIP's context length; the text encoder's position table has this many rows
 
 
 def _byte_alphabet() -> list[str]:
@@ -49,7 +49,7 @@ def _byte_alphabet() -> list[str]:
     return [chr(b) for b in printable] + [chr(256 + n) for n in range(n_other)]
 
 
-def _train_clip_bpe(n_merges: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+def train_clip_bpe(n_merges: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Train up to ``n_merges`` CLIP-style BPE merges on the engine's corpus and lay the
     vocabulary out as CLIP does: 256 byte symbols, the same 256 with ``</w>``, one token per
     merge in merge order, then the two special tokens. Every byte is in the vocabulary, so
@@ -86,20 +86,20 @@ def _train_clip_bpe(n_merges: int) -> tuple[dict[str, int], list[tuple[str, str]
         if a + b not in seen:  # two merges may spell the same token; it gets one id
             seen.add(a + b)
             vocab_list.append(a + b)
-    vocab_list += [_BOS, _EOS]
+    vocab_list += [BOS, EOS]
     return {t: i for i, t in enumerate(vocab_list)}, merges
 
 
-def _write_tokenizer(out: Path, vocab: dict[str, int], merges: list[tuple[str, str]]) -> None:
+def write_tokenizer(out: Path, vocab: dict[str, int], merges: list[tuple[str, str]]) -> None:
     """The four files of a real CLIP tokenizer folder (no tokenizer.json, as in SD2's repo)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (out / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
-    specials = {"bos_token": _BOS, "eos_token": _EOS, "unk_token": _EOS, "pad_token": "!"}
+    specials = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": "!"}
     (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
     config = {
         "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": _MAX_LEN,
+        "model_max_length": MAX_LEN,
         "do_lower_case": True,
         "errors": "replace",
         "add_prefix_space": False,
@@ -174,9 +174,9 @@ def build(out_dir: Path, seed: int = 0, scale: str = "tiny") -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
 
-    vocab, merges = _train_clip_bpe(n_merges=600)
+    vocab, merges = train_clip_bpe(n_merges=600)
     tok_dir = out_dir / "tokenizer"
-    _write_tokenizer(tok_dir, vocab, merges)
+    write_tokenizer(tok_dir, vocab, merges)
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir, local_files_only=True)
 
     # SD2 conventions: linear projections in the transformer blocks, GELU CLIP text encoder.
@@ -192,10 +192,10 @@ def build(out_dir: Path, seed: int = 0, scale: str = "tiny") -> dict:
         CLIPTextConfig(
             vocab_size=len(vocab),
             **sizes["text"],
-            max_position_embeddings=_MAX_LEN,
+            max_position_embeddings=MAX_LEN,
             hidden_act="gelu",
-            bos_token_id=vocab[_BOS],
-            eos_token_id=vocab[_EOS],
+            bos_token_id=vocab[BOS],
+            eos_token_id=vocab[EOS],
             pad_token_id=vocab["!"],
         )
     )
@@ -223,7 +223,7 @@ def build(out_dir: Path, seed: int = 0, scale: str = "tiny") -> dict:
     pipe.save_pretrained(out_dir, safe_serialization=True)
     # save_pretrained rewrites the tokenizer (adding tokenizer.json); put back the real layout.
     shutil.rmtree(tok_dir)
-    _write_tokenizer(tok_dir, vocab, merges)
+    write_tokenizer(tok_dir, vocab, merges)
 
     params = sum(p.numel() for m in (unet, vae, text_encoder) for p in m.parameters())
     return {"format": "diffusers-sd-inpaint", "params": int(params)}

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .tiny_inpaint import _BOS, _EOS, _MAX_LEN, _train_clip_bpe, _write_tokenizer
+from .tiny_inpaint import BOS, EOS, MAX_LEN, train_clip_bpe, write_tokenizer
 
 FORMAT = "diffusers-sd3"
 _TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, projection_dim=32)
@@ -39,8 +39,8 @@ def _text_encoders(vocab: dict[str, int]):
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     def config(act: str) -> CLIPTextConfig:
-        ids = dict(bos_token_id=vocab[_BOS], eos_token_id=vocab[_EOS], pad_token_id=vocab["!"])
-        return CLIPTextConfig(vocab_size=len(vocab), max_position_embeddings=_MAX_LEN, hidden_act=act, **_TEXT, **ids)
+        ids = dict(bos_token_id=vocab[BOS], eos_token_id=vocab[EOS], pad_token_id=vocab["!"])
+        return CLIPTextConfig(vocab_size=len(vocab), max_position_embeddings=MAX_LEN, hidden_act=act, **_TEXT, **ids)
 
     return CLIPTextModelWithProjection(config("quick_gelu")), CLIPTextModelWithProjection(config("gelu"))
 
@@ -60,9 +60,9 @@ def build(out_dir: Path, seed: int = 0, scale: str = "tiny") -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
 
-    vocab, merges = _train_clip_bpe(n_merges=600)
+    vocab, merges = train_clip_bpe(n_merges=600)
     for name in ("tokenizer", "tokenizer_2"):
-        _write_tokenizer(out_dir / name, vocab, merges)
+        write_tokenizer(out_dir / name, vocab, merges)
     tokenizer = CLIPTokenizer.from_pretrained(out_dir / "tokenizer", local_files_only=True)
     tokenizer_2 = CLIPTokenizer.from_pretrained(out_dir / "tokenizer_2", local_files_only=True)
     text_encoder, text_encoder_2 = _text_encoders(vocab)
@@ -112,7 +112,7 @@ def build(out_dir: Path, seed: int = 0, scale: str = "tiny") -> dict:
     # save_pretrained rewrites the tokenizers (adding tokenizer.json); put back the real layout.
     for name in ("tokenizer", "tokenizer_2"):
         shutil.rmtree(out_dir / name)
-        _write_tokenizer(out_dir / name, vocab, merges)
+        write_tokenizer(out_dir / name, vocab, merges)
 
     params = sum(p.numel() for m in (transformer, vae, text_encoder, text_encoder_2) for p in m.parameters())
     return {"format": FORMAT, "params": int(params)}

@@ -4,6 +4,10 @@ format of its real checkpoint, with a manifest. Tests, CI and the demo run on it
 The same builders write a second scale, ``small``: the same architectures and formats with
 configurations close to the real models' per-layer sizes (fewer layers), so that throughput
 measured on it is dominated by the models' compute rather than by Python.
+
+Two lineups: ``paper`` (the paper's models: LLaVA-1.5, SD2 inpainting, GroundingDINO, SAM, CLIP)
+and ``modern`` (the ``modern`` preset's: Qwen3-VL, SDXL inpainting, GroundingDINO, SAM 2.1, CLIP,
+plus SAM 3 for the optional concept role), tiny only.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import shutil
 import time
 from pathlib import Path
 
-from ..config import ROLES
 from ..errors import ModelLoadError
 
 MANIFEST = "manifest.json"
@@ -28,6 +31,23 @@ BUILDERS = {
     "detector": "tiny_detector",
     "segmenter": "tiny_segmenter",
     "clip": "tiny_clip",
+}
+# lineup -> role -> (builder module, its extra arguments); the modern lineup is built at "tiny" only
+LINEUPS: dict[str, dict[str, tuple[str, dict]]] = {
+    "paper": {role: (module, {}) for role, module in BUILDERS.items()},
+    "modern": {
+        "vlm": ("tiny_qwen", {"family": "qwen3_vl"}),
+        "inpaint": ("tiny_inpaint_sdxl", {}),
+        "detector": ("tiny_detector", {}),
+        "segmenter": ("tiny_sam2", {}),
+        "clip": ("tiny_clip", {}),
+        "concept": ("tiny_sam3", {}),
+    },
+}
+# the backends each lineup's files are read by (``zoo_lineup`` matches a config against them)
+LINEUP_BACKENDS = {
+    "paper": {"vlm": "hf", "inpaint": "sd", "segmenter": "sam"},
+    "modern": {"vlm": "qwen", "inpaint": "diffusers", "segmenter": "sam2"},
 }
 
 
@@ -42,9 +62,16 @@ def checksum(directory: Path) -> str:
     return h.hexdigest()
 
 
-def build_tiny_zoo(out: str | Path, seed: int = 0, scale: str = "tiny") -> dict:
-    """Write the five models of ``scale`` ("tiny" or "small") under ``out/<role>`` and
-    ``out/manifest.json``; returns the manifest.
+def zoo_lineup(models) -> str:
+    """The lineup whose files a ``ModelsConfig`` reads: "modern" when its VLM, inpainter and
+    segmenter backends are the modern preset's, else "paper"."""
+    modern = LINEUP_BACKENDS["modern"]
+    return "modern" if all(models.role(role).backend == b for role, b in modern.items()) else "paper"
+
+
+def build_tiny_zoo(out: str | Path, seed: int = 0, scale: str = "tiny", lineup: str = "paper") -> dict:
+    """Write the models of ``lineup`` at ``scale`` ("tiny" or "small"; modern: "tiny") under
+    ``out/<role>`` and ``out/manifest.json``; returns the manifest.
 
     The manifest is written last, so a directory with a manifest is a complete zoo.
     """
@@ -52,17 +79,19 @@ def build_tiny_zoo(out: str | Path, seed: int = 0, scale: str = "tiny") -> dict:
 
     if scale not in SCALES:
         raise ValueError(f"zoo: unknown scale {scale!r}; scales are {', '.join(SCALES)}")
+    if lineup not in LINEUPS or (lineup != "paper" and scale != "tiny"):
+        raise ValueError(f"zoo: no {scale} zoo of lineup {lineup!r}; lineups are {', '.join(LINEUPS)} (modern: tiny only)")
     quiet_libraries()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)
     models = {}
-    for role in ROLES:
+    for role, (module, extra) in LINEUPS[lineup].items():
         target = out / role
         if target.exists():
             shutil.rmtree(target)
         start = time.perf_counter()
-        info = importlib.import_module(f"int_engine.models.{BUILDERS[role]}").build(target, seed=seed, scale=scale)
+        info = importlib.import_module(f"int_engine.models.{module}").build(target, seed=seed, scale=scale, **extra)
         models[role] = {
             "path": role,
             "format": info["format"],
@@ -70,7 +99,7 @@ def build_tiny_zoo(out: str | Path, seed: int = 0, scale: str = "tiny") -> dict:
             "sha256": checksum(target),
             "build_seconds": round(time.perf_counter() - start, 3),
         }
-    manifest = {"zoo": scale, "version": ZOO_VERSION, "seed": seed, "scale": scale, "models": models}
+    manifest = {"zoo": scale, "version": ZOO_VERSION, "seed": seed, "scale": scale, "lineup": lineup, "models": models}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
 
@@ -91,10 +120,11 @@ def verify_zoo(directory: str | Path) -> list[str]:
     return [role for role, m in manifest["models"].items() if checksum(Path(directory) / m["path"]) != m["sha256"]]
 
 
-def is_complete_zoo(directory: str | Path, seed: int = 0, scale: str = "tiny") -> bool:
-    """True when ``directory`` holds a zoo of this version, seed and scale with all roles.
+def is_complete_zoo(directory: str | Path, seed: int = 0, scale: str = "tiny", lineup: str = "paper") -> bool:
+    """True when ``directory`` holds a zoo of this version, seed, scale and lineup with all its roles.
 
-    A manifest without ``scale`` (written before scales existed) is a tiny zoo.
+    A manifest without ``scale`` (written before scales existed) is a tiny zoo; one without
+    ``lineup`` a paper zoo.
     """
     try:
         manifest = read_manifest(directory)
@@ -104,5 +134,6 @@ def is_complete_zoo(directory: str | Path, seed: int = 0, scale: str = "tiny") -
         manifest.get("version") == ZOO_VERSION
         and manifest.get("seed") == seed
         and manifest.get("scale", "tiny") == scale
-        and set(manifest.get("models", {})) == set(ROLES)
+        and manifest.get("lineup", "paper") == lineup
+        and set(manifest.get("models", {})) == set(LINEUPS[lineup])
     )

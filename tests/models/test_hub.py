@@ -189,7 +189,7 @@ def test_building_the_tiny_zoo_is_logged_with_where_and_how_long(tmp_path, monke
 
     from int_engine.models import cache
 
-    def fake_build(out, seed=0):  # a complete manifest is all ensure_tiny_zoo looks at
+    def fake_build(out, seed=0, lineup="paper"):  # a complete manifest is all ensure_tiny_zoo looks at
         Path(out).mkdir(parents=True, exist_ok=True)
         manifest = {"version": cache.ZOO_VERSION, "seed": seed, "scale": "tiny", "models": {r: {} for r in ROLES}}
         (Path(out) / "manifest.json").write_text(json.dumps(manifest))
