@@ -8,7 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"engine": "int_engine", "kernels": "int_engine.kernels", "bench": "int_engine.bench"}
-STEPS = {f"int_engine.{m}" for m in ("patches", "prompts", "mining", "masks", "fuse", "contrast")}
+STEPS = {f"int_engine.{m}" for m in ("patches", "prompts", "mining", "masks", "fuse", "contrast", "concept")}
 STEP_MAY_IMPORT = STEPS | {f"int_engine.{m}" for m in ("config", "io", "protocols", "errors")}
 SERVING = ("fastapi", "starlette", "uvicorn", "ray")
 
