@@ -264,8 +264,18 @@ def main(argv: list[str] | None = None) -> int:
     for f in Settings.__dataclass_fields__.values():
         parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     parser.add_argument("--json", help="write every figure to this file")
+    parser.add_argument(
+        "--lineup",
+        choices=("paper", "modern"),
+        default="paper",
+        help="modern: the modern preset's memory plan (bench.cost_modern)",
+    )
     args = parser.parse_args(argv)
     s = Settings(**{f: getattr(args, f) for f in Settings.__dataclass_fields__})
+    if args.lineup == "modern":
+        from . import cost_modern
+
+        return cost_modern.run(s, args.json)
     model = cost_model(s)
     data = report(model, s)
     print(f"INT at the paper's settings: {s.views} views, {s.iterations} iterations, {s.candidates} candidates, {s.dtype}")
