@@ -23,7 +23,7 @@ naming the first difference, never a silent shift of the scores.
 Scores: ``prompt_logprobs: 0`` (vLLM's extra parameter) and ``max_tokens: 1``. The answer holds,
 per prompt position i, the log-prob of prompt token i given the tokens before it (entry 0 null);
 the answer's tokens are the last ``len(answer ids)`` prompt tokens (``answer_token_ids``, the
-in-process rule) and a score is their mean, as ``vlm_vllm._mean_answer_logprob``. vLLM does not read
+in-process rule) and a score is their mean, as ``vlm_vllm.mean_answer_logprob``. vLLM does not read
 its prefix cache for a request that asks for prompt log-probs (the chat API cannot ask otherwise),
 so every row computes its image and prompt again; the in-process backend reads them from its cache.
 

@@ -40,7 +40,7 @@ from PIL import Image
 
 from ..errors import ConfigError, ModelLoadError
 from ..models.checks import require_files
-from . import vlm_vllm
+from . import vllm_slot, vlm_vllm
 from .llava_common import _check_image, _check_lengths, chat_texts, distinct_rows, refuse_float32_overflow
 from .qwen_boxes import FAMILIES, engine_box_text
 from .qwen_inputs import QwenInputs
@@ -129,8 +129,7 @@ class VLLMQwenVLM(QwenInputs):
         llm, processor = _start(p, device, dtype, engine, in_process=not multiprocessing)
         vlm = cls(llm, processor, family, bool(engine.get("enable_prefix_caching")), not multiprocessing, box_frame)
         if vlm.in_process:
-            # the one-in-process-engine slot is vlm_vllm's, shared by both vLLM backends
-            vlm_vllm._open_in_process = id(vlm)
+            vllm_slot.claim(ROLE, vlm)
         return vlm
 
     # ---- lifetime ----------------------------------------------------------------------------
@@ -143,8 +142,7 @@ class VLLMQwenVLM(QwenInputs):
         try:
             self.llm.llm_engine.engine_core.shutdown(timeout=vlm_vllm.SHUTDOWN_TIMEOUT_S)
         finally:
-            if vlm_vllm._open_in_process == id(self):
-                vlm_vllm._open_in_process = None
+            vllm_slot.release(self)
 
     def __enter__(self) -> "VLLMQwenVLM":
         return self
@@ -222,9 +220,7 @@ class VLLMQwenVLM(QwenInputs):
         knowing its view's size and its resized input's (``QwenInputs.input_size``)."""
         if self.box_frame == "native":
             return answers
-        return [
-            engine_box_text(a, self.family, im.shape[1], im.shape[0], self.input_size(im)) for a, im in zip(answers, images)
-        ]
+        return [engine_box_text(a, self.family, im.shape[1], im.shape[0], self.input_size(im)) for a, im in zip(answers, images)]
 
     def score(self, images: Sequence[np.ndarray], prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
         """Mean log-probability of ``answers[j]``'s own tokens (stripped, tokenised alone) after
@@ -248,11 +244,11 @@ class VLLMQwenVLM(QwenInputs):
         todo = list(range(len(answers)))
         counts = self.last_stats = dict.fromkeys(self.stats, 0) | {"calls": 1, "rows": len(answers)}
         for read_cache in (self.prefix_caching, False):
-            outputs = self._run([requests[j] for j in todo], vlm_vllm._score_params(read_cache))
+            outputs = self._run([requests[j] for j in todo], vlm_vllm.score_params(read_cache))
             missed = []
             for j, out in zip(todo, outputs):
-                vlm_vllm._count(counts, out, len(answer_ids[j]))
-                value = vlm_vllm._mean_answer_logprob(out, answer_ids[j], j)
+                vlm_vllm.count_cached(counts, out, len(answer_ids[j]))
+                value = vlm_vllm.mean_answer_logprob(out, answer_ids[j], j)
                 if value is None:
                     missed.append(j)
                 else:
@@ -275,17 +271,12 @@ def _start(path: Path, device: str, dtype: str, engine: dict[str, Any], in_proce
     from vllm.platforms import current_platform
 
     if torch.device(device).type != current_platform.device_type:
-        raise ConfigError(
-            f"{ROLE}: device {device!r} asked for, but the installed vLLM runs on {current_platform.device_type!r}"
-        )
-    if in_process and vlm_vllm._open_in_process is not None:
-        raise ConfigError(
-            f"{ROLE}: another in-process vLLM engine is open in this process; close() it first, "
-            "or load with multiprocessing=True"
-        )
+        raise ConfigError(f"{ROLE}: device {device!r} asked for, but the installed vLLM runs on {current_platform.device_type!r}")
+    if in_process:
+        vllm_slot.require_free(ROLE)
     try:
         processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-        with vlm_vllm._process_state_kept(in_process=in_process):
+        with vlm_vllm.process_state_kept(in_process=in_process):
             llm = LLM(str(path), tokenizer=str(path), dtype=dtype, **engine)
     except Exception as err:
         raise ModelLoadError(f"{ROLE}: cannot load {FORMAT} from {path}: {err}") from err

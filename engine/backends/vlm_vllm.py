@@ -39,6 +39,7 @@ from PIL import Image
 
 from ..errors import ConfigError, ModelLoadError
 from ..models.checks import require_files
+from . import vllm_slot
 from .llava_common import (
     _check_image,
     _check_lengths,
@@ -62,8 +63,7 @@ FORMAT = "llava-hf LlavaForConditionalGeneration (vLLM)"
 DTYPES = ("float32", "bfloat16", "float16")
 SHUTDOWN_TIMEOUT_S = 30
 # In-process engines share vLLM's process-global distributed state; closing one tears it
-# down under the others. So one at a time: the id of the open one, or None.
-_open_in_process: int | None = None
+# down under the others. So one at a time, for every vLLM backend: ``vllm_slot``.
 
 
 class VLLMLlavaVLM(LlavaText):
@@ -151,18 +151,14 @@ class VLLMLlavaVLM(LlavaText):
             raise ConfigError(
                 f"{ROLE}: device {device!r} asked for, but the installed vLLM runs on {current_platform.device_type!r}"
             )
-        global _open_in_process
-        if not multiprocessing and _open_in_process is not None:
-            raise ConfigError(
-                f"{ROLE}: another in-process vLLM engine is open in this process; close() it first, "
-                "or load with multiprocessing=True"
-            )
+        if not multiprocessing:
+            vllm_slot.require_free(ROLE)
         try:
             processor = AutoProcessor.from_pretrained(p, local_files_only=True)
             config = AutoConfig.from_pretrained(p, local_files_only=True)
             # an older snapshot's processor lacks patch_size (vLLM counts image tokens itself)
             complete_processor(processor, config)
-            with _process_state_kept(in_process=not multiprocessing):
+            with process_state_kept(in_process=not multiprocessing):
                 llm = LLM(str(p), tokenizer=str(p), dtype=dtype, **engine)
         except Exception as err:
             raise ModelLoadError(f"{ROLE}: cannot load {FORMAT} from {p}: {err}") from err
@@ -174,22 +170,20 @@ class VLLMLlavaVLM(LlavaText):
             chat_format=chat_format_of(ROLE, chat_format, config),
         )
         if vlm.in_process:
-            _open_in_process = id(vlm)
+            vllm_slot.claim(ROLE, vlm)
         return vlm
 
     # ---- lifetime ----------------------------------------------------------------------------
 
     def close(self) -> None:
         """Stop the engine (waits up to 30 s for it to finish cleanly). Idempotent."""
-        global _open_in_process
         if self._closed:
             return
         self._closed = True
         try:
             self.llm.llm_engine.engine_core.shutdown(timeout=SHUTDOWN_TIMEOUT_S)
         finally:
-            if _open_in_process == id(self):
-                _open_in_process = None
+            vllm_slot.release(self)
 
     def __enter__(self) -> "VLLMLlavaVLM":
         return self
@@ -285,12 +279,12 @@ class VLLMLlavaVLM(LlavaText):
         todo = list(range(len(answers)))
         counts = self.last_stats = dict.fromkeys(self.stats, 0) | {"calls": 1, "rows": len(answers)}
         for read_cache in (self.prefix_caching, False):
-            params = _score_params(read_cache)
+            params = score_params(read_cache)
             outputs = self._run([requests[j] for j in todo], params)
             missed = []
             for j, out in zip(todo, outputs):
-                _count(counts, out, len(answer_ids[j]))
-                value = _mean_answer_logprob(out, answer_ids[j], j)
+                count_cached(counts, out, len(answer_ids[j]))
+                value = mean_answer_logprob(out, answer_ids[j], j)
                 if value is None:
                     missed.append(j)
                 else:
@@ -302,18 +296,18 @@ class VLLMLlavaVLM(LlavaText):
         raise RuntimeError(f"{ROLE}: vLLM returned no prompt log-probs for requests {todo} without its cache")
 
 
-def _score_params(read_cache: bool):
+def score_params(read_cache: bool):
     """One step, prompt log-probs of the prompt's own tokens (0 extra top-k), no text."""
     from vllm import SamplingParams
 
     # vLLM skips the prefix cache for prompt-logprob requests unless told otherwise: a hit
-    # leaves the cached positions unscored, which _mean_answer_logprob detects.
+    # leaves the cached positions unscored, which mean_answer_logprob detects.
     return SamplingParams(
         temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False, skip_reading_prefix_cache=not read_cache
     )
 
 
-def _count(counts: dict, out, answer: int) -> None:
+def count_cached(counts: dict, out, answer: int) -> None:
     """Add one output's tokens to ``counts``: the cached ones, and the prefix and answer tokens
     (its last ``answer`` prompt tokens) computed past them."""
     cached, prefix = out.num_cached_tokens or 0, len(out.prompt_token_ids) - answer
@@ -322,7 +316,7 @@ def _count(counts: dict, out, answer: int) -> None:
     counts["answer_tokens"] += answer - max(0, cached - prefix)
 
 
-def _mean_answer_logprob(out, answer: list[int], j: int) -> float | None:
+def mean_answer_logprob(out, answer: list[int], j: int) -> float | None:
     """Mean log-prob of the last ``len(answer)`` prompt tokens of one vLLM output, or None
     when a prefix-cache hit covered a position whose log-prob is needed.
 
@@ -341,7 +335,7 @@ def _mean_answer_logprob(out, answer: list[int], j: int) -> float | None:
 
 
 @contextmanager
-def _process_state_kept(in_process: bool) -> Iterator[None]:
+def process_state_kept(in_process: bool) -> Iterator[None]:
     """Start vLLM in this process (or not) and undo what its CPU worker changes here: the
     torch thread count, ``torch.set_num_threads`` (replaced by a no-op that warns) and the
     global RNGs (seeded with the engine's seed)."""
