@@ -90,7 +90,9 @@ def replica_config(config: EngineConfig) -> EngineConfig:
     models = replace(
         config.models,
         device=moved(config.models.device) or config.models.device,
-        **{role: replace(config.models.role(role), device=moved(config.models.role(role).device)) for role in config.models.roles},
+        **{
+            role: replace(config.models.role(role), device=moved(config.models.role(role).device)) for role in config.models.roles
+        },
     )
     return replace(config, models=models)
 
