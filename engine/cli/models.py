@@ -39,7 +39,7 @@ def cmd_models_check(args: argparse.Namespace) -> int:
     file, an override, or a role's backend or options)."""
     from pathlib import Path
 
-    from ..config import EngineConfig, apply_overrides
+    from ..config import EngineConfig, apply_overrides, preset_config
     from ..errors import IntEngineError
     from ..models.check_role import INVALID, check_models
 
@@ -53,6 +53,8 @@ def cmd_models_check(args: argparse.Namespace) -> int:
             cfg, models_dir = EngineConfig.from_file(target), args.models
         else:
             raise IntEngineError(f"{target}: no such models directory or config file")
+        if args.preset:
+            cfg = preset_config(args.preset, cfg)
         if args.set:
             cfg = apply_overrides(cfg, list(args.set))
     except IntEngineError as err:
@@ -99,5 +101,6 @@ def add_parser(sub) -> None:
     )
     check.add_argument("target", metavar="DIR|CONFIG")
     check.add_argument("--models", help="with a config file: the folder of the roles that have no path of their own")
+    check.add_argument("--preset", help="check the roles as this preset names them (e.g. modern)")
     check.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
     check.set_defaults(func=cmd_models_check)

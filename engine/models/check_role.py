@@ -143,6 +143,38 @@ FILE_CHECKS: dict[tuple[str, str], Callable[[str, Path, dict], tuple[str, list[P
 }
 
 
+def _model_types(role: str, backend: str) -> tuple[str, ...]:
+    """The config.json ``model_type``s the backend reads (empty: not checked), so that a Qwen-VL
+    folder under the LLaVA backend, or the paper's SAM under SAM 2.1's, is caught here."""
+    if role == "vlm":
+        from ..backends.qwen_boxes import FAMILIES
+
+        return FAMILIES if backend.startswith("qwen") else ("llava",)
+    if (role, backend) == ("segmenter", "sam2"):
+        from ..backends.segment_sam2 import MODEL_TYPES
+
+        return MODEL_TYPES
+    if (role, backend) == ("inpaint", "sd"):  # model_index.json's pipeline class, for diffusers folders
+        return ("StableDiffusionInpaintPipeline", "StableDiffusionPipeline")
+    return ("grounding-dino",) if (role, backend) == ("detector", "gdino") else ()
+
+
+def _model_type_matches(role: str, backend: str, path: Path) -> None:
+    """ModelLoadError when the folder's config.json (a diffusers folder: model_index.json) names a
+    model the backend does not read."""
+    expected = _model_types(role, backend)
+    diffusers = role == "inpaint"
+    config = path / ("model_index.json" if diffusers else "config.json")
+    if not expected or not config.is_file():
+        return
+    found = json.loads(config.read_text(encoding="utf-8")).get("_class_name" if diffusers else "model_type")
+    if found not in expected:
+        raise ModelLoadError(
+            f"{role}: {config} names {found!r}; backend {backend!r} reads {' / '.join(expected)} "
+            "(is the config's backend the one for these files? e.g. --preset modern)"
+        )
+
+
 def _readable(role: str, files: list[Path]) -> None:
     """ModelLoadError unless every JSON file parses and every shard a ``*.index.json`` names
     exists (a half-copied 13B checkpoint fails here, not minutes into loading)."""
@@ -208,6 +240,7 @@ def check_role(cfg: ModelsConfig, role: str, models_dir: str | Path | None = Non
     try:
         fmt, files = check(role, Path(path), rc.options)
         _readable(role, files)
+        _model_type_matches(role, rc.backend, Path(path))
     except ModelLoadError as err:
         return verdict(MISSING, str(err))
     return RoleCheck(role, rc.backend, OK, fmt, path, source)

@@ -99,3 +99,19 @@ def test_bench_compares_paper_and_modern_on_the_synthetic_set(modern_zoo, tiny_z
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {tmp_path}")]
     assert [r.split("|")[1].strip() for r in rows] == [str(tmp_path / "paper"), str(tmp_path / "modern")]
     assert all(r.split("|")[3].strip() == "2" for r in rows)  # both ran the same 2 images
+
+
+def test_models_check_tells_each_lineups_files_from_the_others(modern_zoo, tiny_zoo, capsys):
+    """``models check`` reads each folder's model_type (diffusers: its pipeline class): the modern
+    files under the paper's backends, and the paper's under the modern preset, are named, not ok."""
+    assert main(["models", "check", str(modern_zoo), "--preset", "modern", "--set", "models.concept.backend=sam3"]) == 0
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["ok"] * 6
+    assert main(["models", "check", str(modern_zoo)]) == 1
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "names 'qwen3_vl'; backend 'hf' reads llava" in lines["vlm"]
+    assert "names 'StableDiffusionXLInpaintPipeline'; backend 'sd'" in lines["inpaint"]
+    assert lines["detector"].split()[1] == "ok" and lines["segmenter"].split()[1] == "MISSING"
+    assert main(["models", "check", str(tiny_zoo), "--preset", "modern"]) == 1
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "names 'llava'; backend 'qwen' reads qwen2_5_vl / qwen3_vl" in lines["vlm"]
+    assert lines["segmenter"].split()[1] == "MISSING" and lines["inpaint"].split()[1] == "ok"  # SD2 through AutoPipeline
