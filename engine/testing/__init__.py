@@ -4,11 +4,13 @@
 segmenter and CLIP implement the engine's protocols by looking at the pixels of the images
 they are given, so inpainting an object away really lowers its name's score. They make the
 errors real models make (``ModelErrors``: wrong and missing VLM boxes, jittered detections,
-ragged SAM probabilities, CLIP similarities a few hundredths apart). Users can
+ragged SAM probabilities, CLIP similarities a few hundredths apart); ``ScriptedConceptSegmenter``
+is SAM 3 for the optional concept role, honouring exemplar boxes. Users can
 build their own worlds to test configurations of the engine.
 """
 
 from .backends import ModelErrors, ScriptedClip, ScriptedDetector, ScriptedSegmenter, ScriptedVLM, scripted_models
+from .concept import ScriptedConceptSegmenter
 from .world import ColourWorld, Thing
 
 __all__ = [
@@ -19,5 +21,6 @@ __all__ = [
     "ScriptedDetector",
     "ScriptedSegmenter",
     "ScriptedClip",
+    "ScriptedConceptSegmenter",
     "scripted_models",
 ]
