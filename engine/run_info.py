@@ -99,7 +99,14 @@ def describe(cfg: EngineConfig) -> list[str]:
     names = [v.name for v in views(64, 64, cfg.active_splits)]
     lines = textwrap.wrap(f"preset {cfg.preset}: {PRESETS[cfg.preset].doc}", 100, subsequent_indent="  ")
     lines.append(f"views per iteration: {', '.join(names)} ({len(names)})")
-    lines.append(f"boxes for SAM: {BOX_SOURCES[cfg.box_source]}")
+    if cfg.models.uses_concept:
+        negatives = "the boxes of the names mining rejected" if cfg.sam3_negatives == "mined" else "none"
+        lines.append(
+            f"steps 7-8 by {cfg.models.concept.backend} (concept role): positive exemplars: {BOX_SOURCES[cfg.box_source]}"
+        )
+        lines.append(f"negative exemplars: {negatives}")
+    else:
+        lines.append(f"boxes for SAM: {BOX_SOURCES[cfg.box_source]}")
     return lines
 
 

@@ -110,6 +110,11 @@ def test_config_show_names_the_preset_its_views_and_its_boxes(capsys):
     assert "# preset promac: ProMaC" in out and "What differs" in out
     assert "# views per iteration: whole, top, bottom, left, right (5)" in out
     assert "# boxes for SAM: the VLM's own P_B box, no GroundingDINO" in out and "box_source: vlm" in out
+    concept = ["--preset", "modern", "--set", "models.concept.backend=sam3", "--set", "sam3_negatives=mined"]
+    assert main(["config", "show", *concept]) == 0
+    out = capsys.readouterr().out
+    assert "# steps 7-8 by sam3 (concept role): positive exemplars: GroundingDINO on every view" in out
+    assert "# negative exemplars: the boxes of the names mining rejected" in out and "boxes for SAM" not in out
 
 
 def test_early_stop_flag_and_the_fast_preset(capsys):
