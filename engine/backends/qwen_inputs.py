@@ -1,6 +1,7 @@
 """Inputs of ``vlm_qwen.HFQwenVLM``: chat texts, token ids with each image's placeholder expanded,
 the model's tensors for a pass (each distinct image processed and encoded once) and Qwen's
-multimodal rotary position ids.
+multimodal rotary position ids; and the checks of a scoring request both Qwen backends make
+(``check_score_args``) and the checkpoint's family (``read_family``).
 
 Token ids. A row is the chat-templated prompt (one ``<|image_pad|>``, expanded here to the image's
 N = (h_in / patch) x (w_in / patch) / merge^2 tokens, as the processor expands it) tokenised,
@@ -19,14 +20,17 @@ position - tokens, the offset a continuation's positions carry (``next_positions
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .llava_common import _check_image, distinct_rows
-from .qwen_boxes import resized_input_size
+from ..errors import ModelLoadError
+from .llava_common import _check_image, _check_lengths, distinct_rows
+from .qwen_boxes import FAMILIES, resized_input_size
 
 
 class QwenInputs:
@@ -106,6 +110,27 @@ class QwenInputs:
             "rope_deltas": deltas,
             "image": rows_encoded(encoded, inverse),
         }
+
+
+def read_family(path: Path, form: str) -> str:
+    """The checkpoint's family, config.json ``model_type`` ("qwen2_5_vl" / "qwen3_vl");
+    ModelLoadError naming ``form`` for any other model."""
+    family = json.loads((path / "config.json").read_text()).get("model_type")
+    if family not in FAMILIES:
+        raise ModelLoadError(
+            f"vlm: {path} is not a {form} directory: config.json model_type {family!r}, expected one of {', '.join(FAMILIES)}"
+        )
+    return family
+
+
+def check_score_args(images: Sequence[np.ndarray], prompts: Sequence[str], answers: Sequence[str]) -> None:
+    """ValueError unless there is one prompt and one answer per image and no answer is empty once
+    stripped (a score needs at least one answer token): the checks of both Qwen backends' ``score``."""
+    _check_lengths(images, prompts, "prompts")
+    _check_lengths(images, answers, "answers")
+    for j, a in enumerate(answers):
+        if not a.strip():
+            raise ValueError(f"answer {j} is empty: a score needs at least one answer token")
 
 
 def rows_encoded(encoded, inverse: Sequence[int]):

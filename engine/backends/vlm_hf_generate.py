@@ -1,6 +1,7 @@
 """Generation for ``vlm_hf.HFLlavaVLM``: greedy or seeded sampling, in passes whose padded
 tokens, each row grown by ``max_new_tokens``, stay within ``max_batch_tokens`` (the KV cache
-bound in ``vlm_hf``'s module docstring); each distinct image encoded once."""
+bound in ``vlm_hf``'s module docstring); each distinct image encoded once. And the checks of a
+``generate`` request every VLM backend makes (``check_generate_args``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,18 @@ import torch
 from .hf_sampling import SeededSampling
 from .llava_common import _check_lengths, chat_texts, distinct_rows
 from .vlm_hf_load import ROLE
+
+
+def check_generate_args(
+    images: Sequence[np.ndarray], prompts: Sequence[str], max_new_tokens: int, temperature: float, seeds: Sequence[int] | None
+) -> None:
+    """ValueError unless there is one prompt per image, ``max_new_tokens`` >= 1 and, when sampling
+    (``temperature`` > 0), one seed per prompt."""
+    _check_lengths(images, prompts, "prompts")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature > 0 and (seeds is None or len(seeds) != len(prompts)):
+        raise ValueError(f"{ROLE}: sampling needs one seed per prompt ({len(prompts)}), got {seeds!r}")
 
 
 class LlavaGenerate:
@@ -30,11 +43,7 @@ class LlavaGenerate:
         """One answer per (image, prompt) pair, stripped of special tokens and surrounding
         spaces: greedy, or sampled at ``temperature`` > 0 with each row's own generator seeded
         by ``seeds[j]`` (``hf_sampling``). Left padding, so every row's answer starts at the end."""
-        _check_lengths(images, prompts, "prompts")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature > 0 and (seeds is None or len(seeds) != len(prompts)):
-            raise ValueError(f"{ROLE}: sampling needs one seed per prompt ({len(prompts)}), got {seeds!r}")
+        check_generate_args(images, prompts, max_new_tokens, temperature, seeds)
         texts = chat_texts(self.chat_text, prompts)
         lengths = self._row_lengths(texts)
         self.work["prefill_tokens"] += sum(lengths)

@@ -23,7 +23,7 @@ naming the first difference, never a silent shift of the scores.
 Scores: ``prompt_logprobs: 0`` (vLLM's extra parameter) and ``max_tokens: 1``. The answer holds,
 per prompt position i, the log-prob of prompt token i given the tokens before it (entry 0 null);
 the answer's tokens are the last ``len(answer ids)`` prompt tokens (``answer_token_ids``, the
-in-process rule) and a score is their mean, as ``vlm_vllm.mean_answer_logprob``. vLLM does not read
+in-process rule) and a score is their mean, as ``vllm_engine.mean_answer_logprob``. vLLM does not read
 its prefix cache for a request that asks for prompt log-probs (the chat API cannot ask otherwise),
 so every row computes its image and prompt again; the in-process backend reads them from its cache.
 
@@ -62,6 +62,7 @@ from .llava_common import (
 from .llava_image import complete_processor, pad_to_square, processor_fill
 from .llava_tokens import ImageSplit, LlavaText, answer_token_ids, token_ids
 from .vllm_http import ServerClient, ServerError, api_key, api_root
+from .vlm_hf_generate import check_generate_args
 
 if TYPE_CHECKING:
     from transformers import ProcessorMixin
@@ -258,11 +259,7 @@ class OpenAILlavaVLM(LlavaText):
     ) -> list[str]:
         """One answer per (image, prompt) pair, without special tokens and surrounding spaces:
         greedy, or sampled at ``temperature`` > 0 with the request's own ``seed``."""
-        _check_lengths(images, prompts, "prompts")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature > 0 and (seeds is None or len(seeds) != len(prompts)):
-            raise ValueError(f"{ROLE}: sampling needs one seed per prompt ({len(prompts)}), got {seeds!r}")
+        check_generate_args(images, prompts, max_new_tokens, temperature, seeds)
         if not prompts:
             return []
         params = []

@@ -11,7 +11,6 @@ rows that share an (image, prompt) on one run of that prefix, ``qwen_boxes`` con
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,9 +20,10 @@ import torch
 from ..errors import ConfigError, ModelLoadError
 from ..models.checks import require_files
 from .hf_sampling import SeededSampling
-from .llava_common import _check_lengths, chat_texts, refuse_float32_overflow
-from .qwen_boxes import FAMILIES, engine_box_text
-from .qwen_inputs import QwenInputs, token_rows
+from .llava_common import chat_texts, refuse_float32_overflow
+from .qwen_boxes import engine_box_text
+from .qwen_inputs import QwenInputs, check_score_args, read_family, token_rows
+from .vlm_hf_generate import check_generate_args
 from .vlm_hf_head import answer_logprob_means, answer_logprobs, head_logits_float32
 
 ROLE = "vlm"
@@ -90,11 +90,7 @@ class HFQwenVLM(QwenInputs):
         for name, bound in (("max_batch_size", max_batch_size), ("max_batch_tokens", max_batch_tokens)):
             if bound is not None and int(bound) < 1:
                 raise ConfigError(f"{ROLE}: {name} must be >= 1, got {bound}")
-        family = json.loads((p / "config.json").read_text()).get("model_type")
-        if family not in FAMILIES:
-            raise ModelLoadError(
-                f"{ROLE}: {p} is not a {FORMAT} directory: config.json model_type {family!r}, expected one of {', '.join(FAMILIES)}"
-            )
+        family = read_family(p, FORMAT)
         refuse_float32_overflow(p, device, dtype)
         import transformers
 
@@ -129,11 +125,7 @@ class HFQwenVLM(QwenInputs):
         box in the engine's frame (class docstring): greedy, or sampled at ``temperature`` > 0 with
         row j's own generator seeded by ``seeds[j]`` (``hf_sampling``), so an answer does not
         depend on its batch. Left padded, in passes within ``max_batch_tokens``."""
-        _check_lengths(images, prompts, "prompts")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature > 0 and (seeds is None or len(seeds) != len(prompts)):
-            raise ValueError(f"{ROLE}: sampling needs one seed per prompt ({len(prompts)}), got {seeds!r}")
+        check_generate_args(images, prompts, max_new_tokens, temperature, seeds)
         images = list(images)
         ids = self.prompt_ids(images, chat_texts(self.chat_text, prompts))
         self.work["prefill_tokens"] += sum(len(r) for r in ids)
@@ -171,13 +163,9 @@ class HFQwenVLM(QwenInputs):
         ``images[j]`` and the chat-templated ``prompts[j]``, teacher forced: float32 [n], each <= 0.
         With ``shared_prefix`` the rows of one (image, prompt) run their prefix once
         (``qwen_prefix``); the same scores to float rounding."""
-        _check_lengths(images, prompts, "prompts")
-        _check_lengths(images, answers, "answers")
+        check_score_args(images, prompts, answers)
         if not answers:
             return np.zeros(0, np.float32)
-        for j, a in enumerate(answers):
-            if not a.strip():
-                raise ValueError(f"answer {j} is empty: a score needs at least one answer token")
         images = list(images)
         prefixes = self.prompt_ids(images, chat_texts(self.chat_text, prompts))
         answer_ids = self.answer_ids(answers)

@@ -22,36 +22,24 @@ its names and types read off the dataclass (``engine_option_types``), except ``m
 ``tokenizer`` and ``dtype``, which come from the role's path and dtype; plus ``multiprocessing``
 and ``chat_format`` (as the transformers backend's).
 
-Memory on CUDA and the options' types: ``vllm_options``.
+Memory on CUDA and the options' types: ``vllm_options``. The engine's start, lifetime, call and
+scoring loop, shared with the Qwen-VL backend (``vlm_qwen_vllm``): ``vllm_engine``.
 """
 
 from __future__ import annotations
 
-import os
-import random
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import torch
-from PIL import Image
 
-from ..errors import ConfigError, ModelLoadError
+from ..errors import ConfigError
 from ..models.checks import require_files
-from . import vllm_slot
-from .llava_common import (
-    _check_image,
-    _check_lengths,
-    chat_format_of,
-    chat_texts,
-    distinct_rows,
-    refuse_float32_overflow,
-    scoring_texts,
-)
-from .llava_image import complete_processor, pad_to_square, processor_fill
+from .llava_common import _check_lengths, chat_format_of, scoring_texts
+from .llava_image import complete_processor, processor_fill
 from .llava_tokens import LlavaText, answer_token_ids
-from .vllm_options import engine_kwargs, engine_option_types
+from .vllm_engine import VLLMEngine, check_engine_options, engine_requests, engine_settings, start_engine
+from .vllm_options import engine_option_types
 from .vlm_hf import EXPECTED_FILES
 
 if TYPE_CHECKING:
@@ -61,15 +49,16 @@ if TYPE_CHECKING:
 ROLE = "vlm"
 FORMAT = "llava-hf LlavaForConditionalGeneration (vLLM)"
 DTYPES = ("float32", "bfloat16", "float16")
-SHUTDOWN_TIMEOUT_S = 30
 # In-process engines share vLLM's process-global distributed state; closing one tears it
 # down under the others. So one at a time, for every vLLM backend: ``vllm_slot``.
 
 
-class VLLMLlavaVLM(LlavaText):
+class VLLMLlavaVLM(LlavaText, VLLMEngine):
     """The ``VLM`` protocol on a vLLM ``LLM``: one engine call per ``generate`` / ``score``.
 
-    ``calls`` counts the engine calls made, so a caller can check the batching.
+    ``calls`` counts the engine calls made, so a caller can check the batching; ``stats`` /
+    ``last_stats`` the scoring work in the shape of ``HFLlavaVLM.stats`` plus the prompt tokens
+    vLLM's prefix cache served, ``work`` the prompt tokens computed and cached (``VLLMEngine``).
     """
 
     def __init__(
@@ -80,21 +69,10 @@ class VLLMLlavaVLM(LlavaText):
         in_process: bool = False,
         chat_format: str = "llava_v1",
     ) -> None:
-        self.llm = llm
+        VLLMEngine.__init__(self, llm, prefix_caching, in_process)
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        self.prefix_caching = prefix_caching
-        self.in_process = in_process
         self.chat_format = chat_format
-        self.calls = 0
-        # Scoring work, summed over calls (``last_stats``: the latest call's), the shape of
-        # ``HFLlavaVLM.stats``: prefix (image + prompt) and answer tokens vLLM computed, and the
-        # prompt tokens its prefix cache served instead (each output's ``num_cached_tokens``).
-        self.stats = dict.fromkeys(("calls", "rows", "prefix_tokens", "answer_tokens", "cached_tokens"), 0)
-        self.last_stats = dict(self.stats)
-        # int_engine.work: prompt tokens computed, and those a prefix-cache hit spared
-        self.work = {"prefill_tokens": 0, "prefill_cached_tokens": 0}
-        self._closed = False
 
     @classmethod
     def option_types(cls) -> dict[str, Any]:
@@ -129,39 +107,9 @@ class VLLMLlavaVLM(LlavaText):
         multiprocessing = bool(options.pop("multiprocessing", False))
         chat_format = options.pop("chat_format", None)
         chat_format_of(ROLE, chat_format, None)  # a bad name is refused before anything starts
-        unknown = sorted(set(options) - set(engine_option_types()))
-        if unknown:
-            raise ConfigError(f"{ROLE}: unknown option(s) for {FORMAT}: {', '.join(unknown)}")
-        engine = engine_kwargs(device, options)
-        if not engine.get("quantization") and not engine.get("cpu_offload_gb"):
-            # with kv_cache_memory_bytes alone vLLM sizes no share: the weights must fit the GPU
-            gpus = int(engine.get("tensor_parallel_size", 1)) * int(engine.get("pipeline_parallel_size", 1))
-            refuse_float32_overflow(p, device, dtype, float(engine.get("gpu_memory_utilization", 1.0)), gpus)
-
-        # Imported here: vllm is an optional extra, and importing it takes seconds.
-        try:
-            from vllm import LLM
-        except ImportError as err:
-            raise ModelLoadError(f"{ROLE}: the vllm backend needs vLLM (pip install 'int-engine[vllm]'): {err}") from None
-        from transformers import AutoConfig, AutoProcessor
-        from vllm.platforms import current_platform
-
-        # vLLM has no device argument: each build runs on one kind of device.
-        if torch.device(device).type != current_platform.device_type:
-            raise ConfigError(
-                f"{ROLE}: device {device!r} asked for, but the installed vLLM runs on {current_platform.device_type!r}"
-            )
-        if not multiprocessing:
-            vllm_slot.require_free(ROLE)
-        try:
-            processor = AutoProcessor.from_pretrained(p, local_files_only=True)
-            config = AutoConfig.from_pretrained(p, local_files_only=True)
-            # an older snapshot's processor lacks patch_size (vLLM counts image tokens itself)
-            complete_processor(processor, config)
-            with process_state_kept(in_process=not multiprocessing):
-                llm = LLM(str(p), tokenizer=str(p), dtype=dtype, **engine)
-        except Exception as err:
-            raise ModelLoadError(f"{ROLE}: cannot load {FORMAT} from {p}: {err}") from err
+        check_engine_options(FORMAT, options)
+        engine = engine_settings(p, device, dtype, options)
+        llm, (processor, config) = start_engine(p, device, dtype, engine, not multiprocessing, FORMAT, read_processor)
         vlm = cls(
             llm,
             processor,
@@ -169,27 +117,8 @@ class VLLMLlavaVLM(LlavaText):
             in_process=not multiprocessing,
             chat_format=chat_format_of(ROLE, chat_format, config),
         )
-        if vlm.in_process:
-            vllm_slot.claim(ROLE, vlm)
+        vlm.claim_slot()
         return vlm
-
-    # ---- lifetime ----------------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Stop the engine (waits up to 30 s for it to finish cleanly). Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self.llm.llm_engine.engine_core.shutdown(timeout=SHUTDOWN_TIMEOUT_S)
-        finally:
-            vllm_slot.release(self)
-
-    def __enter__(self) -> "VLLMLlavaVLM":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     # ---- text --------------------------------------------------------------------------------
 
@@ -201,61 +130,10 @@ class VLLMLlavaVLM(LlavaText):
     def _requests(self, images: Sequence[np.ndarray], texts: list[str]) -> list[dict]:
         """One request per row, its text as token ids (``token_ids``); a view repeated over rows is
         converted (and checked) once."""
-        firsts, inverse = distinct_rows(images)
         # Padded to a square as LLaVA-1.5 was trained, not centre-cropped by vLLM's processor.
-        fill = processor_fill(self.processor.image_processor)
-        pil = [Image.fromarray(pad_to_square(_check_image(images[j], j), fill)) for j in firsts]
-        ids = self.token_ids(texts)
-        return [{"prompt_token_ids": row, "multi_modal_data": {"image": pil[u]}} for row, u in zip(ids, inverse)]
+        return engine_requests(images, self.token_ids(texts), processor_fill(self.processor.image_processor))
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RuntimeError(f"{ROLE}: the vLLM engine was closed")
-
-    def _run(self, requests: list[dict], params) -> list:
-        self._check_open()
-        self.calls += 1
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
-        cached = sum(getattr(out, "num_cached_tokens", None) or 0 for out in outputs)
-        self.work["prefill_tokens"] += sum(len(out.prompt_token_ids) for out in outputs) - cached
-        self.work["prefill_cached_tokens"] += cached
-        return outputs
-
-    # ---- the protocol ------------------------------------------------------------------------
-
-    def generate(
-        self,
-        images: Sequence[np.ndarray],
-        prompts: Sequence[str],
-        max_new_tokens: int,
-        temperature: float = 0.0,
-        seeds: Sequence[int] | None = None,
-    ) -> list[str]:
-        """One answer per (image, prompt) pair, without special tokens and surrounding spaces:
-        greedy, or sampled at ``temperature`` > 0 with vLLM's per-request ``seed`` (each
-        request's own random stream); all requests in one engine call."""
-        self._check_open()
-        from vllm import SamplingParams
-
-        _check_lengths(images, prompts, "prompts")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature > 0 and (seeds is None or len(seeds) != len(prompts)):
-            raise ValueError(f"{ROLE}: sampling needs one seed per prompt ({len(prompts)}), got {seeds!r}")
-        if not prompts:
-            return []
-        # Decoded here, not by vLLM: its incremental detokenizer holds back an unfinished
-        # UTF-8 byte sequence at the end, where transformers' batch_decode writes U+FFFD.
-        if temperature > 0:
-            params = [
-                SamplingParams(temperature=temperature, seed=int(s) % 2**63, max_tokens=max_new_tokens, detokenize=False)
-                for s in seeds
-            ]
-        else:
-            params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, detokenize=False)
-        outputs = self._run(self._requests(images, chat_texts(self.chat_text, prompts)), params)
-        new_tokens = [list(out.outputs[0].token_ids) for out in outputs]
-        return [a.strip() for a in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    # ---- the protocol (``generate``: ``VLLMEngine``'s) ------------------------------------------
 
     def score(self, images: Sequence[np.ndarray], prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
         """Mean log-probability of ``answers[j]``'s tokens given ``images[j]`` and the
@@ -265,7 +143,8 @@ class VLLMLlavaVLM(LlavaText):
         log-probs at the answer's positions. With prefix caching on, requests may reuse cached
         KV blocks of an earlier request's image and prompt. A cache hit that reaches into the
         answer leaves no log-probs there (vLLM only scores the positions it computes), so those
-        few requests are scored again without reading the cache, in a second call.
+        few requests are scored again without reading the cache, in a second call
+        (``VLLMEngine._score_requests``).
         """
         self._check_open()
         if not answers:
@@ -273,87 +152,15 @@ class VLLMLlavaVLM(LlavaText):
             return np.zeros(0, np.float32)
         prompt_texts, full_texts = scoring_texts(self.chat_text, images, prompts, answers)
         answer_ids = self._answer_ids(prompt_texts, full_texts)
-        requests = self._requests(images, full_texts)
-
-        scores = np.zeros(len(answers), np.float32)
-        todo = list(range(len(answers)))
-        counts = self.last_stats = dict.fromkeys(self.stats, 0) | {"calls": 1, "rows": len(answers)}
-        for read_cache in (self.prefix_caching, False):
-            params = score_params(read_cache)
-            outputs = self._run([requests[j] for j in todo], params)
-            missed = []
-            for j, out in zip(todo, outputs):
-                count_cached(counts, out, len(answer_ids[j]))
-                value = mean_answer_logprob(out, answer_ids[j], j)
-                if value is None:
-                    missed.append(j)
-                else:
-                    scores[j] = value
-            todo = missed
-            if not todo:
-                self.stats = {k: self.stats[k] + v for k, v in counts.items()}
-                return scores
-        raise RuntimeError(f"{ROLE}: vLLM returned no prompt log-probs for requests {todo} without its cache")
+        return self._score_requests(self._requests(images, full_texts), answer_ids)
 
 
-def score_params(read_cache: bool):
-    """One step, prompt log-probs of the prompt's own tokens (0 extra top-k), no text."""
-    from vllm import SamplingParams
+def read_processor(path: Path) -> tuple["ProcessorMixin", Any]:
+    """The checkpoint's processor, completed (an older snapshot's lacks ``patch_size``; vLLM counts
+    image tokens itself), and its config."""
+    from transformers import AutoConfig, AutoProcessor
 
-    # vLLM skips the prefix cache for prompt-logprob requests unless told otherwise: a hit
-    # leaves the cached positions unscored, which mean_answer_logprob detects.
-    return SamplingParams(
-        temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False, skip_reading_prefix_cache=not read_cache
-    )
-
-
-def count_cached(counts: dict, out, answer: int) -> None:
-    """Add one output's tokens to ``counts``: the cached ones, and the prefix and answer tokens
-    (its last ``answer`` prompt tokens) computed past them."""
-    cached, prefix = out.num_cached_tokens or 0, len(out.prompt_token_ids) - answer
-    counts["cached_tokens"] += cached
-    counts["prefix_tokens"] += max(0, prefix - cached)
-    counts["answer_tokens"] += answer - max(0, cached - prefix)
-
-
-def mean_answer_logprob(out, answer: list[int], j: int) -> float | None:
-    """Mean log-prob of the last ``len(answer)`` prompt tokens of one vLLM output, or None
-    when a prefix-cache hit covered a position whose log-prob is needed.
-
-    ``prompt_logprobs[i]`` holds ``{token_id: Logprob}`` for prompt token i given tokens
-    < i (entry 0 is None); with prompt_logprobs=0 the only entry is the prompt's own token.
-    """
-    ids = list(out.prompt_token_ids)
-    n, total = len(answer), len(ids)
-    if ids[total - n :] != answer:
-        raise RuntimeError(f"{ROLE}: vLLM tokenised answer {j} as {ids[total - n :]}, transformers as {answer}")
-    # Token i's log-prob comes from position i - 1's logits, computed only past the cache hit.
-    if (out.num_cached_tokens or 0) > total - n - 1:
-        return None
-    logprobs = [out.prompt_logprobs[i][ids[i]].logprob for i in range(total - n, total)]
-    return float(np.mean(logprobs))
-
-
-@contextmanager
-def process_state_kept(in_process: bool) -> Iterator[None]:
-    """Start vLLM in this process (or not) and undo what its CPU worker changes here: the
-    torch thread count, ``torch.set_num_threads`` (replaced by a no-op that warns) and the
-    global RNGs (seeded with the engine's seed)."""
-    key = "VLLM_ENABLE_V1_MULTIPROCESSING"
-    before_env = os.environ.get(key)
-    os.environ[key] = "1" if not in_process else "0"
-    threads, set_threads = torch.get_num_threads(), torch.set_num_threads
-    rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
-    try:
-        yield
-    finally:
-        if before_env is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before_env
-        torch.set_num_threads = set_threads
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-        random.setstate(rng[0])
-        np.random.set_state(rng[1])
-        torch.set_rng_state(rng[2])
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    complete_processor(processor, config)
+    return processor, config

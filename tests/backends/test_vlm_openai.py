@@ -11,9 +11,7 @@ serves the module: starting it is the cost (~1 min on 2 cores, more with cold vL
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import secrets
 import threading
 import time
@@ -21,6 +19,7 @@ import time
 import httpx
 import numpy as np
 import pytest
+from vllm_helpers import PROMPT_A, check_bad_requests, needs_vllm, vllm_environment
 
 from int_engine.backends.vllm_http import ServerClient, ServerError, api_root, retry_wait
 from int_engine.backends.vlm_openai import SERVER_CHAT_TEMPLATE, OpenAILlavaVLM, collapse_runs
@@ -29,10 +28,6 @@ from int_engine.errors import ConfigError, ModelLoadError
 from int_engine.models.load import check_options, load_role
 from int_engine.protocols import VLM
 
-HAS_VLLM = importlib.util.find_spec("vllm") is not None
-needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed (pip install 'int-engine[vllm]')")
-
-PROMPT_A = "Output the name of the camouflaged animal and its environment in one word."
 PROMPT_B = "This image pertains to the camouflaged animal detection task, output the bounding box of the camouflaged animal."
 KEY_ENV = "INT_ENGINE_TEST_VLM_KEY"
 SERVED = "tiny-llava"
@@ -49,15 +44,9 @@ def images() -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def vllm_env(tmp_path_factory):
-    """vLLM's caches under the engine's cache root (they outlive the session), no usage stats."""
-    from int_engine.models.cache import cache_root
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VLLM_CACHE_ROOT", os.environ.get("VLLM_CACHE_ROOT") or str(cache_root() / "vllm"))
-        mp.setenv("TORCHINDUCTOR_CACHE_DIR", os.environ.get("TORCHINDUCTOR_CACHE_DIR") or str(cache_root() / "inductor"))
-        mp.setenv("VLLM_RPC_BASE_PATH", str(tmp_path_factory.mktemp("vllm_rpc")))
-        mp.setenv("VLLM_NO_USAGE_STATS", "1")
-        mp.setenv("VLLM_DO_NOT_TRACK", "1")
+    """vLLM's caches under the engine's cache root (they outlive the session), no usage stats
+    (``vllm_helpers.vllm_environment``)."""
+    with vllm_environment(tmp_path_factory.mktemp("vllm_rpc")):
         yield
 
 
@@ -145,14 +134,7 @@ def test_generate_equals_in_process_vllm(remote, local, images):
 
 @needs_vllm
 def test_bad_requests_raise_value_error(remote, images):
-    with pytest.raises(ValueError, match="answer 1 is empty"):
-        remote.score(images[:2], [PROMPT_A] * 2, ["frog", "  "])
-    with pytest.raises(ValueError, match="2 images but 1 prompts"):
-        remote.generate(images[:2], [PROMPT_A], 4)
-    with pytest.raises(ValueError, match=r"uint8 \[H, W, 3\]"):
-        remote.score([np.zeros((8, 8), np.uint8)], [PROMPT_A], ["frog"])
-    with pytest.raises(ValueError, match="max_new_tokens"):
-        remote.generate(images[:1], [PROMPT_A], 0)
+    check_bad_requests(remote, images)
 
 
 @needs_vllm

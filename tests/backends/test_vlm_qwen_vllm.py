@@ -10,28 +10,22 @@ family's engine is closed before the second's starts: one in-process engine at a
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import types
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import vllm_helpers
+from vllm_helpers import PROMPT_A, engine_runs, needs_vllm, vllm_environment
 
 from int_engine.backends.qwen_boxes import engine_box_text
 from int_engine.backends.vlm_qwen import HFQwenVLM
 from int_engine.backends.vlm_qwen_vllm import VLLMQwenVLM
 from int_engine.errors import ConfigError, ModelLoadError
 from int_engine.models import tiny_qwen
-from int_engine.protocols import VLM
-
-HAS_VLLM = importlib.util.find_spec("vllm") is not None
-needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed (pip install 'int-engine[vllm]')")
 
 FAMILIES = ["qwen2_5_vl", "qwen3_vl"]
-PROMPT_A = "Output the name of the camouflaged animal and its environment in one word."
 PROMPT_B = "Output the bounding box of the camouflaged animal."
 RNG = np.random.RandomState(0)
 # different sizes and aspects: different token grids and rotary positions
@@ -44,16 +38,9 @@ SCORE_ATOL = 1e-4  # measured in float32 over 40 rows: 1.7e-5 (Qwen2.5-VL), 7.6e
 
 @pytest.fixture(scope="module")
 def vllm_env(tmp_path_factory):
-    """vLLM's caches under the engine's cache root (a cold model-info cache costs ~30 s), its
-    RPC files in a temporary directory, usage stats off."""
-    from int_engine.models.cache import cache_root
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VLLM_CACHE_ROOT", os.environ.get("VLLM_CACHE_ROOT") or str(cache_root() / "vllm"))
-        mp.setenv("TORCHINDUCTOR_CACHE_DIR", os.environ.get("TORCHINDUCTOR_CACHE_DIR") or str(cache_root() / "inductor"))
-        mp.setenv("VLLM_RPC_BASE_PATH", str(tmp_path_factory.mktemp("vllm_rpc")))
-        mp.setenv("VLLM_NO_USAGE_STATS", "1")
-        mp.setenv("VLLM_DO_NOT_TRACK", "1")
+    """vLLM's caches under the engine's cache root, its RPC files in a temporary directory, usage
+    stats off (``vllm_helpers.vllm_environment``)."""
+    with vllm_environment(tmp_path_factory.mktemp("vllm_rpc")):
         yield
 
 
@@ -86,15 +73,7 @@ def vlm(engine) -> VLLMQwenVLM:
 @pytest.fixture
 def runs(vlm, monkeypatch):
     """The outputs of each call that reaches vLLM's ``LLM.generate``, one list per call."""
-    calls: list[list] = []
-    real = vlm.llm.generate
-
-    def spy(requests, params, **kwargs):
-        calls.append(real(requests, params, **kwargs))
-        return calls[-1]
-
-    monkeypatch.setattr(vlm.llm, "generate", spy)
-    return calls
+    return engine_runs(vlm, monkeypatch)
 
 
 # ---- equal to the transformers backend -------------------------------------------------------
@@ -103,11 +82,8 @@ def runs(vlm, monkeypatch):
 @needs_vllm
 def test_load_gives_a_vlm_and_leaves_process_state(engine, hf):
     vlm, threads_before = engine
-    assert isinstance(vlm, VLM)
+    vllm_helpers.check_process_state_kept(vlm, threads_before)
     assert vlm.family == hf.family == hf.model.config.model_type
-    assert vlm.llm.model_config.dtype == torch.float32
-    assert isinstance(torch.set_num_threads, types.BuiltinFunctionType)
-    assert torch.get_num_threads() == threads_before
     config = vlm.llm.llm_engine.vllm_config
     assert config.model_config.hf_config.model_type == vlm.family
     mm = config.model_config.multimodal_config
@@ -119,27 +95,14 @@ def test_load_gives_a_vlm_and_leaves_process_state(engine, hf):
 def test_generate_equals_transformers_in_one_call(vlm, hf, runs):
     images = IMAGES + IMAGES[:1]
     prompts = [PROMPT_A, PROMPT_B, PROMPT_A, PROMPT_B]
-    want = hf.generate(images, prompts, 10)
-    got = vlm.generate(images, prompts, 10)
-    assert got == want
-    assert any(got) and len(set(got)) > 1  # the random model's answers depend on the request
-    assert [len(r) for r in runs] == [4]
-    assert vlm.generate([], [], 4) == [] and len(runs) == 1
+    got = vllm_helpers.check_generate_matches(vlm, hf, images, prompts, runs, 10)
     # batch == one by one
     assert [vlm.generate([im], [p], 10)[0] for im, p in zip(images, prompts)] == got
 
 
 @needs_vllm
 def test_sampling_uses_one_seed_per_request(vlm):
-    images = IMAGES + IMAGES[:1]
-    prompts = [PROMPT_A, PROMPT_B, PROMPT_A, PROMPT_B]
-    seeds = [3, 4, 5, 6]
-    got = vlm.generate(images, prompts, 8, temperature=1.0, seeds=seeds)
-    assert got == vlm.generate(images, prompts, 8, temperature=1.0, seeds=seeds)
-    assert got[2:] == vlm.generate(images[2:], prompts[2:], 8, temperature=1.0, seeds=seeds[2:])
-    assert any(vlm.generate(images, prompts, 8, temperature=1.0, seeds=[s + 50 * k for s in seeds]) != got for k in (1, 2))
-    with pytest.raises(ValueError, match="one seed per prompt"):
-        vlm.generate(images, prompts, 8, temperature=1.0)
+    vllm_helpers.check_seeded_sampling(vlm, IMAGES + IMAGES[:1], [PROMPT_A, PROMPT_B, PROMPT_A, PROMPT_B], [3, 4, 5, 6])
 
 
 @needs_vllm
@@ -147,16 +110,9 @@ def test_score_equals_transformers_in_one_call(vlm, hf, runs):
     images = IMAGES * 2
     prompts = [PROMPT_A, PROMPT_B, PROMPT_A, PROMPT_B, PROMPT_A, PROMPT_A]
     answers = ["frog", '{"bbox_2d": [12, 30, 55, 91]}', "the chameleon on a branch of the tree", " leaf ", "moth", "sand"]
-    want = hf.score(images, prompts, answers)
-    got = vlm.score(images, prompts, answers)
-    assert got.dtype == np.float32 and got.shape == (6,)
-    assert np.all(np.isfinite(got)) and np.all(got <= 0)
-    np.testing.assert_allclose(got, want, atol=SCORE_ATOL, rtol=0)
-    assert np.ptp(got) > 0.1  # scores that differ, so the comparison means something
-    assert [len(r) for r in runs] == [6]
+    got = vllm_helpers.check_scores_match(vlm, hf, (images, prompts, answers), runs, SCORE_ATOL)
     one_by_one = np.concatenate([vlm.score([im], [p], [a]) for im, p, a in zip(images, prompts, answers)])
     np.testing.assert_allclose(one_by_one, got, atol=1e-5, rtol=0)
-    assert vlm.score([], [], []).shape == (0,)
 
 
 @needs_vllm
@@ -179,26 +135,12 @@ def test_the_engine_runs_the_transformers_ids(vlm, hf, runs):
 def test_cache_hit_into_the_answer_is_rescored(vlm, hf, runs):
     """A request seen before hits the prefix cache past its prompt, where vLLM computes no
     log-probs: the backend notices and scores it again without the cache."""
-    answer = "the chameleon on a branch of the tree, green leaves and brown bark around it, " * 2
-    args = ([IMAGES[1]], [PROMPT_B], [answer])
-    first = vlm.score(*args)
-    again = vlm.score(*args)
-    np.testing.assert_allclose(first, hf.score(*args), atol=SCORE_ATOL, rtol=0)
-    np.testing.assert_allclose(again, first, atol=1e-6, rtol=0)
-    assert [len(r) for r in runs] == [1, 1, 1]  # once, then the cache-hit call and its re-score
-    assert runs[1][0].num_cached_tokens > 0
+    vllm_helpers.check_cache_hit_rescored(vlm, hf, IMAGES[1], PROMPT_B, runs, SCORE_ATOL)
 
 
 @needs_vllm
 def test_bad_requests_raise(vlm, checkpoint):
-    with pytest.raises(ValueError, match="answer 1 is empty"):
-        vlm.score(IMAGES[:2], [PROMPT_A] * 2, ["frog", "  "])
-    with pytest.raises(ValueError, match="2 images but 1 prompts"):
-        vlm.generate(IMAGES[:2], [PROMPT_A], 4)
-    with pytest.raises(ValueError, match=r"uint8 \[H, W, 3\]"):
-        vlm.score([np.zeros((8, 8), np.uint8)], [PROMPT_A], ["frog"])
-    with pytest.raises(ValueError, match="max_new_tokens"):
-        vlm.generate(IMAGES[:1], [PROMPT_A], 0)
+    vllm_helpers.check_bad_requests(vlm, IMAGES)
     with pytest.raises(ConfigError, match="another in-process vLLM engine"):
         VLLMQwenVLM.load(checkpoint, **TINY_ENGINE)
 

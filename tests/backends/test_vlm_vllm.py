@@ -8,26 +8,20 @@ starting it is the cost (~5 s in-process with enforce_eager, ~45 s with torch.co
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import types
 import typing
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import vllm_helpers
 from llava_reference import PROMPTS, authors_ids, authors_text, processor_image_tokens
+from vllm_helpers import PROMPT_A, engine_runs, needs_vllm, vllm_environment
 
 from int_engine.backends.vlm_hf import HFLlavaVLM
 from int_engine.backends.vlm_vllm import VLLMLlavaVLM
 from int_engine.errors import ConfigError, ModelLoadError
-from int_engine.protocols import VLM
 
-HAS_VLLM = importlib.util.find_spec("vllm") is not None
-needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed (pip install 'int-engine[vllm]')")
-
-PROMPT_A = "Output the name of the camouflaged animal and its environment in one word."
 PROMPT_B = "This image pertains to the camouflaged animal detection task, output the bounding box of the camouflaged animal."
 # Small engine settings for the tiny model: no torch.compile (start-up 5 s, not 45 s), a
 # 64 MiB KV cache, and blocks of 32 tokens so that the ~40-token requests share cached blocks;
@@ -43,18 +37,9 @@ TINY_ENGINE = {
 
 @pytest.fixture(scope="module")
 def vllm_env(tmp_path_factory):
-    """Keep vLLM's files out of $HOME, its usage stats off the network. Its caches go under the
-    engine's cache root so that they outlive the session: a cold model-info cache costs ~50 s
-    (vLLM inspects the model class in a fresh subprocess), a cold inductor cache ~10 s (the
-    C++ log-prob kernel)."""
-    from int_engine.models.cache import cache_root
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VLLM_CACHE_ROOT", os.environ.get("VLLM_CACHE_ROOT") or str(cache_root() / "vllm"))
-        mp.setenv("TORCHINDUCTOR_CACHE_DIR", os.environ.get("TORCHINDUCTOR_CACHE_DIR") or str(cache_root() / "inductor"))
-        mp.setenv("VLLM_RPC_BASE_PATH", str(tmp_path_factory.mktemp("vllm_rpc")))
-        mp.setenv("VLLM_NO_USAGE_STATS", "1")
-        mp.setenv("VLLM_DO_NOT_TRACK", "1")
+    """Keep vLLM's files out of $HOME (its caches under the engine's cache root, so that they
+    outlive the session), its usage stats off the network: ``vllm_helpers.vllm_environment``."""
+    with vllm_environment(tmp_path_factory.mktemp("vllm_rpc")):
         yield
 
 
@@ -85,17 +70,9 @@ def images() -> list[np.ndarray]:
 
 
 @pytest.fixture
-def engine_calls(vlm, monkeypatch):
-    """Counts the calls that reach vLLM's ``LLM.generate``."""
-    calls = []
-    real = vlm.llm.generate
-
-    def spy(prompts, params, **kwargs):
-        calls.append(len(prompts))
-        return real(prompts, params, **kwargs)
-
-    monkeypatch.setattr(vlm.llm, "generate", spy)
-    return calls
+def runs(vlm, monkeypatch):
+    """The outputs of each call that reaches vLLM's ``LLM.generate``, one list per call."""
+    return engine_runs(vlm, monkeypatch)
 
 
 # ---- equal to the transformers backend -------------------------------------------------------
@@ -104,12 +81,7 @@ def engine_calls(vlm, monkeypatch):
 @needs_vllm
 def test_load_gives_a_vlm_and_leaves_process_state(engine):
     vlm, threads_before = engine
-    assert isinstance(vlm, VLM)
-    assert vlm.llm.model_config.dtype == torch.float32
-    # vLLM's in-process CPU worker replaces torch.set_num_threads with a no-op and drops the
-    # thread count to 1; load puts both back.
-    assert isinstance(torch.set_num_threads, types.BuiltinFunctionType)
-    assert torch.get_num_threads() == threads_before
+    vllm_helpers.check_process_state_kept(vlm, threads_before)
     # any EngineArgs field reaches the engine; this backend's defaults hold
     config = vlm.llm.llm_engine.vllm_config
     assert config.model_config.multimodal_config.get_limit_per_prompt("image") == 1
@@ -117,47 +89,26 @@ def test_load_gives_a_vlm_and_leaves_process_state(engine):
 
 
 @needs_vllm
-def test_generate_equals_transformers_in_one_call(engine, hf, images, engine_calls):
+def test_generate_equals_transformers_in_one_call(engine, hf, images, runs):
     vlm, threads_before = engine
-    imgs = images + images[:1]
-    prompts = [PROMPT_A, PROMPT_B, PROMPT_A, PROMPT_B]
-    expected = hf.generate(imgs, prompts, max_new_tokens=8)
-    got = vlm.generate(imgs, prompts, max_new_tokens=8)
-    assert got == expected
-    assert any(got) and len(set(got)) > 1  # the random model's answers depend on the request
-    assert engine_calls == [4]
-    assert vlm.generate([], [], 4) == [] and engine_calls == [4]
+    vllm_helpers.check_generate_matches(vlm, hf, images + images[:1], [PROMPT_A, PROMPT_B, PROMPT_A, PROMPT_B], runs, 8)
     assert torch.get_num_threads() == threads_before  # serving does not change it either
 
 
 @needs_vllm
-def test_sampling_uses_one_seed_per_request(vlm, images, engine_calls):
+def test_sampling_uses_one_seed_per_request(vlm, images):
     """temperature > 0: vLLM's per-request seed, so an answer depends on its seed, not its batch."""
     imgs = images + images[:1]
     prompts = [PROMPT_A, PROMPT_B, PROMPT_A, PROMPT_B]
-    seeds = [3, 4, 5, 6]
-    got = vlm.generate(imgs, prompts, 8, temperature=1.0, seeds=seeds)
-    assert got == vlm.generate(imgs, prompts, 8, temperature=1.0, seeds=seeds)
-    assert got[2:] == vlm.generate(imgs[2:], prompts[2:], 8, temperature=1.0, seeds=seeds[2:])
-    assert any(vlm.generate(imgs, prompts, 8, temperature=1.0, seeds=[s + 50 * k for s in seeds]) != got for k in (1, 2))
+    got = vllm_helpers.check_seeded_sampling(vlm, imgs, prompts, [3, 4, 5, 6])
     assert got != vlm.generate(imgs, prompts, 8)
-    with pytest.raises(ValueError, match="one seed per prompt"):
-        vlm.generate(imgs, prompts, 8, temperature=1.0)
 
 
 @needs_vllm
-def test_score_equals_transformers_in_one_call(vlm, hf, images, engine_calls):
-    imgs = images * 2
+def test_score_equals_transformers_in_one_call(vlm, hf, images, runs):
     prompts = [PROMPT_A, PROMPT_B, PROMPT_A, PROMPT_B, PROMPT_A, PROMPT_A]
     answers = ["frog", "[0.12, 0.30, 0.55, 0.91]", "the chameleon on a branch of the tree", "leaf", "moth", "sand"]
-    expected = hf.score(imgs, prompts, answers)
-    got = vlm.score(imgs, prompts, answers)
-    assert got.dtype == np.float32 and got.shape == (6,)
-    assert np.all(np.isfinite(got)) and np.all(got <= 0)
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
-    assert np.ptp(got) > 0.1  # scores that differ, so the comparison means something
-    assert engine_calls == [6]
-    assert vlm.score([], [], []).shape == (0,) and engine_calls == [6]
+    vllm_helpers.check_scores_match(vlm, hf, (images * 2, prompts, answers), runs, 1e-4)
 
 
 @needs_vllm
@@ -165,8 +116,7 @@ def test_the_engine_runs_the_authors_ids_as_transformers_does(vlm, hf, images, m
     """Generate and score requests: the prompt ids vLLM ran (its image token expanded by its own
     processor) are LLaVA's ``tokenizer_image_token`` ids of the "llava_v1" text, image token
     expanded to the processor's count: the ids the transformers backend feeds its model."""
-    outputs, real = [], vlm.llm.generate
-    monkeypatch.setattr(vlm.llm, "generate", lambda *a, **k: outputs.append(real(*a, **k)) or outputs[-1])
+    outputs = engine_runs(vlm, monkeypatch)
     image_id, count = hf.model.config.image_token_id, processor_image_tokens(hf.processor)
     vlm.generate(images[:2], PROMPTS, 2)
     vlm.score(images[:2], PROMPTS, ["frog", "a green lizard"])
@@ -181,17 +131,10 @@ def test_the_engine_runs_the_authors_ids_as_transformers_does(vlm, hf, images, m
 
 
 @needs_vllm
-def test_cache_hit_into_the_answer_is_rescored(vlm, hf, images, engine_calls):
+def test_cache_hit_into_the_answer_is_rescored(vlm, hf, images, runs):
     """A request seen before hits the prefix cache past its prompt, where vLLM computes no
     log-probs: the backend notices and scores that request again without the cache."""
-    answer = "the chameleon on a branch of the tree, green leaves and brown bark around it, " * 2
-    args = ([images[1]], [PROMPT_B], [answer])
-    expected = hf.score(*args)
-    first = vlm.score(*args)
-    again = vlm.score(*args)
-    np.testing.assert_allclose(first, expected, atol=1e-4, rtol=0)
-    np.testing.assert_allclose(again, first, atol=1e-6, rtol=0)
-    assert engine_calls == [1, 1, 1]  # once, then the cache-hit call and its re-score
+    vllm_helpers.check_cache_hit_rescored(vlm, hf, images[1], PROMPT_B, runs, 1e-4)
 
 
 @needs_vllm
@@ -224,14 +167,7 @@ def test_score_stats_count_the_prefix_cache_hits(vlm, hf):
 
 @needs_vllm
 def test_bad_requests_raise_value_error(vlm, images):
-    with pytest.raises(ValueError, match="answer 1 is empty"):
-        vlm.score(images[:2], [PROMPT_A] * 2, ["frog", "  "])
-    with pytest.raises(ValueError, match="2 images but 1 prompts"):
-        vlm.generate(images[:2], [PROMPT_A], 4)
-    with pytest.raises(ValueError, match=r"uint8 \[H, W, 3\]"):
-        vlm.score([np.zeros((8, 8), np.uint8)], [PROMPT_A], ["frog"])
-    with pytest.raises(ValueError, match="max_new_tokens"):
-        vlm.generate(images[:1], [PROMPT_A], 0)
+    vllm_helpers.check_bad_requests(vlm, images)
 
 
 @needs_vllm
