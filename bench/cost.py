@@ -259,23 +259,19 @@ def report(model: Model, s: Settings) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m int_engine.bench.cost", description=__doc__.split("\n\n")[0])
+def parse_settings(argv: list[str] | None, prog: str, description: str) -> tuple[Settings, str | None]:
+    """``Settings`` from the command line (one option per field) and the ``--json`` file, if any."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     for f in Settings.__dataclass_fields__.values():
         parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     parser.add_argument("--json", help="write every figure to this file")
-    parser.add_argument(
-        "--lineup",
-        choices=("paper", "modern"),
-        default="paper",
-        help="modern: the modern preset's memory plan (bench.cost_modern)",
-    )
     args = parser.parse_args(argv)
-    s = Settings(**{f: getattr(args, f) for f in Settings.__dataclass_fields__})
-    if args.lineup == "modern":
-        from . import cost_modern
+    return Settings(**{f: getattr(args, f) for f in Settings.__dataclass_fields__}), args.json
 
-        return cost_modern.run(s, args.json)
+
+def main(argv: list[str] | None = None) -> int:
+    """The paper's lineup; ``python -m int_engine.bench.cost_modern`` is the modern preset's."""
+    s, json_path = parse_settings(argv, "python -m int_engine.bench.cost", __doc__.split("\n\n")[0])
     model = cost_model(s)
     data = report(model, s)
     print(f"INT at the paper's settings: {s.views} views, {s.iterations} iterations, {s.candidates} candidates, {s.dtype}")
@@ -291,8 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         for gpu, (f, b, _) in GPUS.items()
     ]
     print(markdown(["GPU", "peak TFLOP/s", "HBM TB/s", "lower bound s / image"], bound_rows))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2)
     return 0
 

@@ -1,4 +1,4 @@
-"""The ``modern`` lineup's memory plan at real size: ``python -m int_engine.bench.cost --lineup modern``.
+"""The ``modern`` lineup's memory plan at real size: ``python -m int_engine.bench.cost_modern``.
 
 Qwen3-VL-8B-Instruct, SDXL inpainting 0.1, GroundingDINO, SAM 2.1 hiera-large, CLIP ViT-B/16 and
 the optional concept role SAM 3, built without weights (``models.real_modern``) and run at the
@@ -24,7 +24,7 @@ import torch
 from ..models import real_modern as rm
 from . import realsize as rs
 from . import realsize_modern as rsm
-from .cost import GB, GPUS, Model, Settings, _bytes, markdown
+from .cost import GB, GPUS, Model, Settings, _bytes, markdown, parse_settings
 
 NOT_MEASURED = "not measured"
 CHECKPOINTS = {
@@ -193,3 +193,12 @@ def run(s: Settings, json_path: str | None = None) -> int:
         with open(json_path, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    s, json_path = parse_settings(argv, "python -m int_engine.bench.cost_modern", __doc__.split("\n\n")[0])
+    return run(s, json_path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

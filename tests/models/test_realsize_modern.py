@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from int_engine.bench import cost, cost_modern
+from int_engine.bench import cost_modern
 from int_engine.bench import realsize_modern as rsm
 from int_engine.models import real_modern as rm
 
@@ -62,7 +62,7 @@ def test_concept_sam3():
 
 def test_the_modern_cost_json_has_every_role(tmp_path, capsys):
     out = tmp_path / "modern.json"
-    assert cost.main(["--lineup", "modern", "--json", str(out)]) == 0
+    assert cost_modern.main(["--json", str(out)]) == 0
     data = json.loads(out.read_text())
     for key in ("parameters", "weights_bytes", "activations"):
         assert set(data[key]) == set(rm.ROLES)
