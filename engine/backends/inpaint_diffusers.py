@@ -27,13 +27,12 @@ import json
 from pathlib import Path
 from typing import Self
 
-import numpy as np
 import torch
 
 from ..errors import ConfigError, ModelLoadError
 from ..models.checks import require_files
 from .inpaint_sd import memory_bounds, prepared_latents
-from .inpaint_sd_load import DTYPES, SCHEDULERS, check_options, configure_pipeline
+from .inpaint_sd_load import DTYPES, SCHEDULERS, check_options, configure_pipeline, working_size
 from .inpaint_square import SquareInpainter
 
 ROLE = "inpaint"
@@ -127,24 +126,6 @@ def build_pipeline(p: Path, device: str, dtype: str, scheduler: str | None, vari
     return pipe
 
 
-def denoiser(pipe) -> torch.nn.Module:
-    """The pipeline's denoising network: its ``unet``, else its ``transformer``."""
-    return pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
-
-
-def working_size(pipe, size: int | None, p: Path) -> int:
-    """The working square's side: ``size``, or None for the checkpoint's native one (denoiser
-    sample_size x VAE scale: 1024 for SDXL and SD3); refused unless a positive multiple of the
-    VAE's scale times the transformer's patch size (1 for a UNet)."""
-    config = denoiser(pipe).config
-    multiple = pipe.vae_scale_factor * int(getattr(config, "patch_size", None) or 1)
-    if size is None:
-        size = int(config.sample_size) * pipe.vae_scale_factor
-    if size < multiple or size % multiple:
-        raise ConfigError(f"{ROLE}: size must be a positive multiple of {multiple} for {p}, got {size}")
-    return size
-
-
 class DiffusersInpainter(SquareInpainter):
     """Batched inpainting with any diffusers inpainting pipeline. Build with :meth:`load`; call :meth:`inpaint`."""
 
@@ -160,18 +141,9 @@ class DiffusersInpainter(SquareInpainter):
         fit: str,
         max_batch: int,
     ) -> None:
-        self.pipe = pipe
-        self.device = device
-        self.size = size
-        self.steps = steps
-        self.guidance_scale = guidance_scale
+        super().__init__(pipe, device, size, steps, guidance_scale, dilate, fit, max_batch)
         self.strength = strength
-        self.dilate = dilate
-        self.fit = fit
-        self.max_batch = max_batch
         self.accepts = set(inspect.signature(pipe.__call__).parameters)  # what its __call__ takes
-        # running totals (int_engine.work): denoiser evaluations x latent pixels, jobs the model ran
-        self.work = {"unet_latent_pixels": 0, "inpaint_jobs": 0}
 
     @classmethod
     def load(
@@ -217,47 +189,15 @@ class DiffusersInpainter(SquareInpainter):
         configure_pipeline(pipe, enable_xformers, vae_slicing)
         return cls(pipe, device, size, steps, guidance_scale, strength, dilate, fit, max_batch)
 
-    def _prepared(self, image: torch.Tensor, mask: torch.Tensor, generators: list[torch.Generator]) -> dict:
-        """SD's batched masked-image VAE encode (``inpaint_sd.prepared_latents``) where it is the
-        pipeline's own computation: ``StableDiffusionInpaintPipeline``, 9-channel UNet, strength 1."""
+    def _call_args(self, args: dict, image: torch.Tensor, mask: torch.Tensor, generators: list[torch.Generator]) -> dict:
+        """``args`` with ``strength``, and SD's batched masked-image VAE encode
+        (``inpaint_sd.prepared_latents``) where it is the pipeline's own computation:
+        ``StableDiffusionInpaintPipeline``, 9-channel UNet, strength 1; only the arguments the
+        pipeline's ``__call__`` takes."""
         from diffusers import StableDiffusionInpaintPipeline
 
+        args = {**args, "strength": self.strength}
         pipe = self.pipe
         if type(pipe) is StableDiffusionInpaintPipeline and pipe.unet.config.in_channels == 9 and self.strength == 1.0:
-            return prepared_latents(pipe, image, mask, generators, self.size)
-        return {}
-
-    def _run(
-        self,
-        images: list[np.ndarray],
-        bins: list[np.ndarray],
-        prompts: list[str],
-        negative_prompts: list[str],
-        seeds: list[int],
-    ) -> list[np.ndarray]:
-        """One pipeline call over B jobs -> B uint8 [H, W, 3] model outputs (not yet composited)."""
-        fits, image_t, mask_t = self._squares(images, bins)  # [B, 3, S, S], [B, 1, S, S]
-        # CPU generators: the same seed gives the same noise on every device.
-        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-        args = dict(
-            prompt=list(prompts),
-            negative_prompt=list(negative_prompts) if self.guidance_scale > 1 else None,
-            image=image_t,
-            mask_image=mask_t,
-            height=self.size,
-            width=self.size,
-            num_inference_steps=self.steps,
-            guidance_scale=self.guidance_scale,
-            strength=self.strength,
-            generator=generators,
-            output_type="np",
-        )
-        with torch.inference_mode():
-            args.update(self._prepared(image_t, mask_t, generators))
-            result = self.pipe(**{k: v for k, v in args.items() if k in self.accepts}).images  # float32 [B, S, S, 3]
-        guided = getattr(self.pipe, "do_classifier_free_guidance", False)
-        evaluations = getattr(self.pipe, "num_timesteps", self.steps)
-        latent = self.size // self.pipe.vae_scale_factor
-        self.work["unet_latent_pixels"] += evaluations * len(images) * (2 if guided else 1) * latent**2
-        self.work["inpaint_jobs"] += len(images)
-        return [self._from_square(out, f, *im.shape[:2]) for out, f, im in zip(result, fits, images)]
+            args.update(prepared_latents(pipe, image, mask, generators, self.size))
+        return {k: v for k, v in args.items() if k in self.accepts}

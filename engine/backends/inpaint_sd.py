@@ -15,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Self
 
-import numpy as np
 import torch
 
 from ..models.checks import require_files
@@ -103,17 +102,8 @@ class SDInpainter(SquareInpainter):
         max_batch: int,
         runtime: str = "eager",
     ) -> None:
-        self.pipe = pipe
+        super().__init__(pipe, device, size, steps, guidance_scale, dilate, fit, max_batch)
         self.runtime = runtime  # eager | onnx | tensorrt | compile: what runs the UNet and VAE
-        self.device = device
-        self.size = size
-        self.steps = steps
-        self.guidance_scale = guidance_scale
-        self.dilate = dilate
-        self.fit = fit
-        self.max_batch = max_batch
-        # running totals (int_engine.work): UNet evaluations x latent pixels, jobs the model ran
-        self.work = {"unet_latent_pixels": 0, "inpaint_jobs": 0}
 
     @classmethod
     def load(
@@ -167,36 +157,6 @@ class SDInpainter(SquareInpainter):
 
     # -- inference ----------------------------------------------------------------------------
 
-    def _run(
-        self,
-        images: list[np.ndarray],
-        bins: list[np.ndarray],
-        prompts: list[str],
-        negative_prompts: list[str],
-        seeds: list[int],
-    ) -> list[np.ndarray]:
-        """One pipeline call over B jobs -> B uint8 [H, W, 3] model outputs (not yet composited)."""
-        fits, image_t, mask_t = self._squares(images, bins)  # [B, 3, S, S], [B, 1, S, S]
-        # CPU generators: the same seed gives the same noise on every device.
-        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-        with torch.inference_mode():
-            prepared = prepared_latents(self.pipe, image_t, mask_t, generators, self.size)
-            result = self.pipe(
-                prompt=list(prompts),
-                negative_prompt=list(negative_prompts) if self.guidance_scale > 1 else None,
-                image=image_t,
-                mask_image=mask_t,
-                height=self.size,
-                width=self.size,
-                num_inference_steps=self.steps,
-                guidance_scale=self.guidance_scale,
-                generator=generators,
-                output_type="np",
-                **prepared,
-            ).images  # float32 [B, S, S, 3] in [0, 1]
-        # every denoising step the pipeline ran evaluates the UNet on all B jobs' rows (2 each
-        # with classifier-free guidance) over the (size / vae scale)^2 latent grid
-        rows = len(images) * (2 if self.pipe.do_classifier_free_guidance else 1)
-        self.work["unet_latent_pixels"] += self.pipe.num_timesteps * rows * (self.size // self.pipe.vae_scale_factor) ** 2
-        self.work["inpaint_jobs"] += len(images)
-        return [self._from_square(out, f, *im.shape[:2]) for out, f, im in zip(result, fits, images)]
+    def _call_args(self, args: dict, image: torch.Tensor, mask: torch.Tensor, generators: list[torch.Generator]) -> dict:
+        """``args`` with the initial noise and masked-image latents of ``prepared_latents``."""
+        return {**args, **prepared_latents(self.pipe, image, mask, generators, self.size)}

@@ -84,13 +84,20 @@ def build_pipeline(p: Path, device: str, dtype: str, scheduler: str | None, vari
     return pipe
 
 
+def denoiser(pipe) -> torch.nn.Module:
+    """The pipeline's denoising network: its ``unet``, else its ``transformer``."""
+    return pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
+
+
 def working_size(pipe, size: int | None, p: Path) -> int:
-    """The working square's side: ``size``, or None for the checkpoint's native one (UNet
-    sample_size x VAE scale, 512 for SD2); refused unless a positive multiple of the VAE's scale."""
-    # The pipeline needs whole latents; the UNet itself copes with odd latent sizes.
-    multiple = pipe.vae_scale_factor
+    """The working square's side: ``size``, or None for the checkpoint's native one (denoiser
+    sample_size x VAE scale: 512 for SD2, 1024 for SDXL and SD3); refused unless a positive
+    multiple of the VAE's scale times the transformer's patch size (1 for a UNet: the pipeline
+    needs whole latents, the UNet itself copes with odd latent sizes)."""
+    config = denoiser(pipe).config
+    multiple = pipe.vae_scale_factor * int(getattr(config, "patch_size", None) or 1)
     if size is None:
-        size = int(pipe.unet.config.sample_size) * multiple
+        size = int(config.sample_size) * pipe.vae_scale_factor
     if size < multiple or size % multiple:
         raise ConfigError(f"{ROLE}: size must be a positive multiple of {multiple} for {p}, got {size}")
     return size

@@ -1,7 +1,8 @@
 """The working-square part every diffusion inpainting backend shares (``inpaint_sd.SDInpainter``,
 ``inpaint_diffusers.DiffusersInpainter``): jobs checked and their masks binarised, empty masks
 skipped, the rest run in batches of at most ``max_batch`` jobs, each view fitted into one
-``size x size`` square and the model's square cropped, resized back and composited so that
+``size x size`` square, the diffusers pipeline called once per batch with one CPU
+``torch.Generator`` per job, and the model's square cropped, resized back and composited so that
 pixels outside the mask are exactly the input's.
 
 Geometry: with ``fit="pad"`` a view keeps its aspect ratio: it is resized so that its longer
@@ -14,13 +15,16 @@ every working pixel.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import cv2
 import numpy as np
 import torch
 
 from .inpaint_jobs import binary_mask, check_jobs
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 
 @dataclass(frozen=True)
@@ -34,16 +38,36 @@ class Fit:
 
 
 class SquareInpainter:
-    """Base of the square-working diffusion inpainters. A subclass sets ``role`` (class attribute)
-    and, per instance, ``size`` (working square side), ``fit`` ("pad" | "stretch"), ``dilate``
-    (mask growth in input pixels) and ``max_batch`` (jobs per model call, 0 = all), and
-    implements ``_run`` (one model call over B jobs)."""
+    """Base of the square-working diffusion inpainters on a diffusers pipeline ``pipe``.
+
+    size: working square side; steps: denoising steps; guidance_scale: classifier-free guidance
+    (<= 1 turns it and the negative prompt off); dilate: mask growth in input pixels; fit: "pad"
+    | "stretch"; max_batch: jobs per pipeline call (0 = all). A subclass may add pipeline
+    arguments in ``_call_args`` (one pipeline call over B jobs)."""
 
     role = "inpaint"
-    size: int
-    fit: str
-    dilate: int
-    max_batch: int
+
+    def __init__(
+        self,
+        pipe: DiffusionPipeline,
+        device: str,
+        size: int,
+        steps: int,
+        guidance_scale: float,
+        dilate: int,
+        fit: str,
+        max_batch: int,
+    ) -> None:
+        self.pipe = pipe
+        self.device = device
+        self.size = size
+        self.steps = steps
+        self.guidance_scale = guidance_scale
+        self.dilate = dilate
+        self.fit = fit
+        self.max_batch = max_batch
+        # running totals (int_engine.work): denoiser evaluations x latent pixels, jobs the model ran
+        self.work = {"unet_latent_pixels": 0, "inpaint_jobs": 0}
 
     # -- geometry ---------------------------------------------------------------------------
 
@@ -130,5 +154,35 @@ class SquareInpainter:
         negative_prompts: list[str],
         seeds: list[int],
     ) -> list[np.ndarray]:
-        """One model call over B jobs -> B uint8 [H, W, 3] model outputs (not yet composited)."""
-        raise NotImplementedError
+        """One pipeline call over B jobs -> B uint8 [H, W, 3] model outputs (not yet composited)."""
+        fits, image_t, mask_t = self._squares(images, bins)  # [B, 3, S, S], [B, 1, S, S]
+        # CPU generators: the same seed gives the same noise on every device.
+        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        args = dict(
+            prompt=list(prompts),
+            negative_prompt=list(negative_prompts) if self.guidance_scale > 1 else None,
+            image=image_t,
+            mask_image=mask_t,
+            height=self.size,
+            width=self.size,
+            num_inference_steps=self.steps,
+            guidance_scale=self.guidance_scale,
+            generator=generators,
+            output_type="np",
+        )
+        with torch.inference_mode():
+            result = self.pipe(**self._call_args(args, image_t, mask_t, generators)).images  # float32 [B, S, S, 3]
+        # every denoising step the pipeline ran evaluates the denoiser on all B jobs' rows (2 each
+        # with classifier-free guidance) over the (size / vae scale)^2 latent grid
+        guided = getattr(self.pipe, "do_classifier_free_guidance", False)
+        evaluations = getattr(self.pipe, "num_timesteps", self.steps)
+        latent = self.size // self.pipe.vae_scale_factor
+        self.work["unet_latent_pixels"] += evaluations * len(images) * (2 if guided else 1) * latent**2
+        self.work["inpaint_jobs"] += len(images)
+        return [self._from_square(out, f, *im.shape[:2]) for out, f, im in zip(result, fits, images)]
+
+    def _call_args(self, args: dict, image: torch.Tensor, mask: torch.Tensor, generators: list[torch.Generator]) -> dict:
+        """The keyword arguments of the pipeline call: ``args`` (the documented ones every
+        inpainting pipeline shares) and a subclass's own, given the batch's squares ``image``
+        [B, 3, S, S] and ``mask`` [B, 1, S, S] and its generators; runs under inference mode."""
+        return args

@@ -31,6 +31,7 @@ from ..protocols import SegmentRequest
 from .precision import float32_islands
 from .sam_attention import use_sdpa
 from .sam_decode import Decoder, PromptDecoder, decode_requests, flatten_prompts, mask_probabilities
+from .segment_checks import check_segment_request
 
 ROLE = "segmenter"
 FORMAT = "segment-anything (state dict *.pth + sam_arch.json)"
@@ -297,7 +298,7 @@ class SamSegmenter:
         out: list[np.ndarray | None] = [None] * len(requests)
         todo = []
         for i, req in enumerate(requests):
-            _check(req)
+            check_segment_request(ROLE, req, point_shapes=False)
             if len(req.boxes) or len(req.points):
                 todo.append(i)
             else:
@@ -349,15 +350,3 @@ class SamSegmenter:
         new_h, new_w = self.transform.get_preprocess_shape(old_h, old_w, self.transform.target_length)
         scale = torch.tensor([new_w / old_w, new_h / old_h], dtype=torch.float32, device=self.device)
         return torch.tensor(np.asarray(xy, np.float32).reshape(-1, 2), device=self.device) * scale
-
-
-def _check(req: SegmentRequest) -> None:
-    image = req.image
-    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
-        got = getattr(image, "shape", type(image).__name__), getattr(image, "dtype", None)
-        raise ValueError(f"{ROLE}: expected a uint8 [H, W, 3] RGB image, got {got}")
-    boxes = np.asarray(req.boxes)
-    if len(boxes) and (boxes.ndim != 2 or boxes.shape[1] != 4):
-        raise ValueError(f"{ROLE}: boxes must be [N, 4], got {np.shape(req.boxes)}")
-    if len(req.points) != len(req.labels):
-        raise ValueError(f"{ROLE}: {len(req.points)} points but {len(req.labels)} labels")

@@ -24,7 +24,6 @@ probability is the sigmoid of the pixel-wise maximum of its prompts' logits.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Sequence
@@ -32,10 +31,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..errors import ConfigError, ModelLoadError
+from ..errors import ModelLoadError
 from ..models.checks import require_files
 from ..protocols import SegmentRequest
+from .hf_images import distinct_images, encode_in_batches, load_model_and_processor, torch_dtype
 from .precision import float32_islands
+from .segment_checks import check_segment_request
 
 ROLE = "segmenter"
 FORMAT = "hf-sam2"
@@ -45,7 +46,6 @@ EXPECTED = (
     "processor_config.json|preprocessor_config.json",
 )
 MODEL_TYPES = ("sam2", "sam2_video")  # the image model, and the video repositories it reads
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # One prompt: (its image's row, box [4] or None, points [P, 2] or None, labels int64 [P] or None).
 Prompt = tuple[int, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
 
@@ -96,24 +96,16 @@ class Sam2Segmenter:
         in float32 on float32 copies of the features.
         """
         root = require_files(ROLE, path, EXPECTED, FORMAT)
-        if dtype not in DTYPES:
-            raise ConfigError(f"{ROLE}: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        encoder_dtype = torch_dtype(ROLE, dtype)
         model_type = _model_type(root)
         if model_type not in MODEL_TYPES:
             raise ModelLoadError(
                 f"{ROLE}: {root} is not a {FORMAT} directory: config.json has model_type {model_type!r}, "
                 f"expected one of {', '.join(MODEL_TYPES)}"
             )
-        try:
-            from transformers import Sam2Model, Sam2Processor
-
-            processor = Sam2Processor.from_pretrained(root, local_files_only=True)
-            model = Sam2Model.from_pretrained(root, local_files_only=True, dtype=torch.float32)
-            model.to(torch.device(device)).eval()
-        except Exception as err:  # any library failure is a load failure of this path
-            raise ModelLoadError(f"{ROLE}: cannot load {FORMAT} from {root}: {err}") from err
-        if DTYPES[dtype] != torch.float32:
-            half_encoder(model, DTYPES[dtype])
+        model, processor = load_model_and_processor(ROLE, FORMAT, root, device, "Sam2Model", "Sam2Processor")
+        if encoder_dtype != torch.float32:
+            half_encoder(model, encoder_dtype)
         return cls(model, processor, multimask_output, batch_size, decode_batch)
 
     @property
@@ -125,7 +117,7 @@ class Sam2Segmenter:
         the maximum over its boxes (each with the request's points), the points-only mask when it
         has no box, zeros when it has neither. ``> 0.5`` is SAM 2's own binary mask (logit > 0)."""
         for req in requests:
-            _check(req)
+            check_segment_request(ROLE, req)
         out: list[np.ndarray | None] = [None] * len(requests)
         todo = [i for i, r in enumerate(requests) if len(r.boxes) or len(r.points)]
         for i in set(range(len(requests))) - set(todo):
@@ -144,14 +136,13 @@ class Sam2Segmenter:
     def _encode(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
         """The images' embeddings as ``Sam2Model.get_image_embeddings`` gives them, float32, one
         [B, C_l, h_l, w_l] per feature level (high resolution first), B = len(images)."""
-        levels: list[list[torch.Tensor]] = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = list(images[start : start + self.batch_size])
-            pixels = self.processor.image_processor(images=chunk, return_tensors="pt", input_data_format="channels_last")
-            embeddings = self.model.get_image_embeddings(pixels["pixel_values"].to(self.device))
-            levels.append([e.float() for e in embeddings])
-            self.work["encoder_images"] += len(chunk)
-        return [torch.cat(level) for level in zip(*levels)]
+
+        def encode(pixels: torch.Tensor) -> list[torch.Tensor]:
+            embeddings = self.model.get_image_embeddings(pixels.to(self.device))
+            self.work["encoder_images"] += len(pixels)
+            return embeddings
+
+        return encode_in_batches(self.processor, images, self.batch_size, encode)
 
     def _prompts(self, req: SegmentRequest, row: int) -> list[Prompt]:
         """A request's prompts (``Prompt``), coordinates in the processor's ``target_size`` frame:
@@ -224,41 +215,8 @@ def half_encoder(model: torch.nn.Module, dtype: torch.dtype) -> None:
     float32_islands(model.vision_encoder, (torch.nn.LayerNorm,))
 
 
-def distinct_images(images: Sequence[np.ndarray]) -> tuple[list[int], list[np.ndarray]]:
-    """Each image's row among the distinct ones (the same array, or equal shape and pixels), and those."""
-    rows: dict[object, int] = {}
-    distinct: list[np.ndarray] = []
-    image_of = []
-    for image in images:
-        row = rows.get(id(image))
-        if row is None:
-            digest = (image.shape, hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).digest())
-            row = rows.get(digest)
-            if row is None:
-                row = rows[digest] = len(distinct)
-                distinct.append(image)
-            rows[id(image)] = row
-        image_of.append(row)
-    return image_of, distinct
-
-
 def _model_type(root: Path) -> str | None:
     try:
         return json.loads((root / "config.json").read_text()).get("model_type")
     except (OSError, ValueError, AttributeError) as err:
         raise ModelLoadError(f"{ROLE}: cannot load {FORMAT} from {root}: bad config.json: {err}") from err
-
-
-def _check(req: SegmentRequest) -> None:
-    image = req.image
-    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
-        got = getattr(image, "shape", type(image).__name__), getattr(image, "dtype", None)
-        raise ValueError(f"{ROLE}: expected a uint8 [H, W, 3] RGB image, got {got}")
-    boxes = np.asarray(req.boxes)
-    if len(boxes) and (boxes.ndim != 2 or boxes.shape[1] != 4):
-        raise ValueError(f"{ROLE}: boxes must be [N, 4], got {boxes.shape}")
-    points = np.asarray(req.points)
-    if len(points) and (points.ndim != 2 or points.shape[1] != 2):
-        raise ValueError(f"{ROLE}: points must be [P, 2], got {points.shape}")
-    if len(req.points) != len(req.labels):
-        raise ValueError(f"{ROLE}: {len(req.points)} points but {len(req.labels)} labels")

@@ -21,7 +21,6 @@ two differ only for a score exactly equal to the threshold).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Sequence
 
@@ -29,9 +28,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..errors import ConfigError, ModelLoadError
 from ..models.checks import require_files
 from ..protocols import ConceptRequest
+from .hf_images import distinct_images, encode_in_batches, load_model_and_processor, torch_dtype
+from .segment_checks import check_rgb_image
 
 ROLE = "concept"
 FORMAT = "hf-sam3"
@@ -41,7 +41,6 @@ EXPECTED = (
     "processor_config.json|preprocessor_config.json",
     "tokenizer.json|vocab.json",
 )
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 BOX_PAD = -10  # SAM 3's label (and Sam3Processor's coordinate) for a padded box
 UPSAMPLE_CHUNK = 16  # instance masks resized to the image at a time (bounds memory at threshold 0)
 
@@ -92,17 +91,9 @@ class Sam3ConceptSegmenter:
         110 MB at 1008 px in float32).
         """
         root = require_files(ROLE, path, EXPECTED, FORMAT)
-        if dtype not in DTYPES:
-            raise ConfigError(f"{ROLE}: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-        try:
-            from transformers import Sam3Model, Sam3Processor
-
-            processor = Sam3Processor.from_pretrained(root, local_files_only=True)
-            model = Sam3Model.from_pretrained(root, local_files_only=True, dtype=torch.float32)
-            model.to(torch.device(device)).eval()
-        except Exception as err:  # any library failure is a load failure of this path
-            raise ModelLoadError(f"{ROLE}: cannot load {FORMAT} from {root}: {err}") from err
-        return cls(model, processor, torch.device(device), DTYPES[dtype], image_batch, max_batch)
+        backbone_dtype = torch_dtype(ROLE, dtype)
+        model, processor = load_model_and_processor(ROLE, FORMAT, root, device, "Sam3Model", "Sam3Processor")
+        return cls(model, processor, torch.device(device), backbone_dtype, image_batch, max_batch)
 
     def segment_concepts(self, requests: Sequence[ConceptRequest], threshold: float) -> list[np.ndarray]:
         """One float32 [H, W] probability in [0, 1] per request, at its image's size: the
@@ -112,7 +103,7 @@ class Sam3ConceptSegmenter:
             _check(req)
         if not requests:
             return []
-        image_of, images = _distinct_images(requests)
+        image_of, images = distinct_images([r.image for r in requests])
         out: list[np.ndarray | None] = [None] * len(requests)
         with torch.inference_mode():
             features, positions = self._encode(images)
@@ -135,18 +126,16 @@ class Sam3ConceptSegmenter:
     def _encode(self, images: list[np.ndarray]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The FPN features of ``images`` ([B, C, h, w] per level) and the levels' position
         encodings ([1, C, h, w]: they depend on the level's shape only, the same for every image)."""
-        levels: list[list[torch.Tensor]] = []
         positions: list[torch.Tensor] = []
-        for start in range(0, len(images), self.image_batch):
-            chunk = images[start : start + self.image_batch]
-            pixels = self.processor.image_processor(images=chunk, return_tensors="pt", input_data_format="channels_last")
-            pixels = pixels["pixel_values"]
+
+        def encode(pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
             with self._autocast():
                 vision = self.model.get_vision_features(pixel_values=pixels.to(self.device))
-            levels.append([level.float() for level in vision.fpn_hidden_states])
-            positions = [p[:1].float() for p in vision.fpn_position_encoding]
-            self.work["encoder_images"] += len(chunk)
-        return [torch.cat(level) for level in zip(*levels)], positions
+            positions[:] = [p[:1].float() for p in vision.fpn_position_encoding]
+            self.work["encoder_images"] += len(pixels)
+            return vision.fpn_hidden_states
+
+        return encode_in_batches(self.processor, images, self.image_batch, encode), positions
 
     def _heads(
         self, requests: list[ConceptRequest], features: list[torch.Tensor], positions: list[torch.Tensor], rows: torch.Tensor
@@ -210,29 +199,8 @@ def _probability(outputs, k: int, size: tuple[int, int], threshold: float) -> np
     return best.cpu().numpy()
 
 
-def _distinct_images(requests: Sequence[ConceptRequest]) -> tuple[list[int], list[np.ndarray]]:
-    """Each request's row among the call's distinct images (the same array, or equal pixels)."""
-    rows: dict[object, int] = {}
-    images: list[np.ndarray] = []
-    image_of = []
-    for r in requests:
-        key = rows.get(id(r.image))
-        if key is None:
-            digest = (r.image.shape, hashlib.blake2b(np.ascontiguousarray(r.image).data, digest_size=16).digest())
-            key = rows.get(digest)
-            if key is None:
-                key = rows[digest] = len(images)
-                images.append(r.image)
-            rows[id(r.image)] = key
-        image_of.append(key)
-    return image_of, images
-
-
 def _check(req: ConceptRequest) -> None:
-    image = req.image
-    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
-        got = getattr(image, "shape", type(image).__name__), getattr(image, "dtype", None)
-        raise ValueError(f"{ROLE}: expected a uint8 [H, W, 3] RGB image, got {got}")
+    check_rgb_image(ROLE, req.image)
     for name in ("positives", "negatives"):
         boxes = np.asarray(getattr(req, name))
         if boxes.size and (boxes.ndim != 2 or boxes.shape[1] != 4):

@@ -19,17 +19,29 @@ real ones, for throughput measurements in which the model's compute dominates: a
 UNet (128, 256, 512) with two layers per block, heads of 64 and cross-attention on a
 512-wide 4-layer text encoder, at 256 px (32 x 32 latents), and a 4-level VAE (latent
 scale 8, as the real one).
+
+The pieces every tiny diffusers builder shares (this one, ``tiny_inpaint_sdxl``,
+``tiny_inpaint_sd3``) live here too: the CLIP BPE tokenizer and its folders
+(``start_pipeline_dir``, ``TinyTokenizers``), the tiny CLIP text encoder's config
+(``clip_text_config``), the VAE (``tiny_vae``), the SD family's noise schedule and the save
+that puts the real tokenizer layout back (``save_pipeline``).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .corpus import tokenizer_corpus
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, DiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTokenizer
 
 # CLIP's pre-tokeniser: special tokens, contractions, letter runs, single digits, punctuation runs.
 _CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
@@ -108,6 +120,83 @@ def write_tokenizer(out: Path, vocab: dict[str, int], merges: list[tuple[str, st
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
 
 
+# The tiny CLIP text encoders' sizes (SD2's tiny scale, both of SDXL's and SD3's encoders).
+TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, projection_dim=32)
+# The SD family's training noise schedule, as the real checkpoints' scheduler configs give it.
+SD_NOISE_SCHEDULE = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    steps_offset=1,
+    prediction_type="epsilon",
+)
+
+
+def clip_text_config(vocab: dict[str, int], act: str, sizes: dict = TINY_TEXT) -> CLIPTextConfig:
+    """A ``CLIPTextConfig`` of ``sizes`` with activation ``act`` over the tiny CLIP vocabulary
+    ``vocab`` (its special tokens' ids, CLIP's ``MAX_LEN`` positions)."""
+    from transformers import CLIPTextConfig
+
+    ids = dict(bos_token_id=vocab[BOS], eos_token_id=vocab[EOS], pad_token_id=vocab["!"])
+    return CLIPTextConfig(vocab_size=len(vocab), max_position_embeddings=MAX_LEN, hidden_act=act, **sizes, **ids)
+
+
+def tiny_vae(sizes: dict, **options: object) -> AutoencoderKL:
+    """An RGB ``AutoencoderKL`` of ``sizes`` (blocks, widths) with 32 norm groups and the
+    pipeline's own ``options`` (latent channels, scaling, ...)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, norm_num_groups=32, **sizes, **options)
+
+
+@dataclass(frozen=True)
+class TinyTokenizers:
+    """The tiny CLIP BPE vocabulary and merges, laid out as the tokenizer folders ``names`` of
+    the pipeline directory ``out_dir`` (the real checkpoints' four files each)."""
+
+    out_dir: Path
+    names: tuple[str, ...]
+    vocab: dict[str, int]
+    merges: list[tuple[str, str]]
+
+    def write(self) -> None:
+        """(Re)write every tokenizer folder."""
+        for name in self.names:
+            write_tokenizer(self.out_dir / name, self.vocab, self.merges)
+
+    def load(self) -> list[CLIPTokenizer]:
+        """One ``CLIPTokenizer`` per folder, read back offline."""
+        from transformers import CLIPTokenizer
+
+        return [CLIPTokenizer.from_pretrained(self.out_dir / name, local_files_only=True) for name in self.names]
+
+
+def start_pipeline_dir(out_dir: Path, seed: int, names: tuple[str, ...]) -> TinyTokenizers:
+    """A tiny pipeline's build started: ``out_dir`` created, torch seeded with ``seed`` (the
+    networks are initialised after this), the CLIP BPE trained and written as the tokenizer
+    folders ``names``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    vocab, merges = train_clip_bpe(n_merges=600)
+    tokenizers = TinyTokenizers(out_dir, names, vocab, merges)
+    tokenizers.write()
+    return tokenizers
+
+
+def save_pipeline(pipe: DiffusionPipeline, tokenizers: TinyTokenizers, networks: tuple[torch.nn.Module, ...], fmt: str) -> dict:
+    """Save ``pipe`` to the tokenizers' directory (safetensors) and return the builder's
+    ``{"format": fmt, "params": N}``, N the parameter count of ``networks``."""
+    pipe.save_pretrained(tokenizers.out_dir, safe_serialization=True)
+    # save_pretrained rewrites the tokenizers (adding tokenizer.json); put back the real layout.
+    for name in tokenizers.names:
+        shutil.rmtree(tokenizers.out_dir / name)
+    tokenizers.write()
+    params = sum(p.numel() for m in networks for p in m.parameters())
+    return {"format": fmt, "params": int(params)}
+
+
 # Per scale, the keyword arguments of UNet2DConditionModel, AutoencoderKL and CLIPTextConfig
 # that differ between scales; the shared ones (channels in/out, SD2's linear projections, ...)
 # are set in ``build``.
@@ -130,7 +219,7 @@ SCALES: dict[str, dict[str, dict]] = {
             layers_per_block=1,
             sample_size=32,
         ),
-        "text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, projection_dim=32),
+        "text": TINY_TEXT,
     },
     # SD2's UNet without its 1280-wide level: cross-attention in all levels but the deepest,
     # two layers per block; diffusers' attention_head_dim is the number of heads (SD2: 64-wide).
@@ -164,20 +253,14 @@ def build(out_dir: Path, seed: int = 0, scale: str = "tiny") -> dict:
     Deterministic in ``seed``. Returns ``{"format": "diffusers-sd-inpaint", "params": N}``
     with N the parameter count of UNet + VAE + text encoder.
     """
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import PNDMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
 
     if scale not in SCALES:
         raise ValueError(f"inpaint: unknown zoo scale {scale!r}; scales are {', '.join(SCALES)}")
     sizes = SCALES[scale]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-
-    vocab, merges = train_clip_bpe(n_merges=600)
-    tok_dir = out_dir / "tokenizer"
-    write_tokenizer(tok_dir, vocab, merges)
-    tokenizer = CLIPTokenizer.from_pretrained(tok_dir, local_files_only=True)
+    tokenizers = start_pipeline_dir(out_dir, seed, ("tokenizer",))
+    (tokenizer,) = tokenizers.load()
 
     # SD2 conventions: linear projections in the transformer blocks, GELU CLIP text encoder.
     unet = UNet2DConditionModel(
@@ -187,29 +270,10 @@ def build(out_dir: Path, seed: int = 0, scale: str = "tiny") -> dict:
         norm_num_groups=32,
         **sizes["unet"],
     )
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=32, **sizes["vae"])
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(vocab),
-            **sizes["text"],
-            max_position_embeddings=MAX_LEN,
-            hidden_act="gelu",
-            bos_token_id=vocab[BOS],
-            eos_token_id=vocab[EOS],
-            pad_token_id=vocab["!"],
-        )
-    )
+    vae = tiny_vae(sizes["vae"], latent_channels=4)
+    text_encoder = CLIPTextModel(clip_text_config(tokenizers.vocab, "gelu", sizes["text"]))
     # The real checkpoint's scheduler (scheduler/scheduler_config.json of SD2-inpainting).
-    scheduler = PNDMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        set_alpha_to_one=False,
-        skip_prk_steps=True,
-        steps_offset=1,
-        prediction_type="epsilon",
-    )
+    scheduler = PNDMScheduler(**SD_NOISE_SCHEDULE, set_alpha_to_one=False, skip_prk_steps=True)
     pipe = StableDiffusionInpaintPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -220,10 +284,4 @@ def build(out_dir: Path, seed: int = 0, scale: str = "tiny") -> dict:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.save_pretrained(out_dir, safe_serialization=True)
-    # save_pretrained rewrites the tokenizer (adding tokenizer.json); put back the real layout.
-    shutil.rmtree(tok_dir)
-    write_tokenizer(tok_dir, vocab, merges)
-
-    params = sum(p.numel() for m in (unet, vae, text_encoder) for p in m.parameters())
-    return {"format": "diffusers-sd-inpaint", "params": int(params)}
+    return save_pipeline(pipe, tokenizers, (unet, vae, text_encoder), "diffusers-sd-inpaint")

@@ -23,26 +23,11 @@ trained on the engine's corpus by ``tiny_inpaint``.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-import torch
-
-from .tiny_inpaint import BOS, EOS, MAX_LEN, train_clip_bpe, write_tokenizer
+from .tiny_inpaint import SCALES, TINY_TEXT, clip_text_config, save_pipeline, start_pipeline_dir, tiny_vae
 
 FORMAT = "diffusers-sd3"
-_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, projection_dim=32)
-
-
-def _text_encoders(vocab: dict[str, int]):
-    """SD3's CLIP pair: CLIP ViT-L (quick GELU) and OpenCLIP bigG (GELU), both with projections."""
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
-
-    def config(act: str) -> CLIPTextConfig:
-        ids = dict(bos_token_id=vocab[BOS], eos_token_id=vocab[EOS], pad_token_id=vocab["!"])
-        return CLIPTextConfig(vocab_size=len(vocab), max_position_embeddings=MAX_LEN, hidden_act=act, **_TEXT, **ids)
-
-    return CLIPTextModelWithProjection(config("quick_gelu")), CLIPTextModelWithProjection(config("gelu"))
 
 
 def build(out_dir: Path, seed: int = 0, scale: str = "tiny") -> dict:
@@ -51,21 +36,16 @@ def build(out_dir: Path, seed: int = 0, scale: str = "tiny") -> dict:
     Deterministic in ``seed``. Returns ``{"format": "diffusers-sd3", "params": N}`` with N the
     parameter count of transformer + VAE + both text encoders.
     """
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-    from transformers import CLIPTokenizer
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
 
     if scale != "tiny":
         raise ValueError(f"inpaint: unknown SD3 zoo scale {scale!r}; scales are tiny")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-
-    vocab, merges = train_clip_bpe(n_merges=600)
-    for name in ("tokenizer", "tokenizer_2"):
-        write_tokenizer(out_dir / name, vocab, merges)
-    tokenizer = CLIPTokenizer.from_pretrained(out_dir / "tokenizer", local_files_only=True)
-    tokenizer_2 = CLIPTokenizer.from_pretrained(out_dir / "tokenizer_2", local_files_only=True)
-    text_encoder, text_encoder_2 = _text_encoders(vocab)
+    tokenizers = start_pipeline_dir(out_dir, seed, ("tokenizer", "tokenizer_2"))
+    tokenizer, tokenizer_2 = tokenizers.load()
+    # SD3's CLIP pair: CLIP ViT-L (quick GELU) and OpenCLIP bigG (GELU), both with projections.
+    text_encoder = CLIPTextModelWithProjection(clip_text_config(tokenizers.vocab, "quick_gelu"))
+    text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(tokenizers.vocab, "gelu"))
 
     transformer = SD3Transformer2DModel(
         sample_size=16,
@@ -75,21 +55,14 @@ def build(out_dir: Path, seed: int = 0, scale: str = "tiny") -> dict:
         num_layers=2,
         attention_head_dim=8,
         num_attention_heads=4,
-        joint_attention_dim=2 * _TEXT["hidden_size"],  # the CLIP pair's hidden states (T5's width when present)
+        joint_attention_dim=2 * TINY_TEXT["hidden_size"],  # the CLIP pair's hidden states (T5's width when present)
         caption_projection_dim=32,  # = heads x head width, as SD3's 1536
-        pooled_projection_dim=2 * _TEXT["projection_dim"],
+        pooled_projection_dim=2 * TINY_TEXT["projection_dim"],
         pos_embed_max_size=32,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
+    vae = tiny_vae(
+        SCALES["tiny"]["vae"],
         latent_channels=16,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        norm_num_groups=32,
-        sample_size=32,
         scaling_factor=1.5305,
         shift_factor=0.0609,
         use_quant_conv=False,
@@ -108,11 +81,4 @@ def build(out_dir: Path, seed: int = 0, scale: str = "tiny") -> dict:
         text_encoder_3=None,
         tokenizer_3=None,
     )
-    pipe.save_pretrained(out_dir, safe_serialization=True)
-    # save_pretrained rewrites the tokenizers (adding tokenizer.json); put back the real layout.
-    for name in ("tokenizer", "tokenizer_2"):
-        shutil.rmtree(out_dir / name)
-        write_tokenizer(out_dir / name, vocab, merges)
-
-    params = sum(p.numel() for m in (transformer, vae, text_encoder, text_encoder_2) for p in m.parameters())
-    return {"format": FORMAT, "params": int(params)}
+    return save_pipeline(pipe, tokenizers, (transformer, vae, text_encoder, text_encoder_2), FORMAT)

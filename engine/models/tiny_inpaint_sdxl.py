@@ -21,34 +21,31 @@ vocabulary trained on the engine's corpus by ``tiny_inpaint``.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from .tiny_inpaint import (
+    SCALES,
+    SD_NOISE_SCHEDULE,
+    TINY_TEXT,
+    clip_text_config,
+    save_pipeline,
+    start_pipeline_dir,
+    tiny_vae,
+)
 
-from .tiny_inpaint import BOS, EOS, MAX_LEN, train_clip_bpe, write_tokenizer
+if TYPE_CHECKING:
+    from diffusers import UNet2DConditionModel
 
 FORMAT = "diffusers-sdxl-inpaint"
 _TIME_DIM = 8  # SDXL: addition_time_embed_dim 256 per micro-conditioning number, 6 numbers
-_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, projection_dim=32)
 
 
-def _text_encoders(vocab: dict[str, int]):
-    """SDXL's pair: CLIP ViT-L's text model (quick GELU) and OpenCLIP bigG's with its projection (GELU)."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+def _unet() -> UNet2DConditionModel:
+    """SDXL's 9-channel inpainting UNet with "text_time" micro-conditioning, tiny."""
+    from diffusers import UNet2DConditionModel
 
-    def config(act: str) -> CLIPTextConfig:
-        ids = dict(bos_token_id=vocab[BOS], eos_token_id=vocab[EOS], pad_token_id=vocab["!"])
-        return CLIPTextConfig(vocab_size=len(vocab), max_position_embeddings=MAX_LEN, hidden_act=act, **_TEXT, **ids)
-
-    return CLIPTextModel(config("quick_gelu")), CLIPTextModelWithProjection(config("gelu"))
-
-
-def _unet_vae():
-    """SDXL's 9-channel inpainting UNet with "text_time" micro-conditioning and its VAE, tiny."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         sample_size=16,
         in_channels=9,  # 4 noisy latents + 1 mask + 4 masked-image latents
         out_channels=4,
@@ -60,26 +57,12 @@ def _unet_vae():
         transformer_layers_per_block=(1, 1),
         use_linear_projection=True,
         norm_num_groups=32,
-        cross_attention_dim=2 * _TEXT["hidden_size"],  # both encoders' hidden states, concatenated
+        cross_attention_dim=2 * TINY_TEXT["hidden_size"],  # both encoders' hidden states, concatenated
         addition_embed_type="text_time",
         addition_time_embed_dim=_TIME_DIM,
         # 6 micro-conditioning numbers (original size, crop, target size) + the pooled text embedding
-        projection_class_embeddings_input_dim=6 * _TIME_DIM + _TEXT["projection_dim"],
+        projection_class_embeddings_input_dim=6 * _TIME_DIM + TINY_TEXT["projection_dim"],
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        norm_num_groups=32,
-        sample_size=32,
-        scaling_factor=0.13025,
-        force_upcast=True,
-    )
-    return unet, vae
 
 
 def build(out_dir: Path, seed: int = 0, scale: str = "tiny") -> dict:
@@ -89,33 +72,21 @@ def build(out_dir: Path, seed: int = 0, scale: str = "tiny") -> dict:
     N the parameter count of UNet + VAE + both text encoders.
     """
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLInpaintPipeline
-    from transformers import CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     if scale != "tiny":
         raise ValueError(f"inpaint: unknown SDXL zoo scale {scale!r}; scales are tiny")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
+    tokenizers = start_pipeline_dir(out_dir, seed, ("tokenizer", "tokenizer_2"))
+    tokenizer, tokenizer_2 = tokenizers.load()
+    # SDXL's pair: CLIP ViT-L's text model (quick GELU) and OpenCLIP bigG's with its projection (GELU).
+    text_encoder = CLIPTextModel(clip_text_config(tokenizers.vocab, "quick_gelu"))
+    text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(tokenizers.vocab, "gelu"))
 
-    vocab, merges = train_clip_bpe(n_merges=600)
-    for name in ("tokenizer", "tokenizer_2"):
-        write_tokenizer(out_dir / name, vocab, merges)
-    tokenizer = CLIPTokenizer.from_pretrained(out_dir / "tokenizer", local_files_only=True)
-    tokenizer_2 = CLIPTokenizer.from_pretrained(out_dir / "tokenizer_2", local_files_only=True)
-    text_encoder, text_encoder_2 = _text_encoders(vocab)
-
-    unet, vae = _unet_vae()
+    unet = _unet()
+    vae = tiny_vae(SCALES["tiny"]["vae"], latent_channels=4, scaling_factor=0.13025, force_upcast=True)
     # The real checkpoint's scheduler (scheduler/scheduler_config.json of SDXL inpainting 0.1).
     scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        steps_offset=1,
-        timestep_spacing="leading",
-        interpolation_type="linear",
-        use_karras_sigmas=False,
-        prediction_type="epsilon",
+        **SD_NOISE_SCHEDULE, timestep_spacing="leading", interpolation_type="linear", use_karras_sigmas=False
     )
     pipe = StableDiffusionXLInpaintPipeline(
         vae=vae,
@@ -129,11 +100,4 @@ def build(out_dir: Path, seed: int = 0, scale: str = "tiny") -> dict:
         force_zeros_for_empty_prompt=True,
         add_watermarker=False,
     )
-    pipe.save_pretrained(out_dir, safe_serialization=True)
-    # save_pretrained rewrites the tokenizers (adding tokenizer.json); put back the real layout.
-    for name in ("tokenizer", "tokenizer_2"):
-        shutil.rmtree(out_dir / name)
-        write_tokenizer(out_dir / name, vocab, merges)
-
-    params = sum(p.numel() for m in (unet, vae, text_encoder, text_encoder_2) for p in m.parameters())
-    return {"format": FORMAT, "params": int(params)}
+    return save_pipeline(pipe, tokenizers, (unet, vae, text_encoder, text_encoder_2), FORMAT)
