@@ -96,8 +96,8 @@ def scoring_texts(
 ) -> tuple[list[str], list[str]]:
     """Check a scoring request and build, per row, the chat text up to "ASSISTANT:" and the same
     text with the stripped answer joined by one space (``join_answer``: as the model would write it)."""
-    _check_lengths(images, prompts, "prompts")
-    _check_lengths(images, answers, "answers")
+    check_lengths(images, prompts, "prompts")
+    check_lengths(images, answers, "answers")
     answers = [a.strip() for a in answers]
     for j, a in enumerate(answers):
         if not a:
@@ -106,14 +106,14 @@ def scoring_texts(
     return prompt_texts, [join_answer(p, a) for p, a in zip(prompt_texts, answers)]
 
 
-def _check_image(image: np.ndarray, j: int) -> np.ndarray:
+def check_image(image: np.ndarray, j: int) -> np.ndarray:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
         raise ValueError(f"image {j} must be uint8 [H, W, 3] RGB, got {got}")
     return np.ascontiguousarray(image)
 
 
-def _check_lengths(images: Sequence, other: Sequence, name: str) -> None:
+def check_lengths(images: Sequence, other: Sequence, name: str) -> None:
     if len(images) != len(other):
         raise ValueError(f"got {len(images)} images but {len(other)} {name}")
 

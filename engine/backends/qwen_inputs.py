@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from ..errors import ModelLoadError
-from .llava_common import _check_image, _check_lengths, distinct_rows
+from .llava_common import check_image, check_lengths, distinct_rows
 from .qwen_boxes import FAMILIES, resized_input_size
 
 
@@ -70,7 +70,7 @@ class QwenInputs:
         done: dict[tuple, list[int]] = {}
         out = []
         for image, text in zip(images, texts):
-            n = self.image_token_count(_check_image(image, len(out)))
+            n = self.image_token_count(check_image(image, len(out)))
             key = (text, n)
             if key not in done:
                 done[key] = self.tokenizer(text.replace(pad, pad * n, 1), add_special_tokens=False)["input_ids"]
@@ -126,8 +126,8 @@ def read_family(path: Path, form: str) -> str:
 def check_score_args(images: Sequence[np.ndarray], prompts: Sequence[str], answers: Sequence[str]) -> None:
     """ValueError unless there is one prompt and one answer per image and no answer is empty once
     stripped (a score needs at least one answer token): the checks of both Qwen backends' ``score``."""
-    _check_lengths(images, prompts, "prompts")
-    _check_lengths(images, answers, "answers")
+    check_lengths(images, prompts, "prompts")
+    check_lengths(images, answers, "answers")
     for j, a in enumerate(answers):
         if not a.strip():
             raise ValueError(f"answer {j} is empty: a score needs at least one answer token")

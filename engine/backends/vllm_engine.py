@@ -30,7 +30,7 @@ from PIL import Image
 
 from ..errors import ConfigError, ModelLoadError
 from . import vllm_slot
-from .llava_common import _check_image, chat_texts, distinct_rows, refuse_float32_overflow
+from .llava_common import chat_texts, check_image, distinct_rows, refuse_float32_overflow
 from .llava_image import pad_to_square
 from .vllm_options import engine_kwargs, engine_option_types
 from .vlm_hf_generate import check_generate_args
@@ -253,7 +253,7 @@ def engine_requests(images: Sequence[np.ndarray], ids: list[list[int]], fill: tu
     """One request per row: its prompt ids (``prompt_token_ids``) and its view (checked, padded to
     a square of ``fill`` when given); a view repeated over rows is converted (and checked) once."""
     firsts, inverse = distinct_rows(images)
-    views = [_check_image(images[j], j) for j in firsts]
+    views = [check_image(images[j], j) for j in firsts]
     pil = [Image.fromarray(view if fill is None else pad_to_square(view, fill)) for view in views]
     return [{"prompt_token_ids": row, "multi_modal_data": {"image": pil[u]}} for row, u in zip(ids, inverse)]
 

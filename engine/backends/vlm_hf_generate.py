@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .hf_sampling import SeededSampling
-from .llava_common import _check_lengths, chat_texts, distinct_rows
+from .llava_common import chat_texts, check_lengths, distinct_rows
 from .vlm_hf_load import ROLE
 
 
@@ -20,7 +20,7 @@ def check_generate_args(
 ) -> None:
     """ValueError unless there is one prompt per image, ``max_new_tokens`` >= 1 and, when sampling
     (``temperature`` > 0), one seed per prompt."""
-    _check_lengths(images, prompts, "prompts")
+    check_lengths(images, prompts, "prompts")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if temperature > 0 and (seeds is None or len(seeds) != len(prompts)):

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from .llava_common import _check_image, distinct_rows, join_answer, llava_chat_text
+from .llava_common import check_image, distinct_rows, join_answer, llava_chat_text
 from .llava_image import pad_to_square, processor_fill
 from .llava_tokens import ExpandedIds, answer_token_ids, token_ids
 
@@ -54,7 +54,7 @@ class LlavaInputs:
         firsts, inverse = distinct_rows(images)
         # Padded to a square as LLaVA-1.5 was trained, not centre-cropped (llava_image.py).
         fill = processor_fill(self.processor.image_processor)
-        squares = [pad_to_square(_check_image(images[j], j), fill) for j in firsts]
+        squares = [pad_to_square(check_image(images[j], j), fill) for j in firsts]
         if hasattr(self.processor, "replace_image_token") and hasattr(self.processor, "image_processor"):
             # arrays, not PIL images: the same pixel values without a round trip through PIL
             # (a quarter of the image processor's time on 72 views)

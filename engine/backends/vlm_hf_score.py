@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .llava_common import _check_lengths, distinct_rows, scoring_texts
+from .llava_common import check_lengths, distinct_rows, scoring_texts
 from .vlm_hf_head import answer_logprob_means, answer_logprobs, head_logits_float32
 
 
@@ -30,7 +30,7 @@ class LlavaScore:
         answers on its KV cache (``llava_prefix``): the same scores, to float rounding.
         """
         if not answers:
-            _check_lengths(images, prompts, "prompts")
+            check_lengths(images, prompts, "prompts")
             return np.zeros(0, np.float32)
         prompt_texts, full_texts = scoring_texts(self.chat_text, images, prompts, answers)
         lengths = self._answer_lengths(prompt_texts, full_texts)

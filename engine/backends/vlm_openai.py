@@ -51,10 +51,10 @@ from PIL import Image
 from ..errors import ConfigError, ModelLoadError
 from ..models.checks import require_files
 from .llava_common import (
-    _check_image,
-    _check_lengths,
     chat_format_of,
     chat_texts,
+    check_image,
+    check_lengths,
     distinct_rows,
     join_answer,
     scoring_texts,
@@ -209,7 +209,7 @@ class OpenAILlavaVLM(LlavaText):
         """One chat request per row: its view as a PNG data URL (each distinct view encoded
         once) and its text; ``params[j]`` the row's sampling fields."""
         firsts, inverse = distinct_rows(images)
-        urls = [png_data_url(pad_to_square(_check_image(images[j], j), self._fill)) for j in firsts]
+        urls = [png_data_url(pad_to_square(check_image(images[j], j), self._fill)) for j in firsts]
         sent = {t: self.server_text(t) for t in dict.fromkeys(texts)}
         return [
             {
@@ -277,7 +277,7 @@ class OpenAILlavaVLM(LlavaText):
         chat-templated ``prompts[j]``, teacher forced: float32 [len(answers)], each <= 0; one
         request per row asking for the prompt's log-probs."""
         if not answers:
-            _check_lengths(images, prompts, "prompts")
+            check_lengths(images, prompts, "prompts")
             return np.zeros(0, np.float32)
         prompt_texts, full_texts = scoring_texts(self.chat_text, images, prompts, answers)
         answer_ids = answer_token_ids(self.tokenizer, prompt_texts, full_texts, self.image_split)

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..models.checks import require_files
-from .llava_common import _check_lengths, chat_format_of, scoring_texts
+from .llava_common import chat_format_of, check_lengths, scoring_texts
 from .llava_image import complete_processor, processor_fill
 from .llava_tokens import LlavaText, answer_token_ids
 from .vllm_engine import VLLMEngine, check_engine_options, engine_requests, engine_settings, start_engine
@@ -148,7 +148,7 @@ class VLLMLlavaVLM(LlavaText, VLLMEngine):
         """
         self._check_open()
         if not answers:
-            _check_lengths(images, prompts, "prompts")
+            check_lengths(images, prompts, "prompts")
             return np.zeros(0, np.float32)
         prompt_texts, full_texts = scoring_texts(self.chat_text, images, prompts, answers)
         answer_ids = self._answer_ids(prompt_texts, full_texts)
