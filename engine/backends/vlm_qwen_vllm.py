@@ -105,9 +105,9 @@ class VLLMQwenVLM(QwenInputs, VLLMEngine):
         p = require_files(ROLE, path, EXPECTED_FILES, FORMAT)
         if dtype not in DTYPES:
             raise ConfigError(f"{ROLE}: unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+        check_engine_options(FORMAT, engine_options)  # a stray option first: it names the mistake
         if box_frame not in BOX_FRAMES:
             raise ConfigError(f"{ROLE}: unknown box_frame {box_frame!r}; expected one of {', '.join(BOX_FRAMES)}")
-        check_engine_options(FORMAT, engine_options)
         family = read_family(p, FORMAT)
         engine = engine_settings(p, device, dtype, QWEN_ENGINE_DEFAULTS | engine_options)
         llm, processor = start_engine(p, device, dtype, engine, not multiprocessing, FORMAT, read_processor)
