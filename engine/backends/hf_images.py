@@ -1,10 +1,17 @@
 """What the transformers image backends of SAM 2.1 (``segment_sam2``) and SAM 3 (``segment_sam3``)
-share: their dtype option, loading a model with its processor offline, and encoding the distinct
-images of a call once, in bounded batches.
+share: their dtype and runtime options, loading a model with its processor offline, and encoding
+the distinct images of a call once, in bounded batches.
 
 A call's requests often share images (several prompts or phrases on one view); each distinct
 image (the same array, or equal shape and pixels) goes through the image encoder once, and each
 request reads its image's row of the stacked features.
+
+Runtime "compile" (as the ``sam`` and ``sd`` backends' ``runtime="compile"``) wraps the image
+encoder pass, nearly all of a call's compute, with ``torch.compile(..., dynamic=False)`` (mode:
+torch's default, inductor), once at load; the graph is built at the first call. Its input is
+always [batch_size, 3, S, S]: the processor resizes every image to S, and ``encode_in_batches``
+pads a call's last, short batch to ``batch_size`` with copies of its last image (their features
+are dropped), so every later call reuses that one graph instead of compiling one per batch size.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import torch
 from ..errors import ConfigError, ModelLoadError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+RUNTIMES = ("eager", "compile")
 
 
 def torch_dtype(role: str, dtype: str) -> torch.dtype:
@@ -26,6 +34,18 @@ def torch_dtype(role: str, dtype: str) -> torch.dtype:
     if dtype not in DTYPES:
         raise ConfigError(f"{role}: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     return DTYPES[dtype]
+
+
+def check_runtime(role: str, runtime: str) -> None:
+    """ConfigError unless ``runtime`` is one of ``RUNTIMES`` (worded as ``export.runtime.check_runtime``)."""
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"{role}: runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+
+
+def encoder_runtime(runtime: str, encode: Callable[..., Any]) -> Callable[..., Any]:
+    """The image encoder pass ``encode`` as is ("eager") or compiled once for one static batch
+    shape ("compile", module docstring); ``check_runtime`` first."""
+    return torch.compile(encode, dynamic=False) if runtime == "compile" else encode
 
 
 def load_model_and_processor(
@@ -68,14 +88,19 @@ def encode_in_batches(
     images: Sequence[np.ndarray],
     batch_size: int,
     encode: Callable[[torch.Tensor], Sequence[torch.Tensor]],
+    pad: bool = False,
 ) -> list[torch.Tensor]:
     """``images`` (uint8 [H, W, 3]) through ``processor.image_processor`` and ``encode`` at most
     ``batch_size`` at a time: ``encode`` takes pixel values [b, 3, S, S] (on the CPU) and returns
     the feature levels [b, C_l, h_l, w_l]; returns each level for all images, float32
-    [len(images), C_l, h_l, w_l]."""
+    [len(images), C_l, h_l, w_l]. pad: b is always ``batch_size``, a short last batch padded with
+    copies of its last image whose features are dropped (a compiled encoder's one shape)."""
     levels: list[list[torch.Tensor]] = []
     for start in range(0, len(images), batch_size):
         chunk = list(images[start : start + batch_size])
         pixels = processor.image_processor(images=chunk, return_tensors="pt", input_data_format="channels_last")
-        levels.append([level.float() for level in encode(pixels["pixel_values"])])
+        pixels = pixels["pixel_values"]
+        if pad and len(chunk) < batch_size:
+            pixels = torch.cat([pixels, pixels[-1:].expand(batch_size - len(chunk), -1, -1, -1)])
+        levels.append([level[: len(chunk)].float() for level in encode(pixels)])
     return [torch.cat(level) for level in zip(*levels)]

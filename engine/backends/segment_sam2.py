@@ -7,7 +7,8 @@ and ``Sam2Processor.from_pretrained``. Those repositories hold the video model (
 ``sam2_video``); ``Sam2Model`` reads its image part and leaves the memory modules, as the
 transformers documentation loads them for images.
 
-A call encodes each distinct image of its requests once (``batch_size`` images per pass), then
+A call encodes each distinct image of its requests once (``batch_size`` images per pass; runtime
+"compile" runs that pass, ``Sam2Model.get_image_embeddings``, compiled: ``hf_images``), then
 decodes every request's prompts together, each prompt reading its own image's embeddings
 (``decode_batch`` prompts per pass). SAM 2's decoder has no attention mask: a padding point
 (label -10) is a zero token that still takes part in the two-way attention, so a padded prompt
@@ -34,7 +35,14 @@ import torch
 from ..errors import ModelLoadError
 from ..models.checks import require_files
 from ..protocols import SegmentRequest
-from .hf_images import distinct_images, encode_in_batches, load_model_and_processor, torch_dtype
+from .hf_images import (
+    check_runtime,
+    distinct_images,
+    encode_in_batches,
+    encoder_runtime,
+    load_model_and_processor,
+    torch_dtype,
+)
 from .precision import float32_islands
 from .segment_checks import check_segment_request
 
@@ -54,7 +62,8 @@ class Sam2Segmenter:
     """``Segmenter`` on transformers' SAM 2 / 2.1 (image mode).
 
     model: a ``Sam2Model`` whose prompt encoder and mask decoder are float32 (the image encoder
-    may be half precision, see ``load``); processor: its ``Sam2Processor``.
+    may be half precision, see ``load``); processor: its ``Sam2Processor``. runtime: "eager" or
+    "compile" (``load``).
     """
 
     def __init__(
@@ -64,13 +73,17 @@ class Sam2Segmenter:
         multimask_output: bool = True,
         batch_size: int = 4,
         decode_batch: int = 64,
+        runtime: str = "eager",
     ) -> None:
+        check_runtime(ROLE, runtime)
         self.model = model
         self.processor = processor
         self.multimask_output = bool(multimask_output)
         self.batch_size = max(1, int(batch_size))
         self.decode_batch = max(1, int(decode_batch))
         self.target_size = int(processor.target_size)
+        self.runtime = runtime
+        self.encoder = encoder_runtime(runtime, model.get_image_embeddings)  # the image encoder pass
         self.work = {"encoder_images": 0}  # int_engine.work: images through the image encoder
 
     @classmethod
@@ -83,6 +96,7 @@ class Sam2Segmenter:
         multimask_output: bool = True,
         batch_size: int = 4,
         decode_batch: int = 64,
+        runtime: str = "eager",
     ) -> "Sam2Segmenter":
         """Load the SAM 2 directory ``path`` (see the module docstring) offline.
 
@@ -94,7 +108,10 @@ class Sam2Segmenter:
         dtype: the image encoder's (Hiera, the FPN neck and the decoder's two high-resolution
         projections); its LayerNorms stay float32, and the prompt encoder and mask decoder run
         in float32 on float32 copies of the features.
+        runtime: "eager", or "compile": ``torch.compile`` of the image encoder pass at one static
+        batch shape, a short last batch padded to ``batch_size`` (``hf_images``).
         """
+        check_runtime(ROLE, runtime)
         root = require_files(ROLE, path, EXPECTED, FORMAT)
         encoder_dtype = torch_dtype(ROLE, dtype)
         model_type = _model_type(root)
@@ -106,7 +123,7 @@ class Sam2Segmenter:
         model, processor = load_model_and_processor(ROLE, FORMAT, root, device, "Sam2Model", "Sam2Processor")
         if encoder_dtype != torch.float32:
             half_encoder(model, encoder_dtype)
-        return cls(model, processor, multimask_output, batch_size, decode_batch)
+        return cls(model, processor, multimask_output, batch_size, decode_batch, runtime)
 
     @property
     def device(self) -> torch.device:
@@ -138,11 +155,12 @@ class Sam2Segmenter:
         [B, C_l, h_l, w_l] per feature level (high resolution first), B = len(images)."""
 
         def encode(pixels: torch.Tensor) -> list[torch.Tensor]:
-            embeddings = self.model.get_image_embeddings(pixels.to(self.device))
-            self.work["encoder_images"] += len(pixels)
-            return embeddings
+            return self.encoder(pixels.to(self.device))
 
-        return encode_in_batches(self.processor, images, self.batch_size, encode)
+        pad = self.runtime == "compile"
+        features = encode_in_batches(self.processor, images, self.batch_size, encode, pad)
+        self.work["encoder_images"] += len(images)  # the padding excluded
+        return features
 
     def _prompts(self, req: SegmentRequest, row: int) -> list[Prompt]:
         """A request's prompts (``Prompt``), coordinates in the processor's ``target_size`` frame:

@@ -4,7 +4,8 @@ On disk: a transformers SAM 3 directory as ``facebook/sam3`` ships it (config.js
 safetensors weights, the processor's image settings and the CLIP tokenizer), loaded offline
 with ``Sam3Model.from_pretrained`` and ``Sam3Processor.from_pretrained``.
 
-A call runs the vision backbone once per distinct image (``image_batch`` images per pass), then
+A call runs the vision backbone once per distinct image (``image_batch`` images per pass; runtime
+"compile" runs that pass, ``Sam3Model.get_vision_features``, compiled: ``hf_images``), then
 the text, geometry, DETR and mask heads over the requests, ``max_batch`` per pass, each request
 reading its image's features. Requests with exemplar boxes and requests without run in separate
 passes: SAM 3's geometry encoder adds a CLS token to every prompt of a pass with boxes, so a
@@ -30,7 +31,14 @@ from torch.nn import functional as F
 
 from ..models.checks import require_files
 from ..protocols import ConceptRequest
-from .hf_images import distinct_images, encode_in_batches, load_model_and_processor, torch_dtype
+from .hf_images import (
+    check_runtime,
+    distinct_images,
+    encode_in_batches,
+    encoder_runtime,
+    load_model_and_processor,
+    torch_dtype,
+)
 from .segment_checks import check_rgb_image
 
 ROLE = "concept"
@@ -52,7 +60,7 @@ class Sam3ConceptSegmenter:
     all of the compute at 1008 px) under autocast and the text, geometry, DETR and mask heads in
     float32 on float32 features: the scores and masks that are thresholded stay float32, and
     torchvision's ``roi_align`` in the geometry encoder refuses autocast's mixed types on CPU.
-    processor: its ``Sam3Processor``.
+    processor: its ``Sam3Processor``. runtime: "eager" or "compile" (``load``).
     """
 
     def __init__(
@@ -63,13 +71,17 @@ class Sam3ConceptSegmenter:
         dtype: torch.dtype = torch.float32,
         image_batch: int = 4,
         max_batch: int = 8,
+        runtime: str = "eager",
     ) -> None:
+        check_runtime(ROLE, runtime)
         self.model = model
         self.processor = processor
         self.device = device
         self.dtype = dtype
         self.image_batch = max(1, int(image_batch))
         self.max_batch = max(1, int(max_batch))
+        self.runtime = runtime
+        self.backbone = encoder_runtime(runtime, model.get_vision_features)  # the vision backbone pass
         # int_engine.work: images through the vision backbone; requests through the heads
         self.work = {"encoder_images": 0, "requests": 0}
 
@@ -82,18 +94,22 @@ class Sam3ConceptSegmenter:
         *,
         image_batch: int = 4,
         max_batch: int = 8,
+        runtime: str = "eager",
     ) -> "Sam3ConceptSegmenter":
         """Load the SAM 3 directory ``path`` offline.
 
         image_batch: images per vision-backbone pass (the published ViT at 1008 px holds about
         1 GB of activations per image in float32). max_batch: requests per pass of the text,
         geometry, DETR and mask heads (each carries a copy of its image's FPN features, about
-        110 MB at 1008 px in float32).
+        110 MB at 1008 px in float32). runtime: "eager", or "compile": ``torch.compile`` of the
+        vision backbone pass at one static batch shape, a short last batch padded to
+        ``image_batch`` (``hf_images``).
         """
+        check_runtime(ROLE, runtime)
         root = require_files(ROLE, path, EXPECTED, FORMAT)
         backbone_dtype = torch_dtype(ROLE, dtype)
         model, processor = load_model_and_processor(ROLE, FORMAT, root, device, "Sam3Model", "Sam3Processor")
-        return cls(model, processor, torch.device(device), backbone_dtype, image_batch, max_batch)
+        return cls(model, processor, torch.device(device), backbone_dtype, image_batch, max_batch, runtime)
 
     def segment_concepts(self, requests: Sequence[ConceptRequest], threshold: float) -> list[np.ndarray]:
         """One float32 [H, W] probability in [0, 1] per request, at its image's size: the
@@ -130,12 +146,14 @@ class Sam3ConceptSegmenter:
 
         def encode(pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
             with self._autocast():
-                vision = self.model.get_vision_features(pixel_values=pixels.to(self.device))
+                vision = self.backbone(pixel_values=pixels.to(self.device))
             positions[:] = [p[:1].float() for p in vision.fpn_position_encoding]
-            self.work["encoder_images"] += len(pixels)
             return vision.fpn_hidden_states
 
-        return encode_in_batches(self.processor, images, self.image_batch, encode), positions
+        pad = self.runtime == "compile"
+        features = encode_in_batches(self.processor, images, self.image_batch, encode, pad)
+        self.work["encoder_images"] += len(images)  # the padding excluded
+        return features, positions
 
     def _heads(
         self, requests: list[ConceptRequest], features: list[torch.Tensor], positions: list[torch.Tensor], rows: torch.Tensor

@@ -94,7 +94,12 @@ def mixed_requests() -> list[SegmentRequest]:
 
 def test_implements_protocol_and_typed_options(segmenter):
     assert isinstance(segmenter, Segmenter)
-    assert backend_options(Sam2Segmenter) == {"multimask_output": bool, "batch_size": int, "decode_batch": int}
+    assert backend_options(Sam2Segmenter) == {
+        "multimask_output": bool,
+        "batch_size": int,
+        "decode_batch": int,
+        "runtime": str,
+    }
 
 
 @pytest.mark.parametrize("index", range(len(mixed_requests())))
