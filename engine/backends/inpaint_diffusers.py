@@ -18,6 +18,13 @@ takes (Flux has no negative prompt). For ``StableDiffusionInpaintPipeline`` with
 UNet at strength 1 the masked images go through the VAE in batches (``inpaint_sd.prepared_latents``),
 as the ``sd`` backend does; other pipelines encode them one job at a time, as diffusers does
 with a list of generators.
+
+``runtime="compile"`` wraps the denoiser (``unet``, or SD3's / Flux's ``transformer``) and the
+VAE decoder with ``torch.compile``, as the ``sd`` backend's "compile" runtime does
+(``export.sd_runtime.compile_pipeline``; mode / backend from an ``artifacts`` manifest, else
+torch's defaults). Every call then runs ``max_batch`` jobs, the shorter ones filled up
+(``SquareInpainter.pad_to``), so the compiled graphs see one batch shape and are compiled once.
+The exported-graph runtimes ("onnx", "tensorrt") are the ``sd`` backend's only.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import torch
 from ..errors import ConfigError, ModelLoadError
 from ..models.checks import require_files
 from .inpaint_sd import memory_bounds, prepared_latents
-from .inpaint_sd_load import DTYPES, SCHEDULERS, check_options, configure_pipeline, working_size
+from .inpaint_sd_load import DTYPES, SCHEDULERS, check_options, configure_pipeline, denoiser, working_size
 from .inpaint_square import SquareInpainter
 
 ROLE = "inpaint"
@@ -55,6 +62,7 @@ EXPECTED = (
 # the latent pixels of SD2's 512 px, with a 2.6B UNet (SDXL) or a 2B MMDiT (SD3 medium); two
 # jobs (4 rows with guidance) is SD2's 8 jobs scaled by the latent area. Not measured on a GPU.
 CUDA_MAX_BATCH = 2
+RUNTIMES = ("eager", "compile")
 
 
 def read_index(p: Path) -> tuple[str, dict[str, list]]:
@@ -126,6 +134,32 @@ def build_pipeline(p: Path, device: str, dtype: str, scheduler: str | None, vari
     return pipe
 
 
+def check_runtime(runtime: str, max_batch: int) -> None:
+    """``ConfigError`` unless ``runtime`` is one of ``RUNTIMES`` and, for "compile", ``max_batch``
+    (as resolved) bounds the calls: the batch shape the graphs are compiled for."""
+    choices = ", ".join(RUNTIMES)
+    if runtime in ("onnx", "tensorrt"):
+        raise ConfigError(
+            f"{ROLE}: runtime={runtime!r} is not supported by the diffusers backend (exported graphs are the sd "
+            f"backend's); runtime must be one of {choices}"
+        )
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"{ROLE}: runtime must be one of {choices}, got {runtime!r}")
+    if runtime == "compile" and max_batch < 1:
+        raise ConfigError(
+            f"{ROLE}: runtime='compile' needs max_batch >= 1 (the jobs every call is compiled for), got {max_batch}"
+        )
+
+
+def compile_pipeline(pipe, artifacts: str | Path | None, p: Path) -> None:
+    """``torch.compile`` the denoiser and the VAE decoder of ``pipe``, in place (``export.sd_runtime``)."""
+    from ..export.onnx_sd import UNET, VAE_DECODER
+    from ..export.sd_runtime import compile_pipeline as compile_sd_pipeline
+
+    name = "unet" if denoiser(pipe) is getattr(pipe, "unet", None) else "transformer"
+    compile_sd_pipeline(pipe, artifacts, p, name, (UNET, VAE_DECODER))
+
+
 class DiffusersInpainter(SquareInpainter):
     """Batched inpainting with any diffusers inpainting pipeline. Build with :meth:`load`; call :meth:`inpaint`."""
 
@@ -140,9 +174,13 @@ class DiffusersInpainter(SquareInpainter):
         dilate: int,
         fit: str,
         max_batch: int,
+        runtime: str = "eager",
     ) -> None:
         super().__init__(pipe, device, size, steps, guidance_scale, dilate, fit, max_batch)
         self.strength = strength
+        self.runtime = runtime  # eager | compile: what runs the denoiser and the VAE decoder
+        if runtime == "compile":
+            self.pad_to = max_batch  # one batch shape for the compiled graphs
         self.accepts = set(inspect.signature(pipe.__call__).parameters)  # what its __call__ takes
 
     @classmethod
@@ -163,6 +201,8 @@ class DiffusersInpainter(SquareInpainter):
         scheduler: str | None = None,
         variant: str | None = None,
         enable_xformers: bool = False,
+        runtime: str = "eager",
+        artifacts: str | Path | None = None,
     ) -> Self:
         """Load a diffusers pipeline directory as its inpainting pipeline, offline.
 
@@ -176,18 +216,26 @@ class DiffusersInpainter(SquareInpainter):
         not depend on it); None = ``CUDA_MAX_BATCH`` on CUDA, all on CPU. vae_slicing: decode one
         image at a time (None = on CUDA). scheduler: None keeps the checkpoint's, else one of
         pndm / ddim / dpmsolver++ / euler (UNet pipelines). variant: e.g. "fp16".
-        enable_xformers: xformers attention instead of SDPA.
+        enable_xformers: xformers attention instead of SDPA. runtime: "eager", or "compile": the
+        denoiser and the VAE decoder wrapped with ``torch.compile`` (options from ``artifacts``'
+        "compile" manifest when given, as the ``sd`` backend), every call run with ``max_batch``
+        jobs (None = ``CUDA_MAX_BATCH`` on any device; 0 refused) so that it compiles once.
         """
         p = require_files(ROLE, path, EXPECTED, FORMAT)
         check_components(p)
+        if runtime == "compile" and max_batch is None:
+            max_batch = CUDA_MAX_BATCH
         max_batch, vae_slicing = memory_bounds(device, max_batch, vae_slicing, CUDA_MAX_BATCH)
+        check_runtime(runtime, max_batch)
         check_options(dtype, fit, steps, dilate, max_batch, scheduler, enable_xformers)
         if not 0.0 < strength <= 1.0:
             raise ConfigError(f"{ROLE}: strength must be in (0, 1], got {strength}")
         pipe = build_pipeline(p, device, dtype, scheduler, variant)
         size = working_size(pipe, size, p)
         configure_pipeline(pipe, enable_xformers, vae_slicing)
-        return cls(pipe, device, size, steps, guidance_scale, strength, dilate, fit, max_batch)
+        if runtime == "compile":
+            compile_pipeline(pipe, artifacts, p)
+        return cls(pipe, device, size, steps, guidance_scale, strength, dilate, fit, max_batch, runtime)
 
     def _call_args(self, args: dict, image: torch.Tensor, mask: torch.Tensor, generators: list[torch.Generator]) -> dict:
         """``args`` with ``strength``, and SD's batched masked-image VAE encode

@@ -43,9 +43,15 @@ class SquareInpainter:
     size: working square side; steps: denoising steps; guidance_scale: classifier-free guidance
     (<= 1 turns it and the negative prompt off); dilate: mask growth in input pixels; fit: "pad"
     | "stretch"; max_batch: jobs per pipeline call (0 = all). A subclass may add pipeline
-    arguments in ``_call_args`` (one pipeline call over B jobs)."""
+    arguments in ``_call_args`` (one pipeline call over B jobs).
+
+    pad_to: jobs in every pipeline call (0 = as many as the call has). A compiled runtime sets
+    it to ``max_batch``, so that every call has one batch shape and nothing recompiles: a call
+    with fewer jobs is filled up with copies of its last job, whose outputs are dropped (each job
+    has its own generator, so they change nothing but the time taken)."""
 
     role = "inpaint"
+    pad_to = 0
 
     def __init__(
         self,
@@ -155,6 +161,11 @@ class SquareInpainter:
         seeds: list[int],
     ) -> list[np.ndarray]:
         """One pipeline call over B jobs -> B uint8 [H, W, 3] model outputs (not yet composited)."""
+        jobs = len(images)
+        if self.pad_to > jobs:  # filler jobs: the last one again (``pad_to``)
+            images, bins, prompts, negative_prompts, seeds = (
+                [*x, *[x[-1]] * (self.pad_to - jobs)] for x in (images, bins, prompts, negative_prompts, seeds)
+            )
         fits, image_t, mask_t = self._squares(images, bins)  # [B, 3, S, S], [B, 1, S, S]
         # CPU generators: the same seed gives the same noise on every device.
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
@@ -173,13 +184,13 @@ class SquareInpainter:
         with torch.inference_mode():
             result = self.pipe(**self._call_args(args, image_t, mask_t, generators)).images  # float32 [B, S, S, 3]
         # every denoising step the pipeline ran evaluates the denoiser on all B jobs' rows (2 each
-        # with classifier-free guidance) over the (size / vae scale)^2 latent grid
+        # with classifier-free guidance, fillers included) over the (size / vae scale)^2 latent grid
         guided = getattr(self.pipe, "do_classifier_free_guidance", False)
         evaluations = getattr(self.pipe, "num_timesteps", self.steps)
         latent = self.size // self.pipe.vae_scale_factor
         self.work["unet_latent_pixels"] += evaluations * len(images) * (2 if guided else 1) * latent**2
-        self.work["inpaint_jobs"] += len(images)
-        return [self._from_square(out, f, *im.shape[:2]) for out, f, im in zip(result, fits, images)]
+        self.work["inpaint_jobs"] += jobs
+        return [self._from_square(out, f, *im.shape[:2]) for out, f, im in zip(result[:jobs], fits, images)]
 
     def _call_args(self, args: dict, image: torch.Tensor, mask: torch.Tensor, generators: list[torch.Generator]) -> dict:
         """The keyword arguments of the pipeline call: ``args`` (the documented ones every

@@ -32,9 +32,18 @@ def attach_sd_graphs(pipe, runtime: str, artifacts: str | Path, model_dir: Path,
 
 def compile_sd(pipe, artifacts: str | Path | None, model_dir: Path) -> None:
     """Wrap the UNet and the VAE encoder/decoder (the modules the graphs hold) with ``torch.compile``, in place."""
-    options = compile_options(ROLE, artifacts, model_dir, (UNET, VAE_ENCODER, VAE_DECODER))
-    pipe.unet = compile_module(pipe.unet, options)
-    pipe.vae.encoder = compile_module(pipe.vae.encoder, options)
+    compile_pipeline(pipe, artifacts, model_dir, "unet", (UNET, VAE_ENCODER, VAE_DECODER))
+
+
+def compile_pipeline(pipe, artifacts: str | Path | None, model_dir: Path, denoiser: str, modules: tuple[str, ...]) -> None:
+    """Wrap ``pipe.<denoiser>`` ("unet" | "transformer") and the VAE's decoder, and its encoder when
+    ``modules`` names it, with ``torch.compile``, in place; the options are those the "compile"
+    manifest in ``artifacts`` recorded for ``modules`` (checked against ``model_dir``), or torch's
+    defaults without one (``runtime.compile_options``)."""
+    options = compile_options(ROLE, artifacts, model_dir, modules)
+    setattr(pipe, denoiser, compile_module(getattr(pipe, denoiser), options))
+    if VAE_ENCODER in modules:
+        pipe.vae.encoder = compile_module(pipe.vae.encoder, options)
     pipe.vae.decoder = compile_module(pipe.vae.decoder, options)
 
 
