@@ -163,6 +163,8 @@ def compile_pipeline(pipe, artifacts: str | Path | None, p: Path) -> None:
 class DiffusersInpainter(SquareInpainter):
     """Batched inpainting with any diffusers inpainting pipeline. Build with :meth:`load`; call :meth:`inpaint`."""
 
+    RUNTIMES = RUNTIMES  # no exported graphs (the sd backend's): what ``models check`` accepts
+
     def __init__(
         self,
         pipe,

@@ -36,6 +36,7 @@ from ..errors import ModelLoadError
 from ..models.checks import require_files
 from ..protocols import SegmentRequest
 from .hf_images import (
+    RUNTIMES,
     check_runtime,
     distinct_images,
     encode_in_batches,
@@ -65,6 +66,8 @@ class Sam2Segmenter:
     may be half precision, see ``load``); processor: its ``Sam2Processor``. runtime: "eager" or
     "compile" (``load``).
     """
+
+    RUNTIMES = RUNTIMES  # in-process only (no export folder): what ``models check`` accepts
 
     def __init__(
         self,

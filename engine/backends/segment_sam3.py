@@ -32,6 +32,7 @@ from torch.nn import functional as F
 from ..models.checks import require_files
 from ..protocols import ConceptRequest
 from .hf_images import (
+    RUNTIMES,
     check_runtime,
     distinct_images,
     encode_in_batches,
@@ -62,6 +63,8 @@ class Sam3ConceptSegmenter:
     torchvision's ``roi_align`` in the geometry encoder refuses autocast's mixed types on CPU.
     processor: its ``Sam3Processor``. runtime: "eager" or "compile" (``load``).
     """
+
+    RUNTIMES = RUNTIMES  # in-process only (no export folder): what ``models check`` accepts
 
     def __init__(
         self,

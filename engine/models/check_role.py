@@ -192,14 +192,19 @@ def _readable(role: str, files: list[Path]) -> None:
                 raise ModelLoadError(f"{role}: {f.parent} is missing shard(s) {', '.join(missing)} named in {f.name}")
 
 
-def _runtime(role: str, options: dict[str, Any]) -> None:
-    """A compiled runtime's settings and artifacts folder (``check_runtime`` plus existence)."""
+def _runtime(role: str, cls: type, options: dict[str, Any]) -> None:
+    """A compiled runtime's settings and artifacts folder (``check_runtime`` plus existence); a
+    backend that takes fewer runtimes than the export package lists them itself (``cls.RUNTIMES``)."""
     runtime = options.get("runtime", "eager")
+    own = getattr(cls, "RUNTIMES", None)
+    if own is not None and runtime not in own:
+        raise ConfigError(f"{role}: runtime must be one of {', '.join(own)}, got {runtime!r}")
     if runtime == "eager":
         return
-    from ..export.runtime import check_runtime
+    if own is None:
+        from ..export.runtime import check_runtime
 
-    check_runtime(role, runtime, options.get("artifacts"))
+        check_runtime(role, runtime, options.get("artifacts"))
     artifacts = options.get("artifacts")
     if artifacts is not None and not Path(artifacts).expanduser().is_dir():
         raise ModelLoadError(f"{role}: artifacts folder {artifacts} for runtime={runtime!r} does not exist")
@@ -218,9 +223,9 @@ def check_role(cfg: ModelsConfig, role: str, models_dir: str | Path | None = Non
         return RoleCheck(role, rc.backend, status, _strip(role, detail))
 
     try:
-        backend_class(role, rc.backend)
+        cls = backend_class(role, rc.backend)
         check_role_options(cfg, role)
-        _runtime(role, rc.options)
+        _runtime(role, cls, rc.options)
     except ConfigError as err:
         return verdict(INVALID, str(err))
     except ModelLoadError as err:  # the backend's package is not installed, or no artifacts

@@ -115,3 +115,16 @@ def test_models_check_tells_each_lineups_files_from_the_others(modern_zoo, tiny_
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     assert "names 'llava'; backend 'qwen' reads qwen2_5_vl / qwen3_vl" in lines["vlm"]
     assert lines["segmenter"].split()[1] == "MISSING" and lines["inpaint"].split()[1] == "ok"  # SD2 through AutoPipeline
+
+
+@pytest.mark.parametrize("role", ["segmenter", "concept", "inpaint"])
+def test_models_check_takes_the_modern_backends_own_runtimes(modern_zoo, role, capsys):
+    """SAM 2.1, SAM 3 and the diffusers inpainter compile in process (no exported graphs):
+    ``compile`` is ok, ``onnx`` is refused with the runtimes they take, not with an export
+    folder's requirements."""
+    base = ["models", "check", str(modern_zoo), "--preset", "modern", "--set", "models.concept.backend=sam3"]
+    assert main([*base, "--set", f"models.{role}.options.runtime=compile"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--set", f"models.{role}.options.runtime=onnx"]) != 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith(role))
+    assert "INVALID" in line and "runtime must be one of eager, compile, got 'onnx'" in line
