@@ -86,7 +86,7 @@ class Sam3ConceptSegmenter:
         self.runtime = runtime
         self.backbone = encoder_runtime(runtime, model.get_vision_features)  # the vision backbone pass
         # int_engine.work: images through the vision backbone; requests through the heads
-        self.work = {"encoder_images": 0, "requests": 0}
+        self.work = {"encoder_images": 0, "texts_encoded": 0, "requests": 0}
 
     @classmethod
     def load(
@@ -126,13 +126,14 @@ class Sam3ConceptSegmenter:
         out: list[np.ndarray | None] = [None] * len(requests)
         with torch.inference_mode():
             features, positions = self._encode(images)
+            text = self._encode_texts([r.text for r in requests])
             boxed = [i for i, r in enumerate(requests) if len(r.positives) + len(r.negatives)]
             plain = [i for i, r in enumerate(requests) if not len(r.positives) + len(r.negatives)]
             for group in (plain, boxed):
                 for start in range(0, len(group), self.max_batch):
                     idx = group[start : start + self.max_batch]
                     rows = torch.tensor([image_of[i] for i in idx], device=self.device)
-                    outputs = self._heads([requests[i] for i in idx], features, positions, rows)
+                    outputs = self._heads([requests[i] for i in idx], features, positions, rows, text)
                     for k, i in enumerate(idx):
                         out[i] = _probability(outputs, k, requests[i].image.shape[:2], threshold)
                     self.work["requests"] += len(idx)
@@ -158,10 +159,28 @@ class Sam3ConceptSegmenter:
         self.work["encoder_images"] += len(images)  # the padding excluded
         return features, positions
 
+    def _encode_texts(self, texts: list[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Each distinct phrase through the text encoder once (a call's views share one pick):
+        text -> its row, the projected token features [T, 32, C] and their mask [T, 32] (the
+        processor pads every phrase to 32 tokens, so a row does not depend on the others)."""
+        distinct = list(dict.fromkeys(texts))
+        tokens = self.processor(text=distinct, return_tensors="pt")
+        mask = tokens["attention_mask"].to(self.device)
+        embeds = self.model.get_text_features(input_ids=tokens["input_ids"].to(self.device), attention_mask=mask).pooler_output
+        self.work["texts_encoded"] += len(distinct)
+        return {t: j for j, t in enumerate(distinct)}, embeds, mask
+
     def _heads(
-        self, requests: list[ConceptRequest], features: list[torch.Tensor], positions: list[torch.Tensor], rows: torch.Tensor
+        self,
+        requests: list[ConceptRequest],
+        features: list[torch.Tensor],
+        positions: list[torch.Tensor],
+        rows: torch.Tensor,
+        text: tuple[dict[str, int], torch.Tensor, torch.Tensor],
     ):
-        """One ``Sam3Model`` pass over ``requests``, each on its image's features (``rows``)."""
+        """One ``Sam3Model`` pass over ``requests``, each on its image's features (``rows``) and its
+        phrase's encoding (``_encode_texts``)."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
         from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
         n = len(requests)
@@ -169,8 +188,12 @@ class Sam3ConceptSegmenter:
             fpn_hidden_states=tuple(level.index_select(0, rows) for level in features),
             fpn_position_encoding=tuple(p.expand(n, -1, -1, -1) for p in positions),
         )
-        text = self.processor(text=[r.text for r in requests], return_tensors="pt")
-        inputs = {"input_ids": text["input_ids"].to(self.device), "attention_mask": text["attention_mask"].to(self.device)}
+        row_of, embeds, mask = text
+        which = torch.tensor([row_of[r.text] for r in requests], device=self.device)
+        inputs = {
+            "text_embeds": BaseModelOutputWithPooling(pooler_output=embeds.index_select(0, which)),
+            "attention_mask": mask.index_select(0, which),
+        }
         if any(len(r.positives) + len(r.negatives) for r in requests):
             boxes, labels = _exemplars(requests)
             inputs.update(input_boxes=boxes.to(self.device), input_boxes_labels=labels.to(self.device))

@@ -113,8 +113,11 @@ def test_parity_with_the_documented_path(seg, reference, requests):
 def test_batch_equals_one_by_one(model_dir, requests):
     seg = Sam3ConceptSegmenter.load(model_dir, image_batch=2, max_batch=2)
     together = seg.segment_concepts(requests, 0.3)
-    # 3 distinct images (request 3's image is a copy of request 2's): one vision pass each
-    assert seg.work == {"encoder_images": 3, "requests": len(requests)}
+    # 3 distinct images (request 3's image is a copy of request 2's): one vision pass each;
+    # each distinct phrase through the text encoder once
+    texts = len({r.text for r in requests})
+    assert texts < len(requests)
+    assert seg.work == {"encoder_images": 3, "texts_encoded": texts, "requests": len(requests)}
     for req, got in zip(requests, together):
         alone = seg.segment_concepts([req], 0.3)[0]
         assert np.abs(got - alone).max() <= TOL
