@@ -275,11 +275,11 @@ def iteration_steps(
     it.trace.pick = pick
     it.trace.views = [p.record(v) for v, p in zip(views, proposals)]
     boxes = yield from detect(it, proposals, pick)  # step 7
-    backgrounds = [b for b in dict.fromkeys(p.background for p in proposals if p.background) if b != pick]
-    it.trace.clip_backgrounds = backgrounds if cfg.clip_background else []
-    if cfg.models.uses_concept:  # steps 7-8 by SAM 3, not in the paper
+    if cfg.models.uses_concept:  # steps 7-8 by SAM 3, not in the paper: no Spatial CLIP map
         view_masks = yield from segment_concepts(it, proposals, boxes, pick)
     else:
+        backgrounds = [b for b in dict.fromkeys(p.background for p in proposals if p.background) if b != pick]
+        it.trace.clip_backgrounds = backgrounds if cfg.clip_background else []
         view_masks = yield from segment(it, boxes, pick, it.trace.clip_backgrounds)  # step 8
     soft, segmented = yield from weight(it, view_masks, pick)  # step 9
     record_masks(it.trace, soft, segmented)

@@ -25,16 +25,15 @@ MANIFEST = "manifest.json"
 # 2: the tiny detector's logits calibrated like a trained model's (a few boxes per view).
 ZOO_VERSION = 2
 SCALES = ("tiny", "small")
-BUILDERS = {
-    "vlm": "tiny_vlm",
-    "inpaint": "tiny_inpaint",
-    "detector": "tiny_detector",
-    "segmenter": "tiny_segmenter",
-    "clip": "tiny_clip",
-}
 # lineup -> role -> (builder module, its extra arguments); the modern lineup is built at "tiny" only
 LINEUPS: dict[str, dict[str, tuple[str, dict]]] = {
-    "paper": {role: (module, {}) for role, module in BUILDERS.items()},
+    "paper": {
+        "vlm": ("tiny_vlm", {}),
+        "inpaint": ("tiny_inpaint", {}),
+        "detector": ("tiny_detector", {}),
+        "segmenter": ("tiny_segmenter", {}),
+        "clip": ("tiny_clip", {}),
+    },
     "modern": {
         "vlm": ("tiny_qwen", {"family": "qwen3_vl"}),
         "inpaint": ("tiny_inpaint_sdxl", {}),
@@ -43,11 +42,6 @@ LINEUPS: dict[str, dict[str, tuple[str, dict]]] = {
         "clip": ("tiny_clip", {}),
         "concept": ("tiny_sam3", {}),
     },
-}
-# the backends each lineup's files are read by (``zoo_lineup`` matches a config against them)
-LINEUP_BACKENDS = {
-    "paper": {"vlm": "hf", "inpaint": "sd", "segmenter": "sam"},
-    "modern": {"vlm": "qwen", "inpaint": "diffusers", "segmenter": "sam2"},
 }
 
 
@@ -63,10 +57,12 @@ def checksum(directory: Path) -> str:
 
 
 def zoo_lineup(models) -> str:
-    """The lineup whose files a ``ModelsConfig`` reads: "modern" when its VLM, inpainter and
-    segmenter backends are the modern preset's, else "paper"."""
-    modern = LINEUP_BACKENDS["modern"]
-    return "modern" if all(models.role(role).backend == b for role, b in modern.items()) else "paper"
+    """The lineup whose files a ``ModelsConfig`` reads: "modern" when every backend the ``modern``
+    preset names is this config's, else "paper"."""
+    from ..presets import PRESETS
+
+    named = PRESETS["modern"].fields["models"]
+    return "modern" if all(models.role(role).backend == rc["backend"] for role, rc in named.items()) else "paper"
 
 
 def build_tiny_zoo(out: str | Path, seed: int = 0, scale: str = "tiny", lineup: str = "paper") -> dict:
